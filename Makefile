@@ -1,0 +1,45 @@
+# setflow: two commands do all the set-up on a fresh machine:
+#   make demo   prepare SpatialMNIST, train a SortFlow, evaluate, write samples.png
+#   make test   run the test suite
+# Both create .venv, install system packages (as root; otherwise they print the sudo line),
+# install torch first on its own (override: make demo TORCH="torch==2.5.1"), then the project.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setflow-installed
+PYTEST_ARGS ?=
+DEMO_CONFIG ?= configs/spatial_mnist/sortflow_cpu.yaml
+DEMO_DIR ?= runs/demo
+
+.PHONY: install sysdeps test test-slow demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+sysdeps:
+	@bash scripts/install_system_deps.sh
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --upgrade "pip>=23"
+	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e ".[all,dev]"
+	@echo "$(TORCH)" > $@
+
+install: sysdeps $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/setflow demo --config $(DEMO_CONFIG) --out $(DEMO_DIR)
+
+bench: install
+	$(BIN)/python scripts/bench_setflow.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Debian packages setflow uses: libusb for importing open3d, Vulkan/Mesa for offscreen 3-D
+# renders, Fashion-MNIST as an offline data set. Installs them when run as root, otherwise
+# prints the command to run. Never fails the build: everything has a fallback.
+set -u
+pkgs=(libusb-1.0-0 libvulkan1 mesa-vulkan-drivers dataset-fashion-mnist)
+missing=()
+if ! command -v dpkg-query >/dev/null 2>&1; then
+  echo "system deps: not a Debian/Ubuntu system; install libusb-1.0 and Vulkan drivers by hand for open3d"
+  exit 0
+fi
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then
+  echo "system deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}") >/dev/null \
+    || echo "system deps: apt-get failed; continuing (open3d renders and Fashion-MNIST may be unavailable)"
+else
+  echo "system deps missing: run  sudo apt-get install -y ${missing[*]}"
+fi
+exit 0

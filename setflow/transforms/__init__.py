@@ -1,0 +1,39 @@
+"""The layer library: bijections, surjections and stochastic layers with the ``(z, ldj)`` contract."""
+
+from setflow.transforms.base import (
+    Bijection,
+    CompositeTransform,
+    InverseTransform,
+    Surjection,
+    Transform,
+    sum_except_batch,
+)
+from setflow.transforms.coupling import SCALE_FNS, AdditiveCoupling, AffineCoupling, round_ste
+from setflow.transforms.elementwise import Logit, Sigmoid
+from setflow.transforms.linear import Conv1x1, Reverse, ScalarAffine, Shuffle
+from setflow.transforms.normalization import ActNorm
+from setflow.transforms.reshape import PermuteAxes, Reshape, Squeeze2d, Unsqueeze2d
+
+__all__ = [
+    "Transform",
+    "Bijection",
+    "Surjection",
+    "CompositeTransform",
+    "InverseTransform",
+    "sum_except_batch",
+    "AffineCoupling",
+    "AdditiveCoupling",
+    "SCALE_FNS",
+    "round_ste",
+    "ActNorm",
+    "Conv1x1",
+    "Reverse",
+    "Shuffle",
+    "ScalarAffine",
+    "Squeeze2d",
+    "Unsqueeze2d",
+    "Reshape",
+    "PermuteAxes",
+    "Logit",
+    "Sigmoid",
+]
