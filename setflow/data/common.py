@@ -1,0 +1,130 @@
+"""Shared plumbing of the data layer: errors, the data root, atomic writes, hashes, logging.
+
+Every loader in :mod:`setflow.data` resolves its files under one *data root*:
+
+1. the ``data_root`` argument when given,
+2. else the environment variable ``SETFLOW_DATA``,
+3. else ``<checkout>/datasets`` (the folder next to the ``setflow`` package when it runs
+   from a source checkout or an editable install),
+4. else ``~/.cache/setflow/datasets`` (an installed, read-only package).
+
+Downloads are skipped when ``download=False`` or the environment sets
+``SETFLOW_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Callable, Optional, Union
+
+__all__ = [
+    "DataError",
+    "DataWarning",
+    "PathLike",
+    "default_data_root",
+    "resolve_data_root",
+    "offline",
+    "downloads_allowed",
+    "atomic_write",
+    "file_digest",
+    "report_source",
+    "warn",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../setflow
+_CHECKOUT_DIR = _PACKAGE_DIR.parent
+
+
+class DataError(ValueError):
+    """A data file is missing, truncated, corrupt or of the wrong format.
+
+    The message always names the file (or folder) and says what was expected and what
+    was found.
+    """
+
+
+class DataWarning(UserWarning):
+    """Something about the data was off but was repaired (e.g. a corrupt cache rebuilt)."""
+
+
+def warn(message: str) -> None:
+    """Emit a :class:`DataWarning` attributed to the caller of the public loader."""
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def default_data_root() -> Path:
+    """The data root used when no ``data_root`` argument is given (see module docstring)."""
+    env = os.environ.get("SETFLOW_DATA", "").strip()
+    if env:
+        return Path(env).expanduser()
+    checkout_root = _CHECKOUT_DIR / "datasets"
+    if checkout_root.is_dir() or (_CHECKOUT_DIR / "pyproject.toml").is_file():
+        return checkout_root
+    return Path.home() / ".cache" / "setflow" / "datasets"
+
+
+def resolve_data_root(data_root: Optional[PathLike] = None) -> Path:
+    """``data_root`` as a :class:`Path`, or :func:`default_data_root` when it is ``None``."""
+    return Path(data_root).expanduser() if data_root is not None else default_data_root()
+
+
+def offline() -> bool:
+    """True when the environment forbids downloads (``SETFLOW_OFFLINE`` set to 1/true/yes)."""
+    return os.environ.get("SETFLOW_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def downloads_allowed(download: bool) -> bool:
+    """Whether a loader called with ``download`` may touch the network."""
+    return bool(download) and not offline()
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` atomically: ``write(f)`` fills a temp file next to it, then ``os.replace``.
+
+    A crash or an exception in ``write`` never leaves a half-written ``path`` behind (the
+    temp file is removed); readers see either the old file or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def file_digest(path: PathLike, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:
+    """Hex digest of a file's bytes (``algorithm`` is any :mod:`hashlib` name)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def report_source(source: str, verbose: bool = True) -> str:
+    """Print the one line naming the data source (``data: <source>``) to stderr.
+
+    Returns the line so callers (the CLI) can log it elsewhere too. Printed on stderr so
+    that commands whose stdout is machine-readable (JSON metrics) stay clean.
+    """
+    line = f"data: {source}"
+    if verbose:
+        print(line, file=sys.stderr, flush=True)
+    return line

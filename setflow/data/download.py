@@ -1,0 +1,110 @@
+"""Checksum-verified, atomic downloads from a list of mirrors.
+
+A :class:`RemoteFile` names a file, its mirrors and its checksum. :func:`fetch` streams it
+into a temp file next to the destination while hashing, checks the digest, and only then
+renames it into place, so an interrupted or tampered download never looks like a good file.
+Tests never reach this code with a real network: callers check
+:func:`setflow.data.common.downloads_allowed` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .common import DataError, PathLike, file_digest
+
+__all__ = ["RemoteFile", "fetch", "DEFAULT_TIMEOUT"]
+
+#: Seconds a mirror may stay silent (connect or read) before the next one is tried.
+DEFAULT_TIMEOUT = 30.0
+_USER_AGENT = "setflow-data/0.1 (python urllib)"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A downloadable file: its name, mirrors (base URLs or full URLs) and checksum.
+
+    Exactly one of ``sha256`` or ``md5`` must be given (SHA-256 preferred; MD5 only where
+    no verified SHA-256 is published).
+    """
+
+    name: str
+    mirrors: Sequence[str]
+    sha256: Optional[str] = None
+    md5: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if (self.sha256 is None) == (self.md5 is None):
+            raise ValueError(f"RemoteFile {self.name!r}: give exactly one of sha256 or md5")
+
+    @property
+    def algorithm(self) -> str:
+        return "sha256" if self.sha256 is not None else "md5"
+
+    @property
+    def digest(self) -> str:
+        return (self.sha256 or self.md5 or "").lower()
+
+    def urls(self) -> list[str]:
+        """Full URLs, one per mirror (a mirror ending in ``/`` gets the file name appended)."""
+        return [m + self.name if m.endswith("/") else m for m in self.mirrors]
+
+    def verify(self, path: PathLike) -> bool:
+        """True when the file at ``path`` has the expected checksum."""
+        return file_digest(path, self.algorithm) == self.digest
+
+
+def _download_one(url: str, dest: Path, remote: RemoteFile, timeout: float) -> None:
+    """Stream ``url`` into a temp file beside ``dest``, verify, rename. Raises on any failure."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        h = hashlib.new(remote.algorithm)
+        request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        got = h.hexdigest()
+        if got != remote.digest:
+            raise DataError(
+                f"{url}: {remote.algorithm} mismatch for {dest.name}: expected {remote.digest}, got {got}"
+            )
+        os.replace(tmp_name, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def fetch(remote: RemoteFile, folder: PathLike, timeout: float = DEFAULT_TIMEOUT) -> tuple[Path, str]:
+    """Make sure ``folder/remote.name`` exists with the right checksum, downloading it if needed.
+
+    Returns ``(path, url)`` where ``url`` is the mirror used (``"cached"`` when a verified
+    file was already there). An existing file with a wrong checksum is replaced.
+
+    Raises:
+        DataError: every mirror failed (the message lists each mirror's error).
+    """
+    folder = Path(folder)
+    dest = folder / remote.name
+    if dest.is_file() and remote.verify(dest):
+        return dest, "cached"
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for url in remote.urls():
+        try:
+            _download_one(url, dest, remote, timeout)
+            return dest, url
+        except (OSError, DataError, ValueError) as exc:  # URLError, timeouts, HTTP errors
+            errors.append(f"{url}: {exc}")
+    raise DataError(f"could not download {remote.name} into {folder}:\n  " + "\n  ".join(errors))

@@ -1,0 +1,224 @@
+"""SpatialMNIST (and Spatial Fashion-MNIST): point clouds sampled from 28x28 images.
+
+The recipe of the Neural Statistician, as used by SurVAE flows: for each image draw
+``num_points = 50`` pixel positions with probability proportional to intensity, *without*
+replacement (or *with* replacement when the image has fewer than 50 non-zero pixels); the
+pixel in row ``r``, column ``c`` becomes the point ``(c, 27 - r) + U(0, 1)^2``. Sets are
+float32 ``(N, 50, 2)`` with coordinates in ``[0, 28)``.
+
+The 70,000 MNIST images (60k train file + 10k test file) give train = sets 0-50k,
+valid = 50k-60k (the last 10k of the MNIST training file), test = 60k-70k (MNIST test).
+Prepared sets are cached under ``<root>/spatial_mnist/`` (``spatial_fashion_mnist/``)
+as ``.npz`` + JSON manifest, see :mod:`setflow.data.cache`.
+
+Example::
+
+    >>> data = load_spatial_mnist(verbose=False)                    # doctest: +SKIP
+    >>> data.train.shape, data.source                               # doctest: +SKIP
+    (torch.Size([50000, 50, 2]), 'MNIST IDX files from ... -> SpatialMNIST ...')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import TensorDataset
+
+from .cache import load_npz_cache, save_npz_cache
+from .common import DataError, PathLike, report_source, resolve_data_root, warn
+from .mnist import SPLITS, DigitSplits, load_digit_splits
+
+__all__ = ["SpatialMNIST", "sample_spatial_points", "build_spatial_splits", "spatial_mnist_splits", "load_spatial_mnist"]
+
+NUM_POINTS = 50
+_CHUNK = 4096  # images per vectorised block; fixed, so results depend on the seed only
+
+
+def _with_replacement(w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` pixel indices per row of ``w`` (R, P), drawn with replacement, p proportional to w.
+
+    Inverse CDF for all rows at once: row ``r``'s normalised cumulative sums are shifted by
+    ``r`` so a single ``searchsorted`` over the flattened array serves every row.
+    """
+    rows, p = w.shape
+    cdf = np.cumsum(w, axis=1)
+    cdf /= cdf[:, -1:]
+    offset = np.arange(rows, dtype=np.float64)[:, None]
+    u = rng.random((rows, k))
+    flat = np.searchsorted((cdf + offset).ravel(), (u + offset).ravel(), side="right").reshape(rows, k)
+    idx = flat - (offset.astype(np.int64) * p)
+    last_positive = p - 1 - np.argmax(w[:, ::-1] > 0, axis=1)  # guard against u + r rounding up
+    return np.minimum(idx, last_positive[:, None])
+
+
+def sample_spatial_points(
+    images: np.ndarray,
+    num_points: int = NUM_POINTS,
+    seed: Union[int, np.random.Generator, None] = 0,
+) -> np.ndarray:
+    """Turn grey-scale images into point sets (the SpatialMNIST recipe), vectorised.
+
+    Sampling without replacement proportional to intensity uses Gumbel-top-k, written as
+    a race of exponential clocks: with ``E ~ Exp(1)`` per pixel, the ``num_points``
+    smallest keys ``E / w`` (i.e. the largest ``log w + Gumbel``), in increasing order,
+    have the law of sequential draws without replacement. Images with fewer than ``num_points`` non-zero
+    pixels are sampled with replacement (inverse CDF).
+
+    Args:
+        images: ``(M, H, W)`` non-negative intensities (uint8 or float); every image must
+            have at least one non-zero pixel.
+        num_points: points per set (at most ``H * W``).
+        seed: an int seed or a :class:`numpy.random.Generator`.
+
+    Returns:
+        float32 array ``(M, num_points, 2)``; point ``(x, y)`` lies in pixel
+        ``(row = H - 1 - floor(y), col = floor(x))``, so ``0 <= x < W`` and ``0 <= y < H``.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise DataError(f"expected images of shape (M, H, W), got {images.shape}")
+    m, h, w_ = images.shape
+    p = h * w_
+    if not 1 <= num_points <= p:
+        raise DataError(f"num_points must be in 1..{p} for {h}x{w_} images, got {num_points}")
+    flat = images.reshape(m, p)
+    if flat.dtype.kind not in "uif" or flat.dtype.kind != "u" and not (np.all(np.isfinite(flat)) and np.all(flat >= 0)):
+        raise DataError(f"image intensities must be finite, real and >= 0 (got dtype {flat.dtype})")
+    nonzero = np.count_nonzero(flat, axis=1)
+    if np.any(nonzero == 0):
+        raise DataError(f"{int(np.sum(nonzero == 0))} blank image(s) (first: index "
+                        f"{int(np.argmax(nonzero == 0))}); cannot sample points from them")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    idx = np.empty((m, num_points), dtype=np.int64)
+    jitter = np.empty((m, num_points, 2), dtype=np.float64)
+    for start in range(0, m, _CHUNK):
+        w = flat[start:start + _CHUNK].astype(np.float64)
+        # race of exponential clocks: E / w ~ Exp(rate w); -log(E / w) = log w + Gumbel
+        keys = np.divide(rng.standard_exponential(w.shape), w, out=np.full(w.shape, np.inf), where=w > 0)
+        top = np.argpartition(keys, num_points - 1, axis=1)[:, :num_points]
+        order = np.argsort(np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")
+        block = np.take_along_axis(top, order, axis=1)
+        sparse = np.flatnonzero(nonzero[start:start + _CHUNK] < num_points)
+        if sparse.size:
+            block[sparse] = _with_replacement(w[sparse], num_points, rng)
+        idx[start:start + _CHUNK] = block
+        jitter[start:start + _CHUNK] = rng.random((w.shape[0], num_points, 2))
+    base = np.stack([idx % w_, h - 1 - idx // w_], axis=-1).astype(np.float32)
+    points = (base + jitter).astype(np.float32)
+    # float32 rounding of c + 0.99999999 could reach c + 1; keep every point inside its pixel
+    return np.minimum(points, np.nextafter(base + 1, np.float32(0)))
+
+
+def build_spatial_splits(digits: DigitSplits, seed: int = 0, num_points: int = NUM_POINTS) -> dict[str, np.ndarray]:
+    """Sample the point sets of all splits in one pass (train, valid, test order) and split
+    them back; returns ``{split: sets, split + "_labels": labels}``."""
+    counts = [digits.images[s].shape[0] for s in SPLITS]
+    sets = sample_spatial_points(np.concatenate([digits.images[s] for s in SPLITS]), num_points, seed)
+    parts = np.split(sets, np.cumsum(counts)[:-1])
+    out = {s: part for s, part in zip(SPLITS, parts)}
+    out.update({f"{s}_labels": digits.labels[s].astype(np.int64) for s in SPLITS})
+    return out
+
+
+@dataclass
+class SpatialMNIST:
+    """Prepared point sets. ``train``/``valid``/``test``: float32 ``(N, num_points, 2)``;
+    ``labels``: split -> int64 ``(N,)``; ``source``: the line printed as ``data: <source>``."""
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    labels: dict[str, Tensor]
+    source: str
+    cache_path: Optional[Path] = None
+
+    def split(self, name: str) -> Tensor:
+        if name not in SPLITS:
+            raise KeyError(f"unknown split {name!r}, expected one of {SPLITS}")
+        return getattr(self, name)
+
+    def dataset(self, name: str = "train") -> TensorDataset:
+        """A ``TensorDataset`` of ``(set, label)`` pairs for a ``DataLoader``."""
+        return TensorDataset(self.split(name), self.labels[name])
+
+
+def _prepare(root: Path, fashion: bool, seed: int, download: bool, num_points: int) -> tuple[dict, str, Optional[Path]]:
+    name, folder, title = (("fashion_mnist", "spatial_fashion_mnist", "Spatial Fashion-MNIST") if fashion
+                           else ("mnist", "spatial_mnist", "SpatialMNIST"))
+
+    def paths(kind: str) -> tuple[Path, dict]:
+        expect = {"dataset": name, "kind": kind, "seed": seed, "num_points": num_points}
+        return root / folder / f"{folder}_{kind}_seed{seed}_n{num_points}.npz", expect
+
+    def describe(raw: str, arrays: dict, status: str, path: Optional[Path]) -> str:
+        counts = "/".join(f"{arrays[s].shape[0]:,}" for s in SPLITS)
+        return f"{raw} -> {title} {counts} sets (seed {seed}, cache {status}: {path})"
+
+    full_path, full_expect = paths("idx")  # a verified full cache needs no raw files at all
+    hit = load_npz_cache(full_path, full_expect)
+    if hit is not None:
+        return hit[0], describe(hit[1]["source"], hit[0], "reused", full_path), full_path
+    digits = load_digit_splits(name, root, download, target=title)
+    path, expect = paths(digits.kind)
+    if digits.kind != "idx":
+        hit = load_npz_cache(path, expect)
+        if hit is not None:
+            return hit[0], describe(hit[1]["source"], hit[0], "reused", path), path
+    arrays = build_spatial_splits(digits, seed, num_points)
+    meta = {**expect, "source": digits.source, "counts": {s: int(arrays[s].shape[0]) for s in SPLITS}}
+    try:
+        save_npz_cache(path, arrays, meta)
+        status = "built"
+    except OSError as exc:
+        warn(f"could not write the cache {path} ({exc}); continuing without it")
+        status, path = "not written", None
+    return arrays, describe(digits.source, arrays, status, path), path
+
+
+def spatial_mnist_splits(
+    data_root: Optional[PathLike] = None,
+    fashion: bool = False,
+    seed: int = 0,
+    download: bool = True,
+    num_points: int = NUM_POINTS,
+) -> tuple[dict[str, np.ndarray], str]:
+    """``({"train", "valid", "test"} -> float32 (N, num_points, 2), source)`` without printing.
+
+    The CLI prints ``data: <source>`` itself. Same arguments as :func:`load_spatial_mnist`.
+    """
+    arrays, source, _ = _prepare(resolve_data_root(data_root), fashion, seed, download, num_points)
+    return {s: arrays[s] for s in SPLITS}, source
+
+
+def load_spatial_mnist(
+    data_root: Optional[PathLike] = None,
+    fashion: bool = False,
+    seed: int = 0,
+    download: bool = True,
+    verbose: bool = True,
+    num_points: int = NUM_POINTS,
+) -> SpatialMNIST:
+    """Load (building and caching on first use) SpatialMNIST or Spatial Fashion-MNIST.
+
+    Args:
+        data_root: data root (default ``$SETFLOW_DATA`` or ``<checkout>/datasets``).
+        fashion: build from Fashion-MNIST instead of MNIST.
+        seed: seed of the point sampling (numpy ``default_rng``).
+        download: allow downloading the IDX files (also off with ``SETFLOW_OFFLINE=1``).
+        verbose: print the one ``data: <source>`` line to stderr.
+        num_points: points per set (50 in the paper).
+
+    Raises:
+        DataError: no source is available (Fashion-MNIST has no offline fallback) or a raw
+            file is corrupt.
+    """
+    arrays, source, path = _prepare(resolve_data_root(data_root), fashion, seed, download, num_points)
+    report_source(source, verbose)
+    tensors = {s: torch.from_numpy(np.ascontiguousarray(arrays[s], dtype=np.float32)) for s in SPLITS}
+    labels = {s: torch.from_numpy(np.asarray(arrays[f"{s}_labels"], dtype=np.int64)) for s in SPLITS}
+    return SpatialMNIST(tensors["train"], tensors["valid"], tensors["test"], labels, source, path)

@@ -1,0 +1,101 @@
+"""Data for experiments: registry name -> loader returning train/valid/test tensors and a source line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["ExperimentData", "DATASETS", "register_dataset", "load_data"]
+
+
+@dataclass
+class ExperimentData:
+    """Tensors for one experiment.
+
+    ``unit`` says how the trainer reports likelihoods: ``"nats_per_point"`` (sets, PPLL),
+    ``"bits_per_dim"`` (images) or ``"nats"`` (toy 2-D). ``kind`` picks the plotter.
+    """
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    source: str
+    unit: str
+    kind: str
+
+    def split(self, name: str) -> Tensor:
+        if name not in ("train", "valid", "test"):
+            raise ValueError(f"unknown split {name!r}; expected train, valid or test")
+        return getattr(self, name)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+
+DATASETS: dict[str, Callable[..., ExperimentData]] = {}
+
+
+def register_dataset(name: str):
+    def deco(fn):
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_dataset("spatial_mnist")
+def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed: int = 0, download: bool = True,
+                   limit: Optional[int] = None) -> ExperimentData:
+    from setflow.data import load_spatial_mnist
+
+    d = load_spatial_mnist(data_root=data_root, fashion=fashion, seed=seed, download=download, verbose=False)
+    tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
+    if limit is not None:
+        tr, va, te = tr[:limit], va[:limit], te[:limit]
+    return ExperimentData(tr, va, te, d.source, "nats_per_point", "sets")
+
+
+def _image_loader(name: str) -> Callable[..., ExperimentData]:
+    def load(data_root: Optional[str] = None, download: bool = True, limit: Optional[int] = None) -> ExperimentData:
+        from setflow.data import load_image_dataset
+
+        d = load_image_dataset(name, data_root=data_root, download=download, verbose=False)
+        splits = [torch.as_tensor(t) for t in (d.train, d.valid, d.test)]
+        if limit is not None:
+            splits = [t[:limit] for t in splits]
+        return ExperimentData(*splits, source=d.source, unit="bits_per_dim", kind="images")
+
+    return load
+
+
+for _name in ("mnist", "fashion_mnist", "cifar10", "imagenet32", "imagenet64"):
+    DATASETS[_name] = _image_loader(_name)
+
+
+@register_dataset("toy2d")
+def _toy2d(name: str = "checkerboard", n_train: int = 20000, n_valid: int = 2000, n_test: int = 5000,
+           seed: int = 0) -> ExperimentData:
+    from setflow.data.toy2d import TOY_DATASETS
+
+    if name not in TOY_DATASETS:
+        raise ValueError(f"unknown toy data set {name!r}; expected one of {sorted(TOY_DATASETS)}")
+    gen = TOY_DATASETS[name]
+    tr, va, te = gen(n_train, seed=seed), gen(n_valid, seed=seed + 1), gen(n_test, seed=seed + 2)
+    return ExperimentData(tr, va, te, f"data: toy 2-D '{name}' (generated, seed {seed})", "nats", "toy2d")
+
+
+def load_data(config: dict, data_root: Optional[str] = None) -> ExperimentData:
+    name = config["data"]
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; registered: {sorted(DATASETS)}")
+    args = dict(config.get("data_args", {}))
+    if data_root is not None and name != "toy2d":
+        args["data_root"] = data_root
+    try:
+        return DATASETS[name](**args)
+    except TypeError as e:
+        raise ValueError(f"bad data_args for {name!r}: {e}") from e

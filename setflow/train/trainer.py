@@ -1,0 +1,248 @@
+"""The trainer shared by every model: seeded, resumable to the same result, DDP-ready.
+
+Data order: each epoch is one permutation from ``DistributedSampler(seed=train.seed)``; a global
+batch of ``batch_size`` is split evenly over the ranks, so ``torchrun --nproc_per_node=R`` trains
+the same model as one process with the same global batch. Checkpoints (rank 0 only) are
+written atomically and carry config, weights, optimiser, schedule, step and RNG states.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+
+from setflow.evaluate import evaluate, format_metrics, loss_scale
+from setflow.train.checkpoint import build_from_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from setflow.train.data import ExperimentData, load_data
+
+__all__ = ["Trainer", "TrainingError", "train"]
+
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW}
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+class _Index(torch.utils.data.Dataset):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed(device: str) -> bool:
+    """Join the process group when launched by ``torchrun`` (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+class Trainer:
+    """Train ``config`` into ``out_dir``; ``resume=True`` continues from ``out_dir/last.pt``."""
+
+    def __init__(self, config: dict, out_dir: str, resume: bool = False, data: Optional[ExperimentData] = None,
+                 data_root: Optional[str] = None, log=print) -> None:
+        self.cfg = config
+        self.tc = config["train"]
+        self.out = Path(out_dir)
+        self.log = log
+        self.rank, self.world = _dist_info()
+        self.is_main = self.rank == 0
+        device = self.tc["device"]
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise TrainingError("train.device=cuda but no CUDA device is available; use train.device=cpu")
+            if self.world > 1:
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        self.device = torch.device(device)
+        if self.tc["num_threads"]:
+            torch.set_num_threads(int(self.tc["num_threads"]))
+        torch.manual_seed(self.tc["seed"])
+        self.data = data if data is not None else load_data(config, data_root)
+        if self.is_main:
+            self.log(self.data.source)
+        self.scale = loss_scale(self.data.unit, self.data.event_shape)
+        self.model = build_from_config(config).to(self.device)
+        self.dtype = getattr(torch, self.tc["dtype"])
+        opt_name = self.tc["optimizer"]
+        if opt_name not in _OPTIMIZERS:
+            raise TrainingError(f"unknown optimizer {opt_name!r}; expected one of {sorted(_OPTIMIZERS)}")
+        self.optimizer = _OPTIMIZERS[opt_name](self.model.parameters(), lr=self.tc["lr"],
+                                               weight_decay=self.tc["weight_decay"])
+        bs = self.tc["batch_size"]
+        if bs % self.world:
+            raise TrainingError(f"train.batch_size={bs} must be divisible by the number of processes {self.world}")
+        self.local_bs = bs // self.world
+        n = self.data.train.shape[0]
+        self.sampler = DistributedSampler(_Index(n), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                          seed=self.tc["seed"], drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // self.local_bs
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"train.batch_size={bs} is larger than the training set ({n} examples)")
+        self.step = 0
+        self.best = None
+        self.history: list[dict] = []
+        if resume:
+            self._resume()
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # ----------------------------------------------------------------- schedule
+    def lr_at(self, step: int) -> float:
+        warm = self.tc["warmup_steps"]
+        f = min(1.0, (step + 1) / warm) if warm else 1.0
+        return self.tc["lr"] * f * self.tc["lr_decay"] ** (step // self.steps_per_epoch)
+
+    def total_steps(self) -> int:
+        total = self.tc["epochs"] * self.steps_per_epoch
+        return min(total, self.tc["max_steps"]) if self.tc["max_steps"] is not None else total
+
+    # ----------------------------------------------------------------- checkpoints
+    def _payload(self) -> dict:
+        return {
+            "config": self.cfg,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"kind": "warmup_epoch_decay", "step": self.step, "lr": self.lr_at(self.step),
+                          "steps_per_epoch": self.steps_per_epoch},
+            "step": self.step,
+            "rng": rng_state(),
+            "best": self.best,
+            "history": self.history,
+            "world_size": self.world,
+        }
+
+    def save(self, name: str = "last.pt") -> Optional[Path]:
+        if not self.is_main:
+            return None
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingError(f"parameters became NaN/Inf at step {self.step}; not overwriting {self.out / name}")
+        return save_checkpoint(self.out / name, self._payload())
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        ckpt = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.best = ckpt.get("best")
+        self.history = list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"])
+        if self.is_main:
+            self.log(f"resumed from {path} at step {self.step}")
+
+    # ----------------------------------------------------------------- loop
+    def validate(self, split: str = "valid") -> dict:
+        ec = self.cfg["eval"]
+        return evaluate(self.net, self.data.split(split), self.data.unit, batch_size=ec["batch_size"],
+                        iwbo_k=ec["iwbo_k"], iwbo_chunk=ec["iwbo_chunk"], device=str(self.device),
+                        max_examples=ec["max_examples"])
+
+    def fit(self) -> dict:
+        tc = self.tc
+        total = self.total_steps()
+        deadline = None if tc["max_minutes"] is None else time.monotonic() + 60.0 * tc["max_minutes"]
+        writer = None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.out / "tb"))
+            except Exception:  # tensorboard missing or broken: training goes on
+                writer = None
+        bar = None
+        if self.is_main and tc["progress"]:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        self.model.train()
+        cached_epoch, order = -1, None
+        t0, seen = time.perf_counter(), 0
+        stopped = "done"
+        while self.step < total:
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = "time budget reached"
+                break
+            epoch, i = divmod(self.step, self.steps_per_epoch)
+            if epoch != cached_epoch:
+                self.sampler.set_epoch(epoch)
+                order = torch.as_tensor(list(iter(self.sampler)))
+                cached_epoch = epoch
+            idx = order[i * self.local_bs : (i + 1) * self.local_bs]
+            x = self.data.train[idx].to(self.device)
+            if x.is_floating_point():
+                x = x.to(self.dtype)
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.lr_at(self.step)
+            loss = -self.net(x).mean() / self.scale
+            if not torch.isfinite(loss):
+                msg = (f"loss became {loss.item()} at step {self.step}; stopping. "
+                       f"The last good checkpoint is kept at {self.out / 'last.pt'}")
+                if bar is not None:
+                    bar.close()
+                raise TrainingError(msg)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc["grad_clip"]:
+                nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
+            self.optimizer.step()
+            self.step += 1
+            seen += x.shape[0] * self.world
+            if self.is_main:
+                if writer is not None and self.step % tc["log_every"] == 0:
+                    writer.add_scalar("train/loss", loss.item(), self.step)
+                    writer.add_scalar("train/lr", self.lr_at(self.step - 1), self.step)
+                if bar is not None:
+                    rate = seen / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{loss.item():.4f}", per_s=f"{rate:.0f}")
+                    bar.update(1)
+            if self.step % tc["eval_every"] == 0 and self.step < total:
+                res = self.validate()
+                self.history.append({"step": self.step, "valid": res["metric"]})
+                if writer is not None:
+                    writer.add_scalar("valid/metric", res["metric"], self.step)
+                if self.is_main:
+                    self.log(f"step {self.step}: " + format_metrics(res, "valid"))
+            if self.step % tc["ckpt_every"] == 0:
+                self.save()
+        if bar is not None:
+            bar.close()
+        self.save()
+        if writer is not None:
+            writer.close()
+        elapsed = time.perf_counter() - t0
+        return {"step": self.step, "stopped": stopped, "seconds": elapsed,
+                "examples_per_s": seen / max(elapsed, 1e-9), "checkpoint": str(self.out / "last.pt")}
+
+
+def train(config: dict, out_dir: str, resume: bool = False, data_root: Optional[str] = None, log=print) -> dict:
+    """Train (joining a torchrun process group if launched by one) and return a summary."""
+    setup_distributed(config["train"]["device"])
+    trainer = Trainer(config, out_dir, resume=resume, data_root=data_root, log=log)
+    return trainer.fit()

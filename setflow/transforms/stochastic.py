@@ -1,0 +1,80 @@
+r"""Stochastic layers: random permutations of sets and a VAE layer (SurVAE)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from setflow.distributions.base import ConditionalDistribution
+from setflow.transforms.base import Transform
+from setflow.transforms.permutation_utils import permute_along, random_permutations
+
+__all__ = ["StochasticPermutation", "VAE"]
+
+
+class StochasticPermutation(Transform):
+    r"""Apply a fresh uniform random permutation to each set, in both directions; ``ldj = 0``.
+
+    Used as the first layer of a PermuteFlow: the model density of a set is
+    :math:`p(x) = \mathbb{E}_\pi[p(\pi x)]`, and ``log_prob`` returns the single-draw
+    ELBO :math:`\log p(\pi x)`; use ``Flow.iwbo`` for a tighter bound.
+
+    Shapes:
+        - x: ``(B, N, ...)`` with points along ``dim``; z: same; ldj: ``(B,)`` zeros
+    """
+
+    bijective = False
+    stochastic_forward = True
+    stochastic_inverse = True
+
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        if dim == 0:
+            raise ValueError("StochasticPermutation cannot permute the batch dimension")
+        self.dim = dim
+
+    def _permute(self, x: Tensor) -> Tensor:
+        return permute_along(x, random_permutations(x.shape[0], x.shape[self.dim], device=x.device), self.dim)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        dt = x.dtype if x.is_floating_point() else None
+        return self._permute(x), x.new_zeros(x.shape[0], dtype=dt)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        return self._permute(z)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class VAE(Transform):
+    r"""A variational autoencoder as a flow layer (SurVAE).
+
+    ``forward`` draws ``z ~ q(z | x)`` from ``encoder`` (``context=x``) and returns
+    ``ldj = log p(x | z) - log q(z | x)`` with ``decoder`` (``context=z``);
+    ``inverse`` samples ``x ~ p(x | z)``. The encoder's samples must be
+    reparametrised for gradient training (e.g. :class:`~setflow.distributions.ConditionalNormal`).
+
+    Shapes:
+        - x: ``(B, *x_event)``; z: ``(B, *z_event)``; ldj: ``(B,)``
+    """
+
+    bijective = False
+    stochastic_forward = True
+    stochastic_inverse = True
+
+    def __init__(self, encoder: ConditionalDistribution, decoder: ConditionalDistribution):
+        super().__init__()
+        for name, d in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(d, ConditionalDistribution):
+                raise TypeError(f"VAE {name} must be a ConditionalDistribution, got {type(d).__name__}")
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        z, log_q = self.encoder.sample_with_log_prob(context=x)
+        return z, self.decoder.log_prob(x, context=z) - log_q
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        return self.decoder.sample(context=z)

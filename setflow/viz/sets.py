@@ -1,0 +1,121 @@
+"""Pictures of point sets: matplotlib grids in the 28x28 frame, PLY export and open3d renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ["plot_sets_grid", "save_ply", "render_sets_open3d", "plot_checkpoint"]
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _draw(ax, pts: np.ndarray, color: str, frame: float) -> None:
+    ax.scatter(pts[:, 0], pts[:, 1], s=6, c=color, linewidths=0)
+    ax.set_xlim(0, frame)
+    ax.set_ylim(0, frame)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_sets_grid(data: Optional[Union[torch.Tensor, np.ndarray]], samples: Optional[Union[torch.Tensor, np.ndarray]],
+                   out_path: Union[str, Path], cols: int = 4, frame: float = 28.0, title: str = "") -> Path:
+    """Draw sets ``(n, N, 2)`` as scatter plots: data (black) in the left block, samples (blue) in the right.
+
+    Either block may be ``None``. Points are in pixel units, drawn in the ``frame x frame`` square.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = [(b, c, name) for b, c, name in ((data, "black", "data"), (samples, "tab:blue", "samples")) if b is not None]
+    if not blocks:
+        raise ValueError("plot_sets_grid needs data or samples")
+    arrays = [(_np(b), c, name) for b, c, name in blocks]
+    for a, _, name in arrays:
+        if a.ndim != 3 or a.shape[-1] < 2:
+            raise ValueError(f"{name} must have shape (n, N, 2), got {a.shape}")
+    rows = max(int(np.ceil(len(a) / cols)) for a, _, _ in arrays)
+    total_cols = cols * len(arrays) + (len(arrays) - 1)
+    fig, axes = plt.subplots(rows, total_cols, figsize=(1.3 * total_cols, 1.3 * rows + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for b, (a, color, name) in enumerate(arrays):
+        c0 = b * (cols + 1)
+        for i, pts in enumerate(a[: rows * cols]):
+            ax = axes[i // cols, c0 + i % cols]
+            ax.axis("on")
+            _draw(ax, pts, color, frame)
+        axes[0, c0].set_title(name, loc="left", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def _point_cloud(points: np.ndarray):
+    import open3d as o3d
+
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
+        raise ValueError(f"a point cloud must have shape (N, 2) or (N, 3), got {pts.shape}")
+    if pts.shape[1] == 2:
+        pts = np.concatenate([pts, np.zeros((len(pts), 1))], axis=1)
+    pcd = o3d.geometry.PointCloud()
+    pcd.points = o3d.utility.Vector3dVector(pts)
+    return pcd
+
+
+def save_ply(points, path: Union[str, Path]) -> Path:
+    """Write one set ``(N, 2|3)`` as a PLY point cloud (2-D points get z = 0) with open3d."""
+    import open3d as o3d
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not o3d.io.write_point_cloud(str(path), _point_cloud(_np(points))):
+        raise OSError(f"open3d could not write {path}")
+    return path
+
+
+def render_sets_open3d(sets, out_path: Union[str, Path], width: int = 640, height: int = 480) -> Path:
+    """Render point sets side by side with open3d's legacy offscreen visualiser (no Vulkan needed)."""
+    import open3d as o3d
+
+    arr = _np(sets)
+    pcd = o3d.geometry.PointCloud()
+    for i, pts in enumerate(arr):
+        p = _point_cloud(pts)
+        p.translate((32.0 * i, 0.0, 0.0))
+        pcd += p
+    pcd.paint_uniform_color([0.1, 0.3, 0.8])
+    vis = o3d.visualization.Visualizer()
+    if not vis.create_window(visible=False, width=width, height=height):
+        raise RuntimeError("open3d could not create an offscreen window on this machine")
+    try:
+        vis.add_geometry(pcd)
+        vis.get_render_option().point_size = 4.0
+        vis.poll_events()
+        vis.update_renderer()
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        vis.capture_screen_image(str(out_path), do_render=True)
+    finally:
+        vis.destroy_window()
+    return Path(out_path)
+
+
+def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> None:
+    """Data (test split) beside model samples."""
+    samples = model.sample(n).cpu()
+    plot_sets_grid(data.test[:n], samples, out_path, title=f"{config['model']}: data vs samples")

@@ -1,0 +1,32 @@
+"""Shared test fixtures: deterministic seeds everywhere, float64 on request.
+
+Use ``pytestmark = pytest.mark.usefixtures("double")`` in a test module (or the
+``double`` argument in a test) to run with ``torch.float64`` as the default dtype;
+the previous default is restored afterwards.
+"""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Seed Python, NumPy and torch before every test so failures reproduce."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def double():
+    """Make float64 the default dtype for one test (tight tolerances then mean something)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield torch.float64
+    finally:
+        torch.set_default_dtype(old)
