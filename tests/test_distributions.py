@@ -240,7 +240,7 @@ def test_conditional_discretized_logistic_layout():
     c_dim, k = 2, 3
     logits, locs, log_scales = torch.randn(c_dim, 4, k), torch.randn(c_dim, 4, k) * 3, torch.randn(c_dim, 4, k) * 0.5
     # net output (1, 3*K*C, 4): chunk j = channels [j*C:(j+1)*C]
-    chunks = [logits[..., i] for i in range(k)] + [locs[..., i] for i in range(k)] + [log_scales[..., i] for i in range(k)]
+    chunks = [t[..., i] for t in (logits, locs, log_scales) for i in range(k)]
     d = ConditionalDiscretizedLogisticMixture(ConstNet(torch.cat(chunks, 0).unsqueeze(0)), num_components=k)
     ctx = torch.zeros(5, 1)
     p = d.params(ctx)

@@ -137,5 +137,12 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     cfg["model_args"]["dropout"] = 0.0
     single = run(tmp_path / "single", cfg).model.state_dict()
     assert set(ddp) == set(single)
+    init = run(tmp_path / "init", dict(cfg, train=dict(cfg["train"], max_steps=0))).model.state_dict()
+    moved = 0.0
     for k in single:
-        torch.testing.assert_close(ddp[k], single[k], atol=1e-10, rtol=1e-10, msg=k)
+        # float64 rounding differs between one all-reduce and one local sum; Adam's normalisation
+        # of near-zero early gradients amplifies it to ~1e-10, far below the parameter updates.
+        torch.testing.assert_close(ddp[k], single[k], atol=1e-8, rtol=1e-8, msg=k)
+        if single[k].is_floating_point():
+            moved = max(moved, (single[k] - init[k]).abs().max().item())
+    assert moved > 1e-3, "the runs must actually train for the comparison to mean anything"

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, BinaryIO, Mapping, Optional
 
 import numpy as np
 
@@ -30,13 +31,23 @@ def manifest_path(npz_path: PathLike) -> Path:
     return Path(npz_path).with_suffix(".json")
 
 
+def _write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
+    """``np.savez`` with fixed zip timestamps and sorted keys: same arrays, same bytes (and
+    the same SHA-256 on every machine and every rebuild)."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key in sorted(arrays):
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+
+
 def save_npz_cache(npz_path: PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict:
     """Write ``arrays`` to ``npz_path`` and its manifest (``meta`` + shapes + sha256).
 
     Returns the manifest written. ``meta`` must be JSON-serialisable.
     """
     npz_path = Path(npz_path)
-    atomic_write(npz_path, lambda f: np.savez(f, **{k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+    atomic_write(npz_path, lambda f: _write_npz(f, arrays))
     manifest = {
         "format_version": CACHE_FORMAT_VERSION,
         **meta,

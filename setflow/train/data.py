@@ -56,18 +56,16 @@ def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed:
     tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
     if limit is not None:
         tr, va, te = tr[:limit], va[:limit], te[:limit]
-    return ExperimentData(tr, va, te, d.source, "nats_per_point", "sets")
+    return ExperimentData(tr, va, te, "data: " + d.source, "nats_per_point", "sets")
 
 
 def _image_loader(name: str) -> Callable[..., ExperimentData]:
     def load(data_root: Optional[str] = None, download: bool = True, limit: Optional[int] = None) -> ExperimentData:
         from setflow.data import load_image_dataset
 
-        d = load_image_dataset(name, data_root=data_root, download=download, verbose=False)
+        d = load_image_dataset(name, data_root=data_root, download=download, verbose=False, max_examples=limit)
         splits = [torch.as_tensor(t) for t in (d.train, d.valid, d.test)]
-        if limit is not None:
-            splits = [t[:limit] for t in splits]
-        return ExperimentData(*splits, source=d.source, unit="bits_per_dim", kind="images")
+        return ExperimentData(*splits, source="data: " + d.source, unit="bits_per_dim", kind="images")
 
     return load
 
@@ -79,7 +77,7 @@ for _name in ("mnist", "fashion_mnist", "cifar10", "imagenet32", "imagenet64"):
 @register_dataset("toy2d")
 def _toy2d(name: str = "checkerboard", n_train: int = 20000, n_valid: int = 2000, n_test: int = 5000,
            seed: int = 0) -> ExperimentData:
-    from setflow.data.toy2d import TOY_DATASETS
+    from setflow.data import TOY_DATASETS
 
     if name not in TOY_DATASETS:
         raise ValueError(f"unknown toy data set {name!r}; expected one of {sorted(TOY_DATASETS)}")

@@ -13,6 +13,11 @@ from setflow.transforms.elementwise import Logit, Sigmoid
 from setflow.transforms.linear import Conv1x1, Reverse, ScalarAffine, Shuffle
 from setflow.transforms.normalization import ActNorm
 from setflow.transforms.reshape import PermuteAxes, Reshape, Squeeze2d, Unsqueeze2d
+from setflow.transforms.augment import Augment
+from setflow.transforms.dequantization import UniformDequantization, VariationalDequantization
+from setflow.transforms.permutation_utils import inverse_permutation, permute_along, random_permutations
+from setflow.transforms.stochastic import VAE, StochasticPermutation
+from setflow.transforms.surjections import AbsSurjection, MaxPool2dSurjection, Slice, SortSurjection
 
 __all__ = [
     "Transform",
@@ -36,4 +41,16 @@ __all__ = [
     "PermuteAxes",
     "Logit",
     "Sigmoid",
+    "SortSurjection",
+    "AbsSurjection",
+    "MaxPool2dSurjection",
+    "Slice",
+    "Augment",
+    "UniformDequantization",
+    "VariationalDequantization",
+    "StochasticPermutation",
+    "VAE",
+    "permute_along",
+    "random_permutations",
+    "inverse_permutation",
 ]

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["image_grid", "save_grid", "plot_checkpoint", "plot_grids"]
+__all__ = ["tile_images", "image_grid", "plot_checkpoint", "plot_grids"]
 
 
-def image_grid(images: Union[Tensor, np.ndarray], nrow: Optional[int] = None, pad: int = 2,
+def tile_images(images: Union[Tensor, np.ndarray], nrow: Optional[int] = None, pad: int = 2,
                pad_value: int = 255, num_bits: int = 8) -> np.ndarray:
     """Tile ``(N, C, H, W)`` integer images into one ``(rows*H', cols*W', C)`` uint8 array.
 
@@ -28,16 +28,16 @@ def image_grid(images: Union[Tensor, np.ndarray], nrow: Optional[int] = None, pa
         images: ``(N, C, H, W)``; returns ``(rows * (H + pad) + pad, nrow * (W + pad) + pad, C)``.
 
     Example:
-        >>> g = image_grid(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), nrow=3, pad=1)
+        >>> g = tile_images(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), nrow=3, pad=1)
         >>> g.shape
         (11, 16, 1)
     """
     x = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
     if x.ndim != 4:
-        raise ValueError(f"image_grid expects (N, C, H, W) images, got shape {x.shape}")
+        raise ValueError(f"tile_images expects (N, C, H, W) images, got shape {x.shape}")
     n, c, h, w = x.shape
     if n == 0:
-        raise ValueError("image_grid needs at least one image")
+        raise ValueError("tile_images needs at least one image")
     hi = 2**num_bits - 1
     x = np.clip(np.rint(x.astype(np.float64)), 0, hi)
     if num_bits != 8:
@@ -53,25 +53,21 @@ def image_grid(images: Union[Tensor, np.ndarray], nrow: Optional[int] = None, pa
     return grid
 
 
-def save_grid(images: Union[Tensor, np.ndarray], out_path: Union[str, Path], nrow: Optional[int] = None,
-              num_bits: int = 8) -> None:
-    """Write a grid of ``(N, C, H, W)`` integer images to a PNG at its native resolution."""
-    import matplotlib.pyplot as plt
-
-    grid = image_grid(images, nrow=nrow, num_bits=num_bits)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    plt.imsave(str(out_path), grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+def image_grid(images: Union[Tensor, np.ndarray], out_path: Union[str, Path], title: Optional[str] = None,
+               nrow: Optional[int] = None, num_bits: int = 8) -> None:
+    """Save one grid of ``(N, C, H, W)`` integer images (e.g. ``setflow sample`` output) as a PNG."""
+    plot_grids([(title or "", images)], out_path, num_bits=num_bits, nrow=nrow)
 
 
 def plot_grids(panels: list[tuple[str, Union[Tensor, np.ndarray]]], out_path: Union[str, Path],
-               num_bits: int = 8, title: Optional[str] = None) -> None:
+               num_bits: int = 8, title: Optional[str] = None, nrow: Optional[int] = None) -> None:
     """Put several labelled image grids side by side in one figure (e.g. data | samples)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    grids = [(label, image_grid(imgs, num_bits=num_bits)) for label, imgs in panels]
+    grids = [(label, tile_images(imgs, nrow=nrow, num_bits=num_bits)) for label, imgs in panels]
     fig, axes = plt.subplots(1, len(grids), figsize=(4.2 * len(grids), 4.6), squeeze=False)
     for ax, (label, g) in zip(axes[0], grids):
         if g.shape[-1] == 1:

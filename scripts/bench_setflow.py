@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Throughput and hardware utilisation of the paper-config SortFlow and PermuteFlow.
+
+For each model: training-step throughput (sets/s at batch 128, float32: forward, backward and an
+Adam step) and sampling throughput, the FLOPs of one step counted by
+``torch.utils.flop_counter.FlopCounterMode``, and the machine's float32 GEMM rate at the
+(6400x64)@(64x256) shape (a feed-forward layer of the conditioner at batch 128). It prints
+utilisation = achieved FLOP/s / GEMM FLOP/s, each time the median of several runs.
+
+    python scripts/bench_setflow.py                 # paper configs, 5 timed runs each
+    python scripts/bench_setflow.py --repeats 3 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from setflow.models import build_model  # noqa: E402
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def median_time(fn, repeats: int, warmup: int, device: str) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def gemm_rate(device: str, repeats: int) -> float:
+    a = torch.randn(6400, 64, device=device)
+    b = torch.randn(64, 256, device=device)
+    inner = 50
+
+    def run():
+        for _ in range(inner):
+            torch.mm(a, b)
+
+    t = median_time(run, repeats, 2, device)
+    return 2 * 6400 * 64 * 256 * inner / t
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def bench_model(config_path: Path, batch: int, repeats: int, device: str) -> dict:
+    cfg = yaml.safe_load(config_path.read_text())
+    model = build_model(cfg["model"], **cfg["model_args"]).to(device)
+    n, d = cfg["model_args"]["num_points"], cfg["model_args"]["dim"]
+    x = torch.rand(batch, n, d, device=device) * 28
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    model.log_prob(x)  # ActNorm init outside the timed region
+
+    def train_step():
+        loss = -model.log_prob(x).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def sample_step():
+        with torch.no_grad():
+            model.sample(batch)
+
+    flops_train = count_flops(lambda: (-model.log_prob(x).mean()).backward())
+    opt.zero_grad(set_to_none=True)
+    t_train = median_time(train_step, repeats, 1, device)
+    model.eval()
+    flops_sample = count_flops(sample_step)
+    t_sample = median_time(sample_step, repeats, 1, device)
+    return {
+        "model": cfg["model"],
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_train_per_set": flops_train / batch,
+        "flops_sample_per_set": flops_sample / batch,
+        "train_sets_s": batch / t_train,
+        "sample_sets_s": batch / t_sample,
+        "train_flops_s": flops_train / t_train,
+        "sample_flops_s": flops_sample / t_sample,
+    }
+
+
+def main(argv=None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="*", default=[str(root / "configs/spatial_mnist/sortflow.yaml"),
+                                                    str(root / "configs/spatial_mnist/permuteflow.yaml")])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}")
+    rows = []
+    for c in args.configs:
+        rows.append(bench_model(Path(c), args.batch, args.repeats, args.device))
+    gemm = gemm_rate(args.device, max(args.repeats, 5))
+    print(f"float32 GEMM (6400x64)@(64x256): {gemm / 1e9:.1f} GFLOP/s (median of {max(args.repeats, 5)})")
+    print()
+    print("| model | params | GFLOP/set (train step) | train sets/s | train util | GFLOP/set (sample) | sample sets/s | sample util |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params']:,} | {r['flops_train_per_set'] / 1e9:.3f} | {r['train_sets_s']:.1f} | "
+              f"{r['train_flops_s'] / gemm:.2f} | {r['flops_sample_per_set'] / 1e9:.3f} | {r['sample_sets_s']:.1f} | "
+              f"{r['sample_flops_s'] / gemm:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

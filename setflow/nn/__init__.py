@@ -1,0 +1,32 @@
+"""Conditioner networks for couplings.
+
+Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant:
+:class:`SetTransformer` (without positional embedding), :class:`DeepSets`,
+:class:`EdgeConvNet` on a :func:`knn_graph`. Images ``(B, C, H, W)``:
+:class:`DenseNet`. Every network takes ``forward(x, context=None)`` and, by
+default for the set and image networks, starts at an exactly zero output.
+"""
+
+from setflow.nn.attention import ATTENTION_IMPLS, self_attention
+from setflow.nn.deepsets import DeepSets, DeepSetsLayer
+from setflow.nn.densenet import DenseBlock, DenseLayer, DenseNet
+from setflow.nn.graph import EdgeConvNet, knn_graph
+from setflow.nn.mlp import ACTIVATIONS, MLP, get_activation
+from setflow.nn.set_transformer import SetTransformer, SetTransformerBlock
+
+__all__ = [
+    "ACTIVATIONS",
+    "ATTENTION_IMPLS",
+    "DeepSets",
+    "DeepSetsLayer",
+    "DenseBlock",
+    "DenseLayer",
+    "DenseNet",
+    "EdgeConvNet",
+    "MLP",
+    "SetTransformer",
+    "SetTransformerBlock",
+    "get_activation",
+    "knn_graph",
+    "self_attention",
+]

@@ -1,0 +1,225 @@
+"""Pre-norm transformer encoder over the points of a set (the SortFlow / PermuteFlow conditioner)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from setflow.nn.attention import ATTENTION_IMPLS, self_attention
+from setflow.nn.mlp import broadcast_context
+
+__all__ = ["SetTransformer", "SetTransformerBlock"]
+
+
+class SetTransformerBlock(nn.Module):
+    r"""One pre-norm transformer block without masks.
+
+    .. math::
+        x &\leftarrow x + W_o \operatorname{MHA}(\operatorname{LN}_1(x)) \\
+        x &\leftarrow x + W_2 \operatorname{GELU}(W_1 \operatorname{LN}_2(x))
+
+    The query, key and value projections are one fused ``Linear(d_model, 3 d_model)``
+    whose output is laid out as ``(3, num_heads, head_dim)``.
+
+    Args:
+        d_model: width ``d`` of the token features.
+        num_heads: attention heads (must divide ``d_model``).
+        dim_feedforward: hidden width of the feed-forward layer.
+        dropout: dropout on the attention weights, after the feed-forward
+            activation and on both residual branches (training only).
+        attention: attention kernel, ``"auto"``, ``"sdpa"`` or ``"bmm"``
+            (see :mod:`setflow.nn.attention`; the maths is the same).
+
+    Shapes:
+        - x: ``(B, N, d)``
+        - output: ``(B, N, d)``
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        dim_feedforward: int,
+        dropout: float = 0.0,
+        attention: str = "auto",
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTION_IMPLS}")
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.dim_feedforward = dim_feedforward
+        self.dropout = float(dropout)
+        self.attention = attention
+        self.norm1 = nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ff1 = nn.Linear(d_model, dim_feedforward)
+        self.ff2 = nn.Linear(dim_feedforward, d_model)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default init for the linear maps; LayerNorms to the identity."""
+        for m in (self.norm1, self.qkv, self.proj, self.norm2, self.ff1, self.ff2):
+            m.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        d = self.d_model
+        p = self.dropout if self.training else 0.0
+        # Attention branch. F.* calls with the modules' parameters skip the
+        # module-call machinery on the hot path; the maths is nn.LayerNorm/nn.Linear.
+        h = F.layer_norm(x, (d,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
+        h = self_attention(F.linear(h, self.qkv.weight, self.qkv.bias), self.num_heads, p, self.attention)
+        h = F.linear(h, self.proj.weight, self.proj.bias)
+        if p > 0.0:
+            h = F.dropout(h, p, True)
+        x = x + h
+        # Feed-forward branch.
+        h = F.layer_norm(x, (d,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
+        h = F.gelu(F.linear(h, self.ff1.weight, self.ff1.bias))
+        if p > 0.0:
+            h = F.dropout(h, p, True)
+        h = F.linear(h, self.ff2.weight, self.ff2.bias)
+        if p > 0.0:
+            h = F.dropout(h, p, True)
+        return x + h
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, num_heads={self.num_heads}, dim_feedforward={self.dim_feedforward}, "
+            f"dropout={self.dropout}, attention={self.attention!r}"
+        )
+
+
+class SetTransformer(nn.Module):
+    r"""Transformer encoder on the points of a set: ``(B, N, D_in) -> (B, N, D_out)``.
+
+    Linear embedding, ``num_layers`` pre-norm blocks (:class:`SetTransformerBlock`:
+    multi-head self-attention and a GELU feed-forward layer, each in a residual
+    branch), a final LayerNorm and a linear read-out.
+
+    Without a positional embedding the network is permutation-**equivariant**:
+    permuting the ``N`` input points permutes the output rows the same way, so a
+    coordinate-wise coupling built on it treats the set as a set. With
+    ``positional=True`` a learned embedding of the point index is added after the
+    input embedding, for point-wise couplings on *sorted* sequences.
+
+    The read-out is zero-initialised by default, so an affine / additive
+    coupling that uses this network starts as the identity.
+
+    Args:
+        in_features: features per input point ``D_in``.
+        out_features: features per output point ``D_out``.
+        d_model: token width.
+        num_heads: attention heads (must divide ``d_model``).
+        num_layers: transformer blocks.
+        dim_feedforward: feed-forward hidden width.
+        dropout: dropout probability (attention weights, feed-forward, residual branches).
+        positional: add a learned positional embedding (breaks equivariance).
+        max_len: largest ``N`` accepted with ``positional=True`` (required then).
+        zero_init: zero the read-out's weight and bias.
+        context_features: width ``C`` of an optional context; when set, a
+            ``Linear(C, d_model)`` of the context is added to every token after
+            the input embedding. ``context=None`` always works, and a context given
+            to a network built without ``context_features`` is ignored.
+        attention: attention kernel (``"auto"``, ``"sdpa"``, ``"bmm"``); all
+            compute the same function, ``"auto"`` picks the fastest for the device.
+
+    Shapes:
+        - x: ``(B, N, D_in)``
+        - context: ``(B, C)`` or ``(B, N, C)``, optional
+        - output: ``(B, N, D_out)``
+
+    Example:
+        >>> net = SetTransformer(2, 4, d_model=16, num_heads=4, num_layers=1)
+        >>> net(torch.randn(8, 25, 2)).shape
+        torch.Size([8, 25, 4])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        d_model: int = 64,
+        num_heads: int = 8,
+        num_layers: int = 2,
+        dim_feedforward: int = 256,
+        dropout: float = 0.0,
+        positional: bool = False,
+        max_len: Optional[int] = None,
+        zero_init: bool = True,
+        context_features: Optional[int] = None,
+        attention: str = "auto",
+    ) -> None:
+        super().__init__()
+        if positional and (max_len is None or max_len < 1):
+            raise ValueError("positional=True needs max_len, the largest number of points")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.num_layers = num_layers
+        self.dim_feedforward = dim_feedforward
+        self.dropout = float(dropout)
+        self.positional = positional
+        self.max_len = max_len
+        self.zero_init = zero_init
+        self.context_features = context_features
+        self.attention = attention
+        self.embed = nn.Linear(in_features, d_model)
+        self.pos_embedding = nn.Parameter(torch.empty(max_len, d_model)) if positional else None
+        self.context_proj = nn.Linear(context_features, d_model) if context_features is not None else None
+        self.blocks = nn.ModuleList(
+            SetTransformerBlock(d_model, num_heads, dim_feedforward, dropout, attention) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(d_model, out_features)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Default init for every layer, N(0, 0.02^2) positional embedding, zero read-out if ``zero_init``."""
+        self.embed.reset_parameters()
+        if self.pos_embedding is not None:
+            nn.init.normal_(self.pos_embedding, std=0.02)
+        if self.context_proj is not None:
+            self.context_proj.reset_parameters()
+        for block in self.blocks:
+            block.reset_parameters()
+        self.norm.reset_parameters()
+        self.out.reset_parameters()
+        if self.zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.in_features:
+            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
+        h = F.linear(x, self.embed.weight, self.embed.bias)
+        if self.pos_embedding is not None:
+            n = x.shape[1]
+            if n > self.pos_embedding.shape[0]:
+                raise ValueError(f"set of {n} points exceeds max_len={self.pos_embedding.shape[0]}")
+            h = h + self.pos_embedding[:n]
+        if context is not None and self.context_proj is not None:
+            h = h + broadcast_context(self.context_proj(context), h)
+        for block in self.blocks:
+            h = block(h)
+        h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
+        return F.linear(h, self.out.weight, self.out.bias)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"in_features={self.in_features}, out_features={self.out_features}, d_model={self.d_model}, "
+            f"num_heads={self.num_heads}, num_layers={self.num_layers}, dim_feedforward={self.dim_feedforward}, "
+            f"dropout={self.dropout}, positional={self.positional}"
+        )
+        if self.positional:
+            s += f", max_len={self.max_len}"
+        if self.context_features is not None:
+            s += f", context_features={self.context_features}"
+        return s + f", zero_init={self.zero_init}"
