@@ -39,25 +39,14 @@ __all__ = ["ATTENTION_IMPLS", "self_attention"]
 ATTENTION_IMPLS = ("auto", "sdpa", "bmm")
 
 
-def _max_over_dim1(s: Tensor) -> Tensor:
-    """``s.amax(dim=1, keepdim=True)`` for ``(R, n, c)`` as a tree of elementwise maxima.
-
-    Each step halves axis 1 (the two halves overlap by one row when ``n`` is
-    odd, which is harmless for a maximum). Every operand has a contiguous
-    inner run of ``k * c`` elements, so this vectorises where the reduction
-    kernel, looping over short rows, does not.
-    """
-    n = s.shape[1]
-    m = s
-    while n > 1:
-        h = (n + 1) // 2
-        m = torch.maximum(m[:, :h], m[:, n - h : n])
-        n = h
-    return m
-
-
 class _BmmSelfAttention(torch.autograd.Function):
     """Multi-head self-attention from a fused ``qkv`` tensor, with a hand-written backward.
+
+    Forward: one copy of ``qkv`` into head-major ``(3, B*H, N, hd)``, then
+    ``S = q k^T * scale`` (``baddbmm``), ``P = softmax(S)``, ``O = P v`` (``bmm``).
+    Backward: ``dV = P^T dO``, ``dP = dO V^T``, ``dS = softmax_backward(dP, P)``,
+    ``dQ = dS K * scale``, ``dK = dS^T Q * scale``, written straight into one
+    head-major gradient buffer that is permuted back to the ``qkv`` layout once.
 
     Shapes:
         - qkv: ``(B, N, 3 * D)`` laid out as ``(B, N, 3, H, hd)`` (q, k, v; heads)
@@ -71,15 +60,12 @@ class _BmmSelfAttention(torch.autograd.Function):
         hd = D // num_heads
         BH = B * num_heads
         scale = 1.0 / math.sqrt(hd)
-        # One copy into head-major layout: (3, B, H, N, hd) -> three (BH, N, hd) matrices.
         heads = qkv.view(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).contiguous()
         q, k, v = heads.view(3, BH, N, hd).unbind(0)
-        # Transposed scores st[b, j, i] = <k_j, q_i> * scale: (BH, N_keys, N_queries).
-        st = torch.baddbmm(qkv.new_empty(()), k, q.transpose(1, 2), beta=0.0, alpha=scale)
-        st.sub_(_max_over_dim1(st)).exp_()
-        pt = st.div_(st.sum(dim=1, keepdim=True))  # softmax over the keys, transposed
-        out = torch.bmm(pt.transpose(1, 2), v)  # (BH, N, hd)
-        ctx.save_for_backward(heads, pt, out)
+        scores = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)
+        p = torch.softmax(scores, dim=-1)
+        out = torch.bmm(p, v)  # (BH, N, hd)
+        ctx.save_for_backward(heads, p)
         ctx.num_heads = num_heads
         ctx.scale = scale
         return out.view(B, num_heads, N, hd).transpose(1, 2).reshape(B, N, D)
@@ -87,8 +73,7 @@ class _BmmSelfAttention(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        heads, pt, out = ctx.saved_tensors
-        num_heads = ctx.num_heads
+        heads, p = ctx.saved_tensors
         scale = ctx.scale
         _, B, H, N, hd = heads.shape
         BH = B * H
@@ -96,15 +81,12 @@ class _BmmSelfAttention(torch.autograd.Function):
         go = grad.reshape(B, N, H, hd).transpose(1, 2).reshape(BH, N, hd)
         grad_heads = torch.empty_like(heads)
         gq, gk, gv = grad_heads.view(3, BH, N, hd).unbind(0)
-        torch.bmm(pt, go, out=gv)  # dV = P^T dO
-        dpt = torch.bmm(v, go.transpose(1, 2))  # dP^T[j, i] = <v_j, dO_i>
-        # softmax backward: dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O)
-        r = (go * out).sum(dim=2).unsqueeze(1)  # (BH, 1, N_queries)
-        dst = dpt.sub_(r).mul_(pt)
-        torch.baddbmm(gq, dst.transpose(1, 2), k, beta=0.0, alpha=scale, out=gq)  # dQ = dS K
-        torch.baddbmm(gk, dst, q, beta=0.0, alpha=scale, out=gk)  # dK = dS^T Q
-        grad_qkv = grad_heads.view(3, B, num_heads, N, hd).permute(1, 3, 0, 2, 4).reshape(B, N, 3 * H * hd)
-        return grad_qkv, None
+        torch.bmm(p.transpose(1, 2), go, out=gv)  # dV = P^T dO
+        dp = torch.bmm(go, v.transpose(1, 2))  # dP = dO V^T
+        ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # P * (dP - rowsum(dP * P))
+        torch.baddbmm(gq, ds, k, beta=0.0, alpha=scale, out=gq)  # dQ = dS K * scale
+        torch.baddbmm(gk, ds.transpose(1, 2), q, beta=0.0, alpha=scale, out=gk)  # dK = dS^T Q * scale
+        return grad_heads.permute(1, 3, 0, 2, 4).reshape(B, N, 3 * H * hd), None
 
 
 def _sdpa_self_attention(qkv: Tensor, num_heads: int, dropout_p: float) -> Tensor:

@@ -1,0 +1,5 @@
+import sys
+
+from setflow.cli import main
+
+sys.exit(main())
