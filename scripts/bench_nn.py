@@ -1,8 +1,9 @@
 """Benchmark the SetTransformer conditioner: fwd+bwd time and FLOP utilisation on CPU.
 
 Utilisation = (model FLOPs / time) / (float32 GEMM rate of (6400x64) @ (64x256)),
-both measured in the same process and interleaved, so a busy machine affects
-both. Model FLOPs are counted once with ``torch.utils.flop_counter.FlopCounterMode``
+both timed call by call in the same process and interleaved; reported from the
+medians and from the minima (the best estimate on a machine shared with other
+jobs). Model FLOPs are counted once with ``torch.utils.flop_counter.FlopCounterMode``
 on the ``bmm`` attention variant (its attention is plain ``bmm``; the CPU flash
 kernel behind ``sdpa`` is not counted by FlopCounterMode) and used for every
 variant: each computes the same function.
@@ -10,26 +11,35 @@ variant: each computes the same function.
     python scripts/bench_nn.py                         # default variants, (128, 25, 64)
     python scripts/bench_nn.py --points 50 --repeats 9
     python scripts/bench_nn.py --variants bmm sdpa naive --threads 1 2
+    python scripts/bench_nn.py --tune-malloc      # keep freed memory in the heap (see below)
+    python scripts/bench_nn.py --no-mkldnn        # torch.backends.mkldnn.enabled = False
+
+``--tune-malloc`` calls :func:`setflow.nn.tune_cpu_allocator` (glibc ``mallopt``)
+so that large freed blocks stay in the process heap instead of being returned to
+the OS: every fresh activation tensor otherwise costs page faults on first touch
+(~1300 minor faults per fwd+bwd here). Process-wide, so it belongs in an entry
+point (trainer / CLI), not in library code.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.utils.benchmark as tb
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 try:
-    from setflow.nn import SetTransformer
+    from setflow.nn import SetTransformer, tune_cpu_allocator
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from setflow.nn import SetTransformer
+    from setflow.nn import SetTransformer, tune_cpu_allocator
 
 
 class NaiveSetTransformer(nn.Module):
@@ -65,8 +75,14 @@ def step_fn(net: nn.Module, x: Tensor, g: Tensor) -> Callable[[], None]:
     return step
 
 
-def median_time(fn: Callable[[], None], threads: int, number: int) -> float:
-    return tb.Timer("fn()", globals={"fn": fn}, num_threads=threads).timeit(number).median
+def sample_times(fn: Callable[[], object], number: int) -> list[float]:
+    """Wall time of each of ``number`` calls (single calls: short windows dodge background load)."""
+    out = []
+    for _ in range(number):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -82,9 +98,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--variants", nargs="+", default=["bmm", "sdpa", "naive"],
                     help="SetTransformer attention kernels ('bmm', 'sdpa', 'auto') and/or 'naive'")
     ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
-    ap.add_argument("--repeats", type=int, default=7, help="timing rounds; the median is reported")
-    ap.add_argument("--number", type=int, default=10, help="fwd+bwd steps per timing round")
+    ap.add_argument("--repeats", type=int, default=7, help="timing rounds (variants interleaved)")
+    ap.add_argument("--number", type=int, default=10, help="fwd+bwd steps timed per variant and round")
+    ap.add_argument("--tune-malloc", action="store_true", help="mallopt: keep freed memory (fewer page faults)")
+    ap.add_argument("--no-mkldnn", action="store_true", help="disable oneDNN (torch.backends.mkldnn)")
     args = ap.parse_args(argv)
+    if args.tune_malloc:
+        print(f"tune_cpu_allocator applied: {tune_cpu_allocator()}")
+    if args.no_mkldnn:
+        torch.backends.mkldnn.enabled = False
 
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.points, args.in_features)
@@ -107,22 +129,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for _ in range(3):
                 fn()
         times: dict[str, list[float]] = {v: [] for v in steps}
-        utils: dict[str, list[float]] = {v: [] for v in steps}
-        gemm_rates: list[float] = []
-        for _ in range(args.repeats):  # interleave variants and the GEMM reference
-            t_gemm = median_time(lambda: torch.mm(a, b), threads, 20)
-            gemm_rates.append(gemm_flops / t_gemm)
+        gemm_times: list[float] = []
+        for _ in range(args.repeats):  # interleave the GEMM reference and the variants
             for v, fn in steps.items():
-                t = median_time(fn, threads, args.number)
-                times[v].append(t)
-                utils[v].append(model_flops / t / gemm_rates[-1])
-        rate = statistics.median(gemm_rates)
-        print(f"threads={threads}: GEMM (6400x64)@(64x256) {rate / 1e9:.1f} GFLOP/s (median of {args.repeats})")
+                gemm_times += sample_times(lambda: torch.mm(a, b), 20)
+                times[v] += sample_times(fn, args.number)
+        faults = {}
+        for v, fn in steps.items():  # page faults per step (fresh tensors touching new pages)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            for _ in range(args.number):
+                fn()
+            faults[v] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / args.number
+        g_med, g_min = statistics.median(gemm_times), min(gemm_times)
+        print(f"threads={threads}: GEMM (6400x64)@(64x256) {gemm_flops / g_med / 1e9:.1f} GFLOP/s median, "
+              f"{gemm_flops / g_min / 1e9:.1f} best")
+        print("  variant  ms/step median (min)   GFLOP/s   utilisation median (min/min)   page faults/step")
         for v in steps:
-            t = statistics.median(times[v])
-            print(f"  {v:6s} {t * 1e3:8.2f} ms/fwd+bwd (min {min(times[v]) * 1e3:.2f})  "
-                  f"{model_flops / t / 1e9:6.1f} GFLOP/s  utilisation {statistics.median(utils[v]):.3f} "
-                  f"(best {max(utils[v]):.3f})")
+            t_med, t_min = statistics.median(times[v]), min(times[v])
+            print(f"  {v:7s} {t_med * 1e3:8.2f} ({t_min * 1e3:6.2f})     {model_flops / t_med / 1e9:6.1f}     "
+                  f"{model_flops / t_med / (gemm_flops / g_med):.3f} ({model_flops / t_min / (gemm_flops / g_min):.3f})"
+                  f"                 {faults[v]:.0f}")
     return 0
 
 

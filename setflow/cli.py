@@ -29,7 +29,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
     d = load_spatial_mnist(data_root=args.data_root, fashion=args.fashion, seed=args.seed,
                            download=not args.offline, verbose=False)
-    print(d.source)
+    print("data: " + d.source)
     print(f"spatial {'fashion-' if args.fashion else ''}mnist: train {len(d.train)}, valid {len(d.valid)}, "
           f"test {len(d.test)} sets of {d.train.shape[1]} points")
     return 0

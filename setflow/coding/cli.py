@@ -2,9 +2,9 @@
 
 Examples::
 
-    setflow compress runs/idf_fashion_cpu/last.pt img.png more/ -o out/       # out/img.idf, ...
-    setflow decompress runs/idf_fashion_cpu/last.pt out/ -o restored/        # PNG in -> PNG out
-    setflow progressive runs/idf_fashion_cpu/last.pt img.png -o fig.png
+    setflow compress runs/idf_fashion_mnist_cpu/last.pt img.png more/ -o out/       # out/img.idf, ...
+    setflow decompress runs/idf_fashion_mnist_cpu/last.pt out/ -o restored/        # PNG in -> PNG out
+    setflow progressive runs/idf_fashion_mnist_cpu/last.pt img.png -o fig.png
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ import math
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal

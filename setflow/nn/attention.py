@@ -8,17 +8,14 @@ Two implementations of exactly the same maths,
     views. The right choice on GPUs (flash / memory-efficient kernels) and the
     only one that applies attention dropout.
 ``"bmm"``
-    A hand-written autograd function built from three batched GEMMs per pass.
-    On CPU with small head dimensions (``hd = 8`` in the SortFlow reference
-    model) PyTorch's CPU flash kernel and its generic ``softmax`` spend most of
-    their time in short inner loops (a row max over 25 entries costs more than
-    the GEMMs). This kernel keeps every heavy op on contiguous memory: the
-    scores are stored *transposed* (keys x queries) so the softmax reductions run
-    over a non-innermost axis and vectorise across queries, the row maximum is
-    a short tree of elementwise ``maximum`` ops, the softmax backward uses the
-    ``rowsum(dO * O)`` identity, and the gradient of ``qkv`` is assembled in a
-    single buffer. It also shows up in ``FlopCounterMode`` (its GEMMs are plain
-    ``bmm``), which the CPU flash kernel does not.
+    A small autograd function: one copy of ``qkv`` into head-major layout, a
+    ``baddbmm`` for the scores, ``softmax``, a ``bmm`` for the output, and a
+    hand-written backward (four batched GEMMs and one fused softmax backward)
+    that writes the q/k/v gradients into a single buffer. On CPU at the SortFlow
+    shapes (``B*H = 1024`` heads of ``25 x 8``) PyTorch's flash kernel for CPU
+    loops over tiny per-head blocks and is about 1.5-2x slower for forward +
+    backward; this kernel is the default there. Its GEMMs are plain ``bmm`` ops,
+    so ``FlopCounterMode`` counts them (it does not count the CPU flash kernel).
 
 ``"auto"`` picks ``"bmm"`` for CPU tensors without attention dropout and
 ``"sdpa"`` otherwise. ``tests/test_nn.py`` checks both against a plain
@@ -28,6 +25,7 @@ reference implementation to 1e-10 in float64.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -45,47 +43,61 @@ class _BmmSelfAttention(torch.autograd.Function):
     Forward: one copy of ``qkv`` into head-major ``(3, B*H, N, hd)``, then
     ``S = q k^T * scale`` (``baddbmm``), ``P = softmax(S)``, ``O = P v`` (``bmm``).
     Backward: ``dV = P^T dO``, ``dP = dO V^T``, ``dS = softmax_backward(dP, P)``,
-    ``dQ = dS K * scale``, ``dK = dS^T Q * scale``, written straight into one
-    head-major gradient buffer that is permuted back to the ``qkv`` layout once.
+    ``dQ = dS K * scale``, ``dK = dS^T Q * scale``, stacked and permuted back to
+    the ``qkv`` layout. Only functional ops (no ``out=``), so ``torch.func``
+    transforms (``vmap``, ``jacrev``) and vectorised Jacobians work.
 
     Shapes:
         - qkv: ``(B, N, 3 * D)`` laid out as ``(B, N, 3, H, hd)`` (q, k, v; heads)
         - output: ``(B, N, D)`` (heads concatenated, ready for the output projection)
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, qkv: Tensor, num_heads: int) -> Tensor:  # type: ignore[override]
+    def forward(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         B, N, three_d = qkv.shape
         D = three_d // 3
         hd = D // num_heads
         BH = B * num_heads
-        scale = 1.0 / math.sqrt(hd)
-        heads = qkv.view(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).contiguous()
-        q, k, v = heads.view(3, BH, N, hd).unbind(0)
-        scores = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=scale)
+        # one copy into head-major layout (clone: never an alias of qkv, even when B = N = 1)
+        heads = qkv.view(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).clone(memory_format=torch.contiguous_format)
+        heads = heads.view(3, BH, N, hd)
+        q, k, v = heads.unbind(0)
+        scores = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=1.0 / math.sqrt(hd))
         p = torch.softmax(scores, dim=-1)
-        out = torch.bmm(p, v)  # (BH, N, hd)
+        out = torch.bmm(p, v).view(B, num_heads, N, hd).transpose(1, 2).reshape(B, N, D)
+        return out, heads, p
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        _, num_heads = inputs
+        _, heads, p = output
         ctx.save_for_backward(heads, p)
         ctx.num_heads = num_heads
-        ctx.scale = scale
-        return out.view(B, num_heads, N, hd).transpose(1, 2).reshape(B, N, D)
+        ctx.mark_non_differentiable(heads, p)
+        ctx.set_materialize_grads(False)  # no zero tensors for the two auxiliary outputs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx, grad: Optional[Tensor], *_aux: Optional[Tensor]
+    ) -> tuple[Optional[Tensor], None]:
         heads, p = ctx.saved_tensors
-        scale = ctx.scale
-        _, B, H, N, hd = heads.shape
-        BH = B * H
-        q, k, v = heads.view(3, BH, N, hd).unbind(0)
+        H = ctx.num_heads
+        if grad is None:
+            return None, None
+        _, BH, N, hd = heads.shape
+        B = BH // H
+        scale = 1.0 / math.sqrt(hd)
+        q, k, v = heads.unbind(0)
         go = grad.reshape(B, N, H, hd).transpose(1, 2).reshape(BH, N, hd)
-        grad_heads = torch.empty_like(heads)
-        gq, gk, gv = grad_heads.view(3, BH, N, hd).unbind(0)
-        torch.bmm(p.transpose(1, 2), go, out=gv)  # dV = P^T dO
+        gv = torch.bmm(p.transpose(1, 2), go)  # dV = P^T dO
         dp = torch.bmm(go, v.transpose(1, 2))  # dP = dO V^T
         ds = torch._softmax_backward_data(dp, p, -1, p.dtype)  # P * (dP - rowsum(dP * P))
-        torch.baddbmm(gq, ds, k, beta=0.0, alpha=scale, out=gq)  # dQ = dS K * scale
-        torch.baddbmm(gk, ds.transpose(1, 2), q, beta=0.0, alpha=scale, out=gk)  # dK = dS^T Q * scale
+        gq = torch.bmm(ds, k).mul_(scale)  # dQ = dS K * scale
+        gk = torch.bmm(ds.transpose(1, 2), q).mul_(scale)  # dK = dS^T Q * scale
+        grad_heads = torch.stack([gq, gk, gv]).view(3, B, H, N, hd)
         return grad_heads.permute(1, 3, 0, 2, 4).reshape(B, N, 3 * H * hd), None
 
 
@@ -110,21 +122,27 @@ def self_attention(
     points: permuting the ``N`` rows of ``qkv`` permutes the output rows.
 
     Args:
-        qkv: fused projections, last axis laid out as ``(3, num_heads, hd)``.
-        num_heads: number of heads ``H``; ``D = 3 * H * hd`` / 3.
+        qkv: fused projections, last axis ``3 * D`` laid out as ``(3, num_heads, hd)``
+            with ``D = num_heads * hd``.
+        num_heads: number of heads ``H``.
         dropout_p: attention dropout probability (pass 0 in eval mode).
         impl: ``"auto"``, ``"sdpa"`` or ``"bmm"`` (see the module docstring).
+            ``"bmm"`` supports first-order gradients only (no ``create_graph``
+            double backward, no ``torch.func`` transforms); use ``"sdpa"`` for those.
 
     Shapes:
         - qkv: ``(B, N, 3 * D)``
         - output: ``(B, N, D)``
     """
+    if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads) != 0:
+        raise ValueError(f"qkv must have shape (B, N, 3 * num_heads * hd) with num_heads={num_heads}; "
+                         f"got {tuple(qkv.shape)}")
     if impl == "auto":
         impl = "bmm" if (qkv.device.type == "cpu" and dropout_p == 0.0) else "sdpa"
     if impl == "bmm":
         if dropout_p != 0.0:
             raise ValueError("the 'bmm' attention kernel has no dropout; use impl='sdpa' or 'auto'")
-        return _BmmSelfAttention.apply(qkv.contiguous(), num_heads)
+        return _BmmSelfAttention.apply(qkv.contiguous(), num_heads)[0]
     if impl == "sdpa":
         return _sdpa_self_attention(qkv, num_heads, dropout_p)
     raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
+import torch  # noqa: F401  (used by the docstring examples)
 from torch import Tensor, nn
 
 from setflow.nn.mlp import broadcast_context, get_activation

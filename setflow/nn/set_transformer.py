@@ -51,6 +51,8 @@ class SetTransformerBlock(nn.Module):
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
         if attention not in ATTENTION_IMPLS:
             raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTION_IMPLS}")
+        if attention == "bmm" and dropout > 0.0:
+            raise ValueError("attention='bmm' has no attention dropout; use 'auto' or 'sdpa' with dropout > 0")
         self.d_model = d_model
         self.num_heads = num_heads
         self.dim_feedforward = dim_feedforward
@@ -222,4 +224,6 @@ class SetTransformer(nn.Module):
             s += f", max_len={self.max_len}"
         if self.context_features is not None:
             s += f", context_features={self.context_features}"
+        if self.attention != "auto":
+            s += f", attention={self.attention!r}"
         return s + f", zero_init={self.zero_init}"

@@ -35,7 +35,7 @@ def plot_source(source: str, out_path: str, n: int = 32, data_root: Optional[str
         from setflow.data import load_spatial_mnist
 
         d = load_spatial_mnist(data_root=data_root, fashion=fashion, verbose=False)
-        print(d.source)
+        print("data: " + d.source)
         plot_sets_grid(d.test[:n], None, out_path, title="SpatialMNIST test sets")
         return
     path = Path(source)
