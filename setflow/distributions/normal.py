@@ -12,6 +12,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from setflow.utils import sum_except_batch
+
 from setflow.distributions.base import ConditionalDistribution, Distribution
 
 __all__ = [
@@ -27,15 +29,6 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 ShapeLike = Union[int, Sequence[int]]
-
-
-def sum_except_batch(x: Tensor) -> Tensor:
-    """Sum every dimension but the first: ``(B, ...) -> (B,)``.
-
-    A copy of ``setflow.transforms.base.sum_except_batch``: the distributions
-    package must not import ``setflow.transforms`` (that package imports us).
-    """
-    return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
 def _as_shape(shape: ShapeLike) -> tuple[int, ...]:

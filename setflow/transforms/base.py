@@ -20,6 +20,8 @@ from typing import Iterable, Optional
 import torch
 from torch import Tensor, nn
 
+from setflow.utils import sum_except_batch
+
 __all__ = [
     "Transform",
     "Bijection",
@@ -28,11 +30,6 @@ __all__ = [
     "InverseTransform",
     "sum_except_batch",
 ]
-
-
-def sum_except_batch(x: Tensor) -> Tensor:
-    """Sum every dimension but the first: ``(B, ...) -> (B,)``."""
-    return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
 class Transform(nn.Module):
