@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-examples", type=int, default=1000, help="test images evaluated")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(ROOT / "docs"), help="folder for the sample grids and the table")
+    p.add_argument("--out", default=str(ROOT / "runs" / "image_study"), help="folder for the sample grids and the table")
     p.add_argument("overrides", nargs="*", help="extra config overrides for training")
     return p.parse_args(argv)
 
