@@ -62,6 +62,16 @@ def baselines() -> list[tuple[str, str, Encode, Decode, Callable[[np.ndarray], n
     ]
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _timed(fn: Callable[[], object], runs: int) -> tuple[float, object]:
     times, out = [], None
     for _ in range(runs):
@@ -84,7 +94,8 @@ def bench(ckpt: str, n: int, runs: int = 3, split: str = "test", data_root: Opti
     def row(name: str, settings: str, nbytes: float, enc_s: Optional[float], dec_s: Optional[float], ok: str) -> None:
         bpd = 8.0 * nbytes / (n * dims)
         rate = lambda s: "–" if s is None else f"{n / s:.1f}"  # noqa: E731
-        rows.append(f"| {name} | {settings} | {bpd:.3f} | {raw_bytes / nbytes:.2f} | {rate(enc_s)} | {rate(dec_s)} | {ok} |")
+        ratio = raw_bytes / nbytes
+        rows.append(f"| {name} | {settings} | {bpd:.3f} | {ratio:.2f} | {rate(enc_s)} | {rate(dec_s)} | {ok} |")
 
     # ---------------------------------------------------------------- IDF
     codec = IDFCodec(model)
@@ -118,6 +129,8 @@ def bench(ckpt: str, n: int, runs: int = 3, split: str = "test", data_root: Opti
         row(name, settings, sum(len(s) for s in streams), enc_t, dec_t, "yes" if good else "**NO**")
 
     overhead = 100.0 * (8 * payload - analytic) / analytic
+    n_params = sum(p.numel() for p in model.parameters())
+    cpu = _cpu_name()
     lines = [
         f"Lossless compression of the first {n} {split} images ({data.source.strip()}), "
         f"shape {tuple(x.shape[1:])}, each image its own file.",
@@ -126,11 +139,11 @@ def bench(ckpt: str, n: int, runs: int = 3, split: str = "test", data_root: Opti
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"- IDF checkpoint: `{ckpt}` ({cfg.get('name', '')}: {sum(p.numel() for p in model.parameters()):,} parameters); "
+        f"- IDF checkpoint: `{ckpt}` ({cfg.get('name', '')}: {n_params:,} parameters); "
         f"float32 model -log2 p = {lp32 / (n * dims):.4f} bits/dim, float64 coding path {analytic / (n * dims):.4f}.",
         f"- IDF payload vs analytic bits: {overhead:+.2f}% (ANS quantisation, escapes, final coder state); "
         f"header {header:.0f} bytes/image = {8 * header / dims:.3f} bits/dim.",
-        f"- ratio = raw bytes / compressed bytes; speeds: median of {runs} runs, {platform.processor() or platform.machine()}, "
+        f"- ratio = raw bytes / compressed bytes; speeds: median of {runs} runs, {cpu}, "
         f"torch {torch.__version__}, imagecodecs {imagecodecs.__version__}, {torch.get_num_threads()} torch threads.",
     ]
     return "\n".join(lines) + "\n"

@@ -179,7 +179,8 @@ class IDF(Flow):
             raise ValueError(f"need num_levels >= 1 and num_flows >= 0, got {num_levels}, {num_flows}")
         if h % 2**num_levels or w % 2**num_levels:
             raise ValueError(
-                f"IDF with {num_levels} levels needs H and W divisible by {2**num_levels}, got input_shape {tuple(input_shape)}"
+                f"IDF with {num_levels} levels needs H and W divisible by {2**num_levels}, "
+                f"got input_shape {tuple(input_shape)}"
             )
         for name, kind in (("coupling", coupling), ("split_prior", split_prior)):
             if kind not in CONDITIONER_KINDS:

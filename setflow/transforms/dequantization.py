@@ -38,6 +38,8 @@ class _Dequantization(Surjection):
 
     def _as_float(self, x: Tensor) -> Tensor:
         xf = x if x.is_floating_point() else x.to(torch.get_default_dtype())
+        if xf.numel() == 0:
+            return xf
         lo, hi = float(xf.min()), float(xf.max())
         if lo < 0 or hi > self.num_bins - 1:
             raise ValueError(
