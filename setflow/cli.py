@@ -198,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"{category.__name__}: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -210,8 +214,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    import warnings
+
     from setflow.train.checkpoint import CheckpointError
     from setflow.train.config import ConfigError
+
+    warnings.formatwarning = _one_line_warning
 
     try:
         return int(args.func(args) or 0)
