@@ -8,8 +8,8 @@ written atomically and carry config, weights, optimiser, schedule, step and RNG 
 
 from __future__ import annotations
 
-import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -177,7 +177,8 @@ class Trainer:
             except Exception:  # tensorboard missing or broken: training goes on
                 writer = None
         bar = None
-        if self.is_main and tc["progress"]:
+        log_lines = self.is_main and tc["progress"] and not sys.stderr.isatty()  # plain lines in logs and CI
+        if self.is_main and tc["progress"] and not log_lines:
             from tqdm import tqdm
 
             bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
@@ -218,10 +219,12 @@ class Trainer:
                 if writer is not None and self.step % tc["log_every"] == 0:
                     writer.add_scalar("train/loss", loss.item(), self.step)
                     writer.add_scalar("train/lr", self.lr_at(self.step - 1), self.step)
+                rate = seen / max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
-                    rate = seen / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(loss=f"{loss.item():.4f}", per_s=f"{rate:.0f}")
                     bar.update(1)
+                elif log_lines and (self.step % tc["log_every"] == 0 or self.step == total):
+                    self.log(f"step {self.step}/{total}  loss {loss.item():.4f}  {rate:.0f} examples/s")
             if self.step % tc["eval_every"] == 0 and self.step < total:
                 res = self.validate()
                 self.history.append({"step": self.step, "valid": res["metric"]})
