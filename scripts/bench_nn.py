@@ -4,9 +4,10 @@ Utilisation = (model FLOPs / time) / (float32 GEMM rate of (6400x64) @ (64x256))
 both timed call by call in the same process and interleaved; reported from the
 medians and from the minima (the best estimate on a machine shared with other
 jobs). Model FLOPs are counted once with ``torch.utils.flop_counter.FlopCounterMode``
-on the ``bmm`` attention variant (its attention is plain ``bmm``; the CPU flash
-kernel behind ``sdpa`` is not counted by FlopCounterMode) and used for every
-variant: each computes the same function.
+on the ``bmm`` attention variant and used for every variant: each computes the
+same function (``setflow.nn.attention`` registers a formula for the CPU flash
+kernel behind ``sdpa``, which FlopCounterMode otherwise counts as zero, so both
+count the same).
 
     python scripts/bench_nn.py                         # default variants, (128, 25, 64)
     python scripts/bench_nn.py --points 50 --repeats 9

@@ -131,7 +131,7 @@ def _reference_transformer(net: SetTransformer, x: torch.Tensor) -> torch.Tensor
     return h @ net.out.weight.T + net.out.bias
 
 
-@pytest.mark.parametrize("attention", ["bmm", "sdpa"])  # "auto" is "bmm" on CPU
+@pytest.mark.parametrize("attention", ["bmm", "sdpa"])  # "auto" is "sdpa"
 @pytest.mark.parametrize("positional", [False, True])
 def test_transformer_matches_reference(attention: str, positional: bool) -> None:
     net = SetTransformer(
@@ -340,3 +340,57 @@ def test_pickle_repr_reset() -> None:
         net.reset_parameters()
     assert "num_heads=2" in repr(nets[1]) and "max_len=5" in repr(nets[1])
     assert "pool='mean'" in repr(nets[2]) and "k=2" in repr(nets[3]) and "growth=2" in repr(nets[4])
+
+
+# ----------------------------------------------------------------------------- CPU dropout, FLOP counting
+
+
+def test_cpu_dropout_mask_statistics_and_gradient() -> None:
+    from setflow.nn.cpu import dropout
+
+    x = torch.ones(200, 301, requires_grad=True)  # 60200 entries: not a multiple of 3 decisions per draw
+    torch.manual_seed(1)
+    y = dropout(x, 0.2)
+    torch.manual_seed(1)
+    assert torch.equal(dropout(x, 0.2), y)  # seeded like F.dropout
+    kept = y != 0
+    scale = 2**16 / round(0.8 * 2**16)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], scale))
+    assert abs(kept.double().mean().item() - 0.8) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d/dx (x * mask) = mask
+    assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    with pytest.raises(ValueError):
+        dropout(x, 1.5)
+
+
+def test_flop_count_same_for_both_attention_kernels() -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    qkv = torch.randn(2, 5, 3 * 8, requires_grad=True)
+    counts = []
+    for impl in ("bmm", "sdpa"):
+        with FlopCounterMode(display=False) as fc:
+            self_attention(qkv, 2, impl=impl).sum().backward()
+        counts.append(fc.get_total_flops())
+    assert counts[0] == counts[1] == 6 * 2 * 2 * 2 * 5 * 5 * 4  # 6 matmuls of 2*B*H*N*N*hd
+
+
+def test_split_batch_backward_matches_full_batch() -> None:
+    from setflow.nn import split_batch_backward
+
+    net = _randomize(SetTransformer(2, 3, d_model=8, num_heads=2, num_layers=1)).to(DTYPE)
+    x = torch.randn(5, 4, 2, dtype=DTYPE)
+    loss = net(x).pow(2).sum(dim=(1, 2)).mean()
+    ref = torch.autograd.grad(loss, list(net.parameters()))
+    for workers in (1, 2, 3):
+        net.zero_grad(set_to_none=True)
+        out = split_batch_backward(lambda c: net(c).pow(2).sum(), x, workers=workers)
+        assert torch.allclose(out, loss.detach(), atol=1e-12)
+        for p, g in zip(net.parameters(), ref):
+            assert torch.allclose(p.grad, g, atol=1e-12)
+    with pytest.raises(ValueError):
+        split_batch_backward(lambda c: c.sum(), x, workers=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        split_batch_backward(lambda c: (_ for _ in ()).throw(RuntimeError("boom")), x, workers=2)

@@ -8,7 +8,7 @@ default for the set and image networks, starts at an exactly zero output.
 """
 
 from setflow.nn.attention import ATTENTION_IMPLS, self_attention
-from setflow.nn.cpu import tune_cpu_allocator
+from setflow.nn.cpu import split_batch_backward, tune_cpu_allocator
 from setflow.nn.deepsets import DeepSets, DeepSetsLayer
 from setflow.nn.densenet import DenseBlock, DenseLayer, DenseNet
 from setflow.nn.graph import EdgeConvNet, knn_graph
@@ -30,5 +30,6 @@ __all__ = [
     "get_activation",
     "knn_graph",
     "self_attention",
+    "split_batch_backward",
     "tune_cpu_allocator",
 ]

@@ -17,8 +17,10 @@ Two implementations of exactly the same maths,
     backward; this kernel is the default there. Its GEMMs are plain ``bmm`` ops,
     so ``FlopCounterMode`` counts them (it does not count the CPU flash kernel).
 
-``"auto"`` picks ``"bmm"`` for CPU tensors without attention dropout and
-``"sdpa"`` otherwise. ``tests/test_nn.py`` checks both against a plain
+``"auto"`` is ``"sdpa"`` on every device (the conditioners' attention goes through
+``scaled_dot_product_attention``); ``"bmm"`` stays available by name. Importing this
+module registers ``FlopCounterMode`` formulas for the fused CPU kernel (see
+:func:`_register_cpu_sdpa_flops`), so both kernels count the same FLOPs. ``tests/test_nn.py`` checks both against a plain
 reference implementation to 1e-10 in float64.
 """
 
@@ -35,6 +37,41 @@ from torch.autograd.function import once_differentiable
 __all__ = ["ATTENTION_IMPLS", "self_attention"]
 
 ATTENTION_IMPLS = ("auto", "sdpa", "bmm")
+
+
+def _register_cpu_sdpa_flops() -> None:
+    """Teach ``FlopCounterMode`` the FLOPs of PyTorch's fused CPU attention kernel.
+
+    ``torch.utils.flop_counter`` has formulas for the CUDA flash / efficient / cuDNN
+    kernels but not for ``_scaled_dot_product_flash_attention_for_cpu`` (and its
+    backward), so CPU attention counted as zero. The formulas are PyTorch's own
+    ``2 * B * H * N * M * hd`` per attention matmul: two forward (``q k^T``, ``p v``) and
+    the four of the backward (``dV``, ``dP``, ``dQ``, ``dK``), exactly what the ``bmm`` path
+    counts. The kernel's recomputation of ``q k^T`` in the backward is an implementation
+    detail and is not counted (PyTorch's ``sdpa_backward_flop_count`` would add it), so the
+    count is the architecture's whichever kernel runs.
+    """
+    from torch.utils import flop_counter as fc
+
+    ops = torch.ops.aten
+    fwd = getattr(ops, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or bwd is None or not hasattr(fc, "register_flop_formula"):
+        return
+    if fwd not in fc.flop_registry and fwd.default not in fc.flop_registry:
+
+        @fc.register_flop_formula(fwd, get_raw=True)
+        def _cpu_flash_fwd(query, key, value, *args, out_val=None, **kwargs) -> int:
+            return fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+    if bwd not in fc.flop_registry and bwd.default not in fc.flop_registry:
+
+        @fc.register_flop_formula(bwd, get_raw=True)
+        def _cpu_flash_bwd(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+            return 2 * fc.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_register_cpu_sdpa_flops()
 
 
 class _BmmSelfAttention(torch.autograd.Function):
@@ -138,7 +175,7 @@ def self_attention(
         raise ValueError(f"qkv must have shape (B, N, 3 * num_heads * hd) with num_heads={num_heads}; "
                          f"got {tuple(qkv.shape)}")
     if impl == "auto":
-        impl = "bmm" if (qkv.device.type == "cpu" and dropout_p == 0.0) else "sdpa"
+        impl = "sdpa"
     if impl == "bmm":
         if dropout_p != 0.0:
             raise ValueError("the 'bmm' attention kernel has no dropout; use impl='sdpa' or 'auto'")

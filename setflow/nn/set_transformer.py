@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from setflow.nn.attention import ATTENTION_IMPLS, self_attention
+from setflow.nn.cpu import dropout as _dropout
 from setflow.nn.mlp import broadcast_context
 
 __all__ = ["SetTransformer", "SetTransformerBlock"]
@@ -29,7 +30,8 @@ class SetTransformerBlock(nn.Module):
         num_heads: attention heads (must divide ``d_model``).
         dim_feedforward: hidden width of the feed-forward layer.
         dropout: dropout on the attention weights, after the feed-forward
-            activation and on both residual branches (training only).
+            activation and on both residual branches (training only; on CPU the
+            three non-attention dropouts use :func:`setflow.nn.cpu.dropout`).
         attention: attention kernel, ``"auto"``, ``"sdpa"`` or ``"bmm"``
             (see :mod:`setflow.nn.attention`; the maths is the same).
 
@@ -79,16 +81,16 @@ class SetTransformerBlock(nn.Module):
         h = self_attention(F.linear(h, self.qkv.weight, self.qkv.bias), self.num_heads, p, self.attention)
         h = F.linear(h, self.proj.weight, self.proj.bias)
         if p > 0.0:
-            h = F.dropout(h, p, True)
+            h = _dropout(h, p)
         x = x + h
         # Feed-forward branch.
         h = F.layer_norm(x, (d,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
         h = F.gelu(F.linear(h, self.ff1.weight, self.ff1.bias))
         if p > 0.0:
-            h = F.dropout(h, p, True)
+            h = _dropout(h, p)
         h = F.linear(h, self.ff2.weight, self.ff2.bias)
         if p > 0.0:
-            h = F.dropout(h, p, True)
+            h = _dropout(h, p)
         return x + h
 
     def extra_repr(self) -> str:
@@ -130,7 +132,8 @@ class SetTransformer(nn.Module):
             the input embedding. ``context=None`` always works, and a context given
             to a network built without ``context_features`` is ignored.
         attention: attention kernel (``"auto"``, ``"sdpa"``, ``"bmm"``); all
-            compute the same function, ``"auto"`` picks the fastest for the device.
+            compute the same function; ``"auto"`` is
+            :func:`torch.nn.functional.scaled_dot_product_attention`.
 
     Shapes:
         - x: ``(B, N, D_in)``

@@ -80,6 +80,10 @@ class Trainer:
         self.device = torch.device(device)
         if self.tc["num_threads"]:
             torch.set_num_threads(int(self.tc["num_threads"]))
+        if self.device.type == "cpu":
+            from setflow.nn import tune_cpu_allocator
+
+            tune_cpu_allocator()  # keep freed activation buffers in the heap: fewer page faults per step
         torch.manual_seed(self.tc["seed"])
         self.data = data if data is not None else load_data(config, data_root)
         if self.is_main:
@@ -90,8 +94,10 @@ class Trainer:
         opt_name = self.tc["optimizer"]
         if opt_name not in _OPTIMIZERS:
             raise TrainingError(f"unknown optimizer {opt_name!r}; expected one of {sorted(_OPTIMIZERS)}")
-        self.optimizer = _OPTIMIZERS[opt_name](self.model.parameters(), lr=self.tc["lr"],
-                                               weight_decay=self.tc["weight_decay"])
+        kwargs = {"lr": self.tc["lr"], "weight_decay": self.tc["weight_decay"]}
+        if opt_name in ("adam", "adamw") and self.device.type == "cpu":
+            kwargs["fused"] = True  # one kernel for all parameter tensors (~3x faster step on CPU)
+        self.optimizer = _OPTIMIZERS[opt_name](self.model.parameters(), **kwargs)
         bs = self.tc["batch_size"]
         if bs % self.world:
             raise TrainingError(f"train.batch_size={bs} must be divisible by the number of processes {self.world}")
