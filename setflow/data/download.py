@@ -10,14 +10,12 @@ Tests never reach this code with a real network: callers check
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .common import DataError, PathLike, file_digest, set_default_mode
+from .common import DataError, PathLike, atomic_write, file_digest
 
 __all__ = ["RemoteFile", "fetch", "DEFAULT_TIMEOUT"]
 
@@ -61,30 +59,22 @@ class RemoteFile:
 
 
 def _download_one(url: str, dest: Path, remote: RemoteFile, timeout: float) -> None:
-    """Stream ``url`` into a temp file beside ``dest``, verify, rename. Raises on any failure."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
+    """Stream ``url`` into ``dest`` atomically, verifying the checksum before the rename."""
+
+    def write(out) -> None:
         h = hashlib.new(remote.algorithm)
         request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             for block in iter(lambda: resp.read(1 << 20), b""):
                 h.update(block)
                 out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
         got = h.hexdigest()
         if got != remote.digest:
             raise DataError(
                 f"{url}: {remote.algorithm} mismatch for {dest.name}: expected {remote.digest}, got {got}"
             )
-        set_default_mode(tmp_name)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(dest, write)
 
 
 def fetch(remote: RemoteFile, folder: PathLike, timeout: float = DEFAULT_TIMEOUT) -> tuple[Path, str]:
