@@ -26,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from setflow.models import build_model  # noqa: E402
+from setflow.train.trainer import make_optimizer  # noqa: E402
 from setflow.nn import split_batch_backward, tune_cpu_allocator  # noqa: E402
 
 
@@ -60,14 +61,6 @@ def gemm_rate(device: str, repeats: int) -> float:
     return 2 * 6400 * 64 * 256 * inner / t
 
 
-def _adam_kwargs(device: str) -> dict:
-    try:
-        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
-        return {"fused": True}
-    except (RuntimeError, ValueError):
-        return {}
-
-
 def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -80,7 +73,7 @@ def bench_model(config_path: Path, batch: int, repeats: int, device: str, worker
     n, d = cfg["model_args"]["num_points"], cfg["model_args"]["dim"]
     x = torch.rand(batch, n, d, device=device) * 28
     # fused: one kernel over all ~2000 parameter tensors (PyTorch >= 2.4 on CPU) instead of a per-tensor loop
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **_adam_kwargs(device))
+    opt = make_optimizer("adam", model.parameters(), lr=1e-4, device=torch.device(device))  # as the trainer
     model.train()
     model.log_prob(x)  # ActNorm init outside the timed region
 
