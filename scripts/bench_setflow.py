@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from setflow.models import build_model  # noqa: E402
 from setflow.train.trainer import make_optimizer  # noqa: E402
 from setflow.nn import split_batch_backward, tune_cpu_allocator  # noqa: E402
+from setflow.nn.fused import set_fused  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -67,7 +68,8 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def bench_model(config_path: Path, batch: int, repeats: int, device: str, workers: int = 1) -> dict:
+def bench_model(config_path: Path, batch: int, repeats: int, device: str, workers: int = 1,
+                fused: bool = False) -> dict:
     cfg = yaml.safe_load(config_path.read_text())
     model = build_model(cfg["model"], **cfg["model_args"]).to(device)
     n, d = cfg["model_args"]["num_points"], cfg["model_args"]["dim"]
@@ -90,18 +92,22 @@ def bench_model(config_path: Path, batch: int, repeats: int, device: str, worker
         with torch.no_grad():
             model.sample(batch)
 
+    # FLOPs of the architecture, counted on the eager path (the fused path computes the same maths)
     flops_train = count_flops(lambda: (-model.log_prob(x).mean()).backward())
     opt.zero_grad(set_to_none=True)
+    set_fused(model, fused)
     threads = torch.get_num_threads()
     if workers > 1:  # the workers share the cores; sampling and the GEMM reference keep all threads
         torch.set_num_threads(max(1, threads // workers))
     try:
-        t_train = median_time(train_step, repeats, 1, device)
+        t_train = median_time(train_step, repeats, 2 if fused else 1, device)
     finally:
         torch.set_num_threads(threads)
     model.eval()
+    set_fused(model, False)
     flops_sample = count_flops(sample_step)
-    t_sample = median_time(sample_step, repeats, 1, device)
+    set_fused(model, fused)
+    t_sample = median_time(sample_step, repeats, 2 if fused else 1, device)
     return {
         "model": cfg["model"],
         "params": sum(p.numel() for p in model.parameters()),
@@ -126,9 +132,14 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1,
                    help="train step as this many concurrent batch chunks (threads), intra-op threads "
                         "set to cores // workers; default 1 (plain step)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the set transformers' fused path (torch.compile, hash dropout; setflow.nn.fused); "
+                        "default: on for cpu. The first steps compile (excluded from the timing)")
     p.add_argument("--no-tune", action="store_true",
                    help="skip the process-wide glibc heap setting (setflow.nn.tune_cpu_allocator)")
     args = p.parse_args(argv)
+    if args.fused is None:
+        args.fused = args.device == "cpu"
     if not args.no_tune and args.device == "cpu":
         # An entry-point setting, as a trainer would apply it: keep freed activations in the heap,
         # so fresh tensors do not page-fault on first touch.
@@ -137,10 +148,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"cpu tuning {'off' if args.no_tune else 'on'}, train-step workers {args.workers}")
+          f"cpu tuning {'off' if args.no_tune else 'on'}, train-step workers {args.workers}, fused {args.fused}")
     rows = []
     for c in args.configs:
-        rows.append(bench_model(Path(c), args.batch, args.repeats, args.device, args.workers))
+        rows.append(bench_model(Path(c), args.batch, args.repeats, args.device, args.workers, args.fused))
     gemm = gemm_rate(args.device, max(args.repeats, 5))
     print(f"float32 GEMM (6400x64)@(64x256): {gemm / 1e9:.1f} GFLOP/s (median of {max(args.repeats, 5)})")
     print()

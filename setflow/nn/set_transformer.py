@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from setflow.nn.attention import ATTENTION_IMPLS, self_attention
-from setflow.nn.cpu import dropout as _dropout
+from setflow.nn.attention import ATTENTION_IMPLS
+from setflow.nn.fused import block_core, compiled_block_core
 from setflow.nn.mlp import broadcast_context
 
 __all__ = ["SetTransformer", "SetTransformerBlock"]
@@ -72,26 +72,15 @@ class SetTransformerBlock(nn.Module):
         for m in (self.norm1, self.qkv, self.proj, self.norm2, self.ff1, self.ff2):
             m.reset_parameters()
 
+    def weights(self) -> list[Tensor]:
+        """The 12 weight tensors in :func:`setflow.nn.fused.block_core` order."""
+        return [self.norm1.weight, self.norm1.bias, self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
+                self.norm2.weight, self.norm2.bias, self.ff1.weight, self.ff1.bias, self.ff2.weight, self.ff2.bias]
+
     def forward(self, x: Tensor) -> Tensor:
-        d = self.d_model
+        # F.* calls with the modules' parameters (block_core) skip the module-call machinery on the hot path
         p = self.dropout if self.training else 0.0
-        # Attention branch. F.* calls with the modules' parameters skip the
-        # module-call machinery on the hot path; the maths is nn.LayerNorm/nn.Linear.
-        h = F.layer_norm(x, (d,), self.norm1.weight, self.norm1.bias, self.norm1.eps)
-        h = self_attention(F.linear(h, self.qkv.weight, self.qkv.bias), self.num_heads, p, self.attention)
-        h = F.linear(h, self.proj.weight, self.proj.bias)
-        if p > 0.0:
-            h = _dropout(h, p)
-        x = x + h
-        # Feed-forward branch.
-        h = F.layer_norm(x, (d,), self.norm2.weight, self.norm2.bias, self.norm2.eps)
-        h = F.gelu(F.linear(h, self.ff1.weight, self.ff1.bias))
-        if p > 0.0:
-            h = _dropout(h, p)
-        h = F.linear(h, self.ff2.weight, self.ff2.bias)
-        if p > 0.0:
-            h = _dropout(h, p)
-        return x + h
+        return block_core(x, self.weights(), self.num_heads, p, self.norm1.eps, attention=self.attention)
 
     def extra_repr(self) -> str:
         return (
@@ -134,6 +123,10 @@ class SetTransformer(nn.Module):
         attention: attention kernel (``"auto"``, ``"sdpa"``, ``"bmm"``); all
             compute the same function; ``"auto"`` is
             :func:`torch.nn.functional.scaled_dot_product_attention`.
+        fused: run every block through the ``torch.compile``-d
+            :func:`setflow.nn.fused.block_core` with counter-based hash dropout
+            (same maths and parameters, fewer memory passes; see :mod:`setflow.nn.fused`).
+            Switch later with ``net.fused = True`` or :func:`setflow.nn.fused.set_fused`.
 
     Shapes:
         - x: ``(B, N, D_in)``
@@ -160,6 +153,7 @@ class SetTransformer(nn.Module):
         zero_init: bool = True,
         context_features: Optional[int] = None,
         attention: str = "auto",
+        fused: bool = False,
     ) -> None:
         super().__init__()
         if positional and (max_len is None or max_len < 1):
@@ -176,6 +170,7 @@ class SetTransformer(nn.Module):
         self.zero_init = zero_init
         self.context_features = context_features
         self.attention = attention
+        self.fused = bool(fused)
         self.embed = nn.Linear(in_features, d_model)
         self.pos_embedding = nn.Parameter(torch.empty(max_len, d_model)) if positional else None
         self.context_proj = nn.Linear(context_features, d_model) if context_features is not None else None
@@ -212,8 +207,21 @@ class SetTransformer(nn.Module):
             h = h + self.pos_embedding[:n]
         if context is not None and self.context_proj is not None:
             h = h + broadcast_context(self.context_proj(context), h)
+        if self.fused:
+            return self._fused_forward(h)
         for block in self.blocks:
             h = block(h)
+        h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
+        return F.linear(h, self.out.weight, self.out.bias)
+
+    def _fused_forward(self, h: Tensor) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        seeds = None
+        if p > 0.0:  # one pair of int32 words per dropout site, from the global generator (seeded, resumable)
+            seeds = torch.randint(-2**31, 2**31 - 1, (self.num_layers, 4, 2), dtype=torch.int32, device=h.device)
+        block_fn = compiled_block_core()
+        for i, block in enumerate(self.blocks):
+            h = block_fn(h, block.weights(), self.num_heads, p, block.norm1.eps, None if seeds is None else seeds[i])
         h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
         return F.linear(h, self.out.weight, self.out.bias)
 
@@ -229,4 +237,6 @@ class SetTransformer(nn.Module):
             s += f", context_features={self.context_features}"
         if self.attention != "auto":
             s += f", attention={self.attention!r}"
+        if self.fused:
+            s += ", fused=True"
         return s + f", zero_init={self.zero_init}"

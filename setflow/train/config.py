@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "dtype": "float32",
         "num_threads": None,
+        "fused": False,  # set transformers through torch.compile with hash dropout (setflow.nn.fused)
         "progress": True,
     },
     "eval": {

@@ -105,6 +105,10 @@ class Trainer:
             self.log(self.data.source)
         self.scale = loss_scale(self.data.unit, self.data.event_shape)
         self.model = build_from_config(config).to(self.device)
+        if self.tc["fused"]:
+            from setflow.nn.fused import set_fused
+
+            set_fused(self.model, True)  # the first steps compile each block shape (tens of seconds on 2 cores)
         self.dtype = getattr(torch, self.tc["dtype"])
         opt_name = self.tc["optimizer"]
         self.optimizer = make_optimizer(opt_name, self.model.parameters(), self.tc["lr"], self.tc["weight_decay"],
