@@ -117,3 +117,24 @@ def test_fused_eval_matches_eager_and_stays_equivariant() -> None:
     with torch.no_grad():
         assert torch.allclose(net(x[:, perm]), net(x)[:, perm], atol=1e-5)
     assert set_fused(torch.nn.Sequential(net, torch.nn.Linear(2, 2)), False) == 1 and not net.fused
+
+
+def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import setflow.nn.fused as fused
+
+    def broken():
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(fused, "compiled_block_core", broken)
+    monkeypatch.setattr(fused, "_COMPILE_FAILED", False)
+    net = _net(0.2).train()
+    set_fused(net, True)
+    x = torch.randn(2, 5, 2)
+    torch.manual_seed(7)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        y = net(x)
+    assert fused._COMPILE_FAILED
+    torch.manual_seed(7)  # the eager fallback is the same function: same seeds, same masks, same output
+    assert torch.equal(net(x), y)
+    with pytest.raises(ValueError, match="expected x of shape"):  # real errors still surface
+        net(torch.randn(2, 5, 3))

@@ -11,6 +11,7 @@ from setflow.nn.attention import ATTENTION_IMPLS, self_attention
 from setflow.nn.cpu import split_batch_backward, tune_cpu_allocator
 from setflow.nn.deepsets import DeepSets, DeepSetsLayer
 from setflow.nn.densenet import DenseBlock, DenseLayer, DenseNet
+from setflow.nn.fused import set_fused
 from setflow.nn.graph import EdgeConvNet, knn_graph
 from setflow.nn.mlp import ACTIVATIONS, MLP, get_activation
 from setflow.nn.set_transformer import SetTransformer, SetTransformerBlock
@@ -30,6 +31,7 @@ __all__ = [
     "get_activation",
     "knn_graph",
     "self_attention",
+    "set_fused",
     "split_batch_backward",
     "tune_cpu_allocator",
 ]

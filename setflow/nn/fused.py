@@ -33,6 +33,7 @@ disk). Needs a C++ compiler, as every Inductor CPU build does.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -42,7 +43,8 @@ from torch import Tensor
 from setflow.nn.attention import self_attention
 from setflow.nn.cpu import dropout as cpu_dropout
 
-__all__ = ["hash_keep_mask", "hash_dropout", "block_core", "compiled_block_core", "set_fused", "MASK_BITS"]
+__all__ = ["hash_keep_mask", "hash_dropout", "block_core", "compiled_block_core", "fused_block", "set_fused",
+           "MASK_BITS"]
 
 #: resolution of the keep probability: ``keep`` is rounded to a multiple of ``2**-MASK_BITS``
 MASK_BITS = 24
@@ -152,6 +154,7 @@ def block_core(
 
 
 _COMPILED_BLOCK = None
+_COMPILE_FAILED = False
 
 
 def compiled_block_core():
@@ -172,6 +175,26 @@ def compiled_block_core():
                 setattr(cfg, name, max(getattr(cfg, name), 64))
         _COMPILED_BLOCK = torch.compile(block_core, dynamic=False)
     return _COMPILED_BLOCK
+
+
+def fused_block(h: Tensor, w: Sequence[Tensor], num_heads: int, p: float, eps: float,
+                seed: Optional[Tensor]) -> Tensor:
+    """:func:`block_core` through :func:`compiled_block_core`; eager ``block_core`` if compiling fails.
+
+    The fallback (warned once; e.g. no C++ compiler for Inductor) computes exactly the same
+    function with the same hash masks, only slower; a genuine error (bad shapes) is raised
+    again by the eager call.
+    """
+    global _COMPILE_FAILED
+    if not _COMPILE_FAILED:
+        try:
+            return compiled_block_core()(h, w, num_heads, p, eps, seed)
+        except Exception as e:  # noqa: BLE001 - any backend failure; the eager call below re-raises real errors
+            _COMPILE_FAILED = True
+            warnings.warn(f"setflow: torch.compile of the fused set-transformer blocks failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); running them eagerly with the same hash "
+                          "dropout", RuntimeWarning, stacklevel=2)
+    return block_core(h, w, num_heads, p, eps, seed)
 
 
 def set_fused(module: torch.nn.Module, enabled: bool = True) -> int:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from setflow.nn.attention import ATTENTION_IMPLS
-from setflow.nn.fused import block_core, compiled_block_core
+from setflow.nn.fused import block_core, fused_block
 from setflow.nn.mlp import broadcast_context
 
 __all__ = ["SetTransformer", "SetTransformerBlock"]
@@ -219,9 +219,8 @@ class SetTransformer(nn.Module):
         seeds = None
         if p > 0.0:  # one pair of int32 words per dropout site, from the global generator (seeded, resumable)
             seeds = torch.randint(-2**31, 2**31 - 1, (self.num_layers, 4, 2), dtype=torch.int32, device=h.device)
-        block_fn = compiled_block_core()
         for i, block in enumerate(self.blocks):
-            h = block_fn(h, block.weights(), self.num_heads, p, block.norm1.eps, None if seeds is None else seeds[i])
+            h = fused_block(h, block.weights(), self.num_heads, p, block.norm1.eps, None if seeds is None else seeds[i])
         h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
         return F.linear(h, self.out.weight, self.out.bias)
 
