@@ -7,7 +7,12 @@ Adam step) and sampling throughput, the FLOPs of one step counted by
 (6400x64)@(64x256) shape (a feed-forward layer of the conditioner at batch 128). It prints
 utilisation = achieved FLOP/s / GEMM FLOP/s, each time the median of several runs.
 
-    python scripts/bench_setflow.py                 # paper configs, 5 timed runs each
+On CPU the set transformers run their fused path by default (``setflow.nn.fused``: per-block
+``torch.compile`` with hash dropout; the first steps compile and are not timed); the FLOPs are
+always counted on the eager path, so both modes report the same architecture's count.
+
+    python scripts/bench_setflow.py                 # paper configs, 5 timed runs each, fused on CPU
+    python scripts/bench_setflow.py --no-fused      # eager PyTorch ops, for the before/after ratio
     python scripts/bench_setflow.py --repeats 3 --device cuda
 """
 
