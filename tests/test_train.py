@@ -46,11 +46,13 @@ def run(tmp, cfg, resume=False) -> Trainer:
     return t
 
 
-def test_resume_continues_to_the_same_result(tmp_path):
-    full = run(tmp_path / "a", tiny_config())
+@pytest.mark.parametrize("fused", [False, True])  # fused: compiled blocks, hash dropout seeded from the RNG state
+def test_resume_continues_to_the_same_result(tmp_path, fused):
+    full = run(tmp_path / "a", tiny_config(fused=fused))
     assert full.step == 3 * (40 // 8)
-    run(tmp_path / "b", tiny_config(max_steps=7))
-    resumed = run(tmp_path / "b", tiny_config(), resume=True)
+    assert all(m.fused == fused for m in full.model.modules() if hasattr(m, "fused"))
+    run(tmp_path / "b", tiny_config(max_steps=7, fused=fused))
+    resumed = run(tmp_path / "b", tiny_config(fused=fused), resume=True)
     assert resumed.step == full.step
     for (k, v), (_, w) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(v, w), k
