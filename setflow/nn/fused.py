@@ -1,15 +1,15 @@
-"""Fused set-transformer kernels: counter-based dropout and a ``torch.compile``-d transformer core.
+"""Fused set-transformer blocks: counter-based hash dropout and ``torch.compile``-d blocks.
 
 Why this exists. With the paper's dropout (0.2 at four sites per block) a SortFlow
 training step on CPU spends most of its time outside the GEMMs: PyTorch's CPU
 dropout draws one serial ``mt19937`` number per element, SDPA falls back to its
 unfused math path when attention dropout is on, and LayerNorm / GELU / residual
-adds each make their own pass over ``(B, N, 256)`` activations. Compiling the
-transformer with Inductor fuses those elementwise passes into a few C++ loops, but
+adds each make their own pass over ``(B, N, 256)`` activations. Compiling each
+block with Inductor fuses those elementwise passes into a few C++ loops, but
 Inductor's own CPU random numbers (a scalar Philox call per element) would be the
 new bottleneck. So the dropout masks here come from a **counter-based hash**:
 
-    mask[i] = 1[hash32(i, seed) mod 2**24 < round(keep * 2**24)] / keep'
+    mask[i] = 1[top 24 bits of hash32(i, seed) < round(keep * 2**24)] / keep'
 
 written in plain int32 tensor ops (multiply, xor, shift, and), which Inductor
 vectorises and fuses into the loop that consumes the mask; the backward
@@ -23,7 +23,8 @@ What is computed is the same architecture as :class:`~setflow.nn.SetTransformer`
 eager path, the same FLOPs: with attention dropout the attention is written out as
 ``softmax(q k^T / sqrt(hd))``, dropout, ``@ v`` (the only way to drop attention
 weights with a custom mask; SDPA's own CPU dropout path is this same unfused
-maths), without dropout it stays :func:`~torch.nn.functional.scaled_dot_product_attention`.
+maths), without dropout it stays :func:`~torch.nn.functional.scaled_dot_product_attention`
+(the ``attention="bmm"`` kernel choice of a network applies to its eager path only).
 
 Use :func:`set_fused` (or ``SetTransformer(..., fused=True)``); the first call per
 input shape compiles (tens of seconds on 2 cores; Inductor caches the result on

@@ -208,21 +208,21 @@ class SetTransformer(nn.Module):
         if context is not None and self.context_proj is not None:
             h = h + broadcast_context(self.context_proj(context), h)
         if self.fused:
-            return self._fused_forward(h)
-        for block in self.blocks:
-            h = block(h)
+            h = self._fused_blocks(h)
+        else:
+            for block in self.blocks:
+                h = block(h)
         h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
         return F.linear(h, self.out.weight, self.out.bias)
 
-    def _fused_forward(self, h: Tensor) -> Tensor:
+    def _fused_blocks(self, h: Tensor) -> Tensor:
         p = self.dropout if self.training else 0.0
         seeds = None
         if p > 0.0:  # one pair of int32 words per dropout site, from the global generator (seeded, resumable)
             seeds = torch.randint(-2**31, 2**31 - 1, (self.num_layers, 4, 2), dtype=torch.int32, device=h.device)
         for i, block in enumerate(self.blocks):
             h = fused_block(h, block.weights(), self.num_heads, p, block.norm1.eps, None if seeds is None else seeds[i])
-        h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
-        return F.linear(h, self.out.weight, self.out.bias)
+        return h
 
     def extra_repr(self) -> str:
         s = (
