@@ -420,6 +420,7 @@ def test_reprs():
     assert "num_bits=5" in repr(UniformDequantization(5))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_layers_run_on_cuda():
     dev = torch.device("cuda")

@@ -1,0 +1,254 @@
+"""Run-time built C++ kernels for the CPU: fused multi-head attention with hash dropout.
+
+:func:`hash_attention` computes, per head, ``(M * softmax(q k^T / sqrt(hd))) v`` from one
+fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fused.hash_keep_mask` dropout
+mask of the ``(B, H, N, N)`` attention weights (bit-identical masks), and its exact
+gradient. Forward and backward are single C++ loops per head
+(``setflow/nn/csrc/hash_attention.cpp``): the weights never leave the L1 cache, the
+backward recomputes them from the saved log-sum-exp, and the q/k/v head split is read
+and written in place, so none of the ``(B, H, N, N)`` passes of the written-out attention
+(scores, softmax, mask, their backward) touch memory.
+
+The source is compiled on first use with the system C++ compiler
+(``$CXX``, else ``g++``; ``-O3 -march=native -fopenmp``) into a cache folder
+(``$SETFLOW_CACHE/kernels``, default ``~/.cache/setflow/kernels``), keyed by the source,
+the flags, the compiler version and the CPU, and loaded with :mod:`ctypes`. When that
+fails (no compiler, unsupported platform) or ``SETFLOW_NO_KERNELS=1`` is set,
+:func:`available` is ``False`` and callers keep their PyTorch path (:mod:`setflow.nn.fused`
+warns once). The op is registered as ``torch.ops.setflow.hash_attention`` with a fake
+implementation and an autograd formula, so ``torch.compile`` graphs call it directly, and
+with FLOP formulas (the architecture's attention GEMMs) for ``FlopCounterMode``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "hash_attention", "supports", "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS"]
+
+SUPPORTED_HEAD_DIMS = (4, 8, 16)
+_SOURCE = Path(__file__).with_name("csrc") / "hash_attention.cpp"
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+_NO_DROPOUT = 1 << 24  # ``levels`` that keeps every weight (see setflow.nn.fused.MASK_BITS)
+_LOCK = threading.Lock()
+_LIB: Optional[ctypes.CDLL] = None
+_ERROR: Optional[str] = None
+_TRIED = False
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$SETFLOW_CACHE/kernels`` or ``~/.cache/setflow/kernels``."""
+    root = os.environ.get("SETFLOW_CACHE")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "setflow")
+    return Path(root) / "kernels"
+
+
+def _cpu_id() -> str:
+    # -march=native code is only valid on the CPU it was built for: key the cache on model and flags
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "\n".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build() -> Path:
+    cxx = os.environ.get("CXX") or "g++"
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), version.encode(),
+                                     _cpu_id().encode()])).hexdigest()[:20]
+    target = cache_dir() / f"hash_attention-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        r = subprocess.run([cxx, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{cxx} exited with {r.returncode}: {r.stderr.strip()[-1500:]}")
+        os.replace(tmp, target)  # atomic: concurrent builders (DDP ranks) never see a partial file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    global _LIB, _ERROR, _TRIED
+    if _TRIED:
+        return _LIB
+    with _LOCK:
+        if _TRIED:
+            return _LIB
+        try:
+            if os.environ.get("SETFLOW_NO_KERNELS", "") not in ("", "0"):
+                raise RuntimeError("disabled by SETFLOW_NO_KERNELS")
+            lib = ctypes.CDLL(str(_build()))
+            i64, i32, f32p = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
+            lib.setflow_hash_attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32, i64,
+                                                           ctypes.c_int]
+            lib.setflow_hash_attention_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i64, i64, i64, i32, i32,
+                                                            i64, ctypes.c_int]
+            lib.setflow_hash_attention_forward.restype = ctypes.c_int
+            lib.setflow_hash_attention_backward.restype = ctypes.c_int
+            _LIB = lib
+        except Exception as e:  # noqa: BLE001 - any build / load failure means: use the PyTorch path
+            _ERROR = f"{type(e).__name__}: {e}"
+        _TRIED = True
+    return _LIB
+
+
+def available() -> bool:
+    """Whether the C++ attention kernel is built and loaded (builds it on the first call)."""
+    return _load() is not None
+
+
+def last_error() -> Optional[str]:
+    """Why :func:`available` is ``False`` (``None`` when the kernel loaded or was not tried)."""
+    return _ERROR
+
+
+def supports(qkv: Tensor, num_heads: int) -> bool:
+    """Whether :func:`hash_attention` takes this input: CPU float32 ``(B, N, 3 D)``, head dim 4, 8 or 16."""
+    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or qkv.dim() != 3 or qkv.shape[-1] % 3:
+        return False
+    d = qkv.shape[-1] // 3
+    return d % num_heads == 0 and d // num_heads in SUPPORTED_HEAD_DIMS and available()
+
+
+def _ptr(t: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _seed_words(seed: Tensor) -> tuple[int, int]:
+    if seed.dtype != torch.int32 or seed.numel() != 2:
+        raise ValueError(f"seed must be an int32 tensor of 2 words, got {seed.dtype} with {seed.numel()} entries")
+    s0, s1 = seed.tolist()
+    return int(s0), int(s1)
+
+
+def _check_qkv(qkv: Tensor, num_heads: int) -> tuple[int, int, int]:
+    if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads):
+        raise ValueError(f"qkv must be (B, N, 3 * num_heads * head_dim); got {tuple(qkv.shape)} for {num_heads} heads")
+    B, N, three_d = qkv.shape
+    return B, N, three_d // (3 * num_heads)
+
+
+@torch.library.custom_op("setflow::hash_attention", mutates_args=())
+def _attention_op(qkv: Tensor, seed: Tensor, num_heads: int, levels: int) -> tuple[Tensor, Tensor]:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"setflow's C++ attention kernel is not available ({_ERROR})")
+    B, N, hd = _check_qkv(qkv, num_heads)
+    qkv = qkv.contiguous()
+    out = qkv.new_empty(B, N, num_heads * hd)
+    lse = qkv.new_empty(B, num_heads, N)
+    s0, s1 = _seed_words(seed)
+    rc = lib.setflow_hash_attention_forward(_ptr(qkv), _ptr(out), _ptr(lse), B, N, num_heads, hd, s0, s1, levels,
+                                            torch.get_num_threads())
+    if rc:
+        raise ValueError(f"head dim {hd} not supported by the C++ attention kernel (supported: {SUPPORTED_HEAD_DIMS})")
+    return out, lse
+
+
+@_attention_op.register_fake
+def _(qkv, seed, num_heads, levels):
+    B, N, hd = _check_qkv(qkv, num_heads)
+    return qkv.new_empty(B, N, num_heads * hd), qkv.new_empty(B, num_heads, N)
+
+
+@torch.library.custom_op("setflow::hash_attention_backward", mutates_args=())
+def _attention_backward_op(grad: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, seed: Tensor, num_heads: int,
+                           levels: int) -> Tensor:
+    lib = _load()
+    B, N, hd = _check_qkv(qkv, num_heads)
+    qkv, out, grad, lse = qkv.contiguous(), out.contiguous(), grad.contiguous(), lse.contiguous()
+    dqkv = torch.empty_like(qkv)
+    s0, s1 = _seed_words(seed)
+    rc = lib.setflow_hash_attention_backward(_ptr(qkv), _ptr(out), _ptr(grad), _ptr(lse), _ptr(dqkv), B, N, num_heads,
+                                             hd, s0, s1, levels, torch.get_num_threads())
+    if rc:
+        raise ValueError(f"head dim {hd} not supported by the C++ attention kernel (supported: {SUPPORTED_HEAD_DIMS})")
+    return dqkv
+
+
+@_attention_backward_op.register_fake
+def _(grad, qkv, out, lse, seed, num_heads, levels):
+    return torch.empty_like(qkv)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    qkv, seed, num_heads, levels = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, seed, out, lse)
+    ctx.num_heads, ctx.levels = num_heads, levels
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    qkv, seed, out, lse = ctx.saved_tensors
+    dqkv = _attention_backward_op(grad_out, qkv, out, lse, seed, ctx.num_heads, ctx.levels)
+    return dqkv, None, None, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _register_flops() -> None:
+    # the architecture's attention GEMMs, as FlopCounterMode counts them for the bmm / SDPA paths:
+    # 2 per forward (q k^T, a v) and 4 per backward, each 2 * B * H * N * N * hd
+    from torch.utils import flop_counter as fc
+
+    if not hasattr(fc, "register_flop_formula"):
+        return
+
+    def gemm(qkv_shape, num_heads) -> int:
+        B, N, three_d = qkv_shape
+        return 2 * B * N * N * (three_d // 3)  # summed over heads: H * hd = D
+
+    @fc.register_flop_formula(torch.ops.setflow.hash_attention, get_raw=True)
+    def _fwd(qkv, seed, num_heads, levels, *args, out_val=None, **kwargs) -> int:
+        return 2 * gemm(qkv.shape, num_heads)
+
+    @fc.register_flop_formula(torch.ops.setflow.hash_attention_backward, get_raw=True)
+    def _bwd(grad, qkv, *args, out_val=None, **kwargs) -> int:
+        return 4 * gemm(qkv.shape, 1)
+
+
+_register_flops()
+
+
+def hash_attention(qkv: Tensor, num_heads: int, p: float = 0.0, seed: Optional[Tensor] = None) -> Tensor:
+    """Multi-head self-attention ``(B, N, 3 D) -> (B, N, D)`` with hash dropout ``p`` on the weights.
+
+    ``qkv`` is laid out ``(B, N, 3, num_heads, head_dim)`` (as a fused ``Linear(D, 3 D)``
+    gives it). With ``p > 0``, ``seed`` (int32, 2 words) selects the
+    :func:`setflow.nn.fused.hash_keep_mask` mask of the ``(B, H, N, N)`` weights and the
+    kept weights are scaled by ``1 / keep'``. Differentiable in ``qkv``.
+    """
+    from setflow.nn.fused import MASK_BITS, _keep_levels
+
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    levels = _NO_DROPOUT
+    if p > 0.0:
+        if seed is None:
+            raise ValueError("hash_attention with dropout p > 0 needs a seed")
+        levels = min(_keep_levels(1.0 - p), 1 << MASK_BITS)
+    if seed is None:
+        seed = torch.zeros(2, dtype=torch.int32)
+    return _attention_op(qkv, seed, num_heads, levels)[0]
