@@ -5,7 +5,9 @@ For each model: training-step throughput (sets/s at batch 128, float32: forward,
 Adam step) and sampling throughput, the FLOPs of one step counted by
 ``torch.utils.flop_counter.FlopCounterMode``, and the machine's float32 GEMM rate at the
 (6400x64)@(64x256) shape (a feed-forward layer of the conditioner at batch 128). It prints
-utilisation = achieved FLOP/s / GEMM FLOP/s, each time the median of several runs.
+utilisation = achieved FLOP/s / GEMM FLOP/s: every timed step is paired with a GEMM-rate
+measurement taken just before it, and the utilisation is the median of those per-step ratios
+(on a shared machine whose speed drifts, the two halves of each ratio see the same conditions).
 
 On CPU the set transformers run their fused path by default (``setflow.nn.fused``: per-block
 ``torch.compile`` with hash dropout; the first steps compile and are not timed); the FLOPs are
@@ -41,30 +43,47 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn, repeats: int, warmup: int, device: str) -> float:
+def _timed(fn, device: str) -> float:
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+class GemmReference:
+    """The float32 GEMM rate at the (6400x64)@(64x256) shape: ``rate()`` times ``inner`` products."""
+
+    def __init__(self, device: str, inner: int = 30) -> None:
+        self.a = torch.randn(6400, 64, device=device)
+        self.b = torch.randn(64, 256, device=device)
+        self.device, self.inner = device, inner
+        for _ in range(3):
+            self.rate()
+
+    def _run(self) -> None:
+        for _ in range(self.inner):
+            torch.mm(self.a, self.b)
+
+    def rate(self) -> float:
+        return 2 * 6400 * 64 * 256 * self.inner / _timed(self._run, self.device)
+
+
+def paired_times(fn, ref: GemmReference, repeats: int, warmup: int, device: str) -> tuple[float, float, float]:
+    """Median time of ``fn``, median GEMM rate, and the median of the per-repeat ratios.
+
+    Each timed call of ``fn`` is paired with a GEMM-rate measurement right before it, and the
+    utilisation of a repeat is its achieved rate over its own reference: on a shared machine
+    whose speed drifts, both halves of a ratio then see the same conditions.
+    """
     for _ in range(warmup):
         fn()
-    _sync(device)
-    times = []
+    times, rates = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def gemm_rate(device: str, repeats: int) -> float:
-    a = torch.randn(6400, 64, device=device)
-    b = torch.randn(64, 256, device=device)
-    inner = 50
-
-    def run():
-        for _ in range(inner):
-            torch.mm(a, b)
-
-    t = median_time(run, repeats, 2, device)
-    return 2 * 6400 * 64 * 256 * inner / t
+        rates.append(ref.rate())
+        times.append(_timed(fn, device))
+    ratios = [1.0 / (t * r) for t, r in zip(times, rates)]  # (FLOPs / t) / rate, up to the FLOP count
+    return statistics.median(times), statistics.median(rates), statistics.median(ratios)
 
 
 def count_flops(fn) -> int:
@@ -73,7 +92,7 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def bench_model(config_path: Path, batch: int, repeats: int, device: str, workers: int = 1,
+def bench_model(config_path: Path, batch: int, repeats: int, device: str, ref: GemmReference, workers: int = 1,
                 fused: bool = False) -> dict:
     cfg = yaml.safe_load(config_path.read_text())
     model = build_model(cfg["model"], **cfg["model_args"]).to(device)
@@ -83,11 +102,16 @@ def bench_model(config_path: Path, batch: int, repeats: int, device: str, worker
     opt = make_optimizer("adam", model.parameters(), lr=1e-4, device=torch.device(device))  # as the trainer
     model.train()
     model.log_prob(x)  # ActNorm init outside the timed region
+    threads = torch.get_num_threads()
 
     def train_step():
         opt.zero_grad(set_to_none=True)
         if workers > 1:  # chunks of the batch in concurrent threads (setflow.nn.split_batch_backward)
-            split_batch_backward(lambda xc: -model.log_prob(xc).sum(), x, workers)
+            torch.set_num_threads(max(1, threads // workers))  # the workers share the cores
+            try:
+                split_batch_backward(lambda xc: -model.log_prob(xc).sum(), x, workers)
+            finally:
+                torch.set_num_threads(threads)
         else:
             loss = -model.log_prob(x).mean()
             loss.backward()
@@ -101,18 +125,12 @@ def bench_model(config_path: Path, batch: int, repeats: int, device: str, worker
     flops_train = count_flops(lambda: (-model.log_prob(x).mean()).backward())
     opt.zero_grad(set_to_none=True)
     set_fused(model, fused)
-    threads = torch.get_num_threads()
-    if workers > 1:  # the workers share the cores; sampling and the GEMM reference keep all threads
-        torch.set_num_threads(max(1, threads // workers))
-    try:
-        t_train = median_time(train_step, repeats, 2 if fused else 1, device)
-    finally:
-        torch.set_num_threads(threads)
+    t_train, gemm_train, inv_train = paired_times(train_step, ref, repeats, 2 if fused else 1, device)
     model.eval()
     set_fused(model, False)
     flops_sample = count_flops(sample_step)
     set_fused(model, fused)
-    t_sample = median_time(sample_step, repeats, 2 if fused else 1, device)
+    t_sample, gemm_sample, inv_sample = paired_times(sample_step, ref, repeats, 2 if fused else 1, device)
     return {
         "model": cfg["model"],
         "params": sum(p.numel() for p in model.parameters()),
@@ -120,8 +138,9 @@ def bench_model(config_path: Path, batch: int, repeats: int, device: str, worker
         "flops_sample_per_set": flops_sample / batch,
         "train_sets_s": batch / t_train,
         "sample_sets_s": batch / t_sample,
-        "train_flops_s": flops_train / t_train,
-        "sample_flops_s": flops_sample / t_sample,
+        "train_util": flops_train * inv_train,
+        "sample_util": flops_sample * inv_sample,
+        "gemm_rates": (gemm_train, gemm_sample),
     }
 
 
@@ -154,18 +173,21 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"cpu tuning {'off' if args.no_tune else 'on'}, train-step workers {args.workers}, fused {args.fused}")
+    ref = GemmReference(args.device)
     rows = []
     for c in args.configs:
-        rows.append(bench_model(Path(c), args.batch, args.repeats, args.device, args.workers, args.fused))
-    gemm = gemm_rate(args.device, max(args.repeats, 5))
-    print(f"float32 GEMM (6400x64)@(64x256): {gemm / 1e9:.1f} GFLOP/s (median of {max(args.repeats, 5)})")
+        rows.append(bench_model(Path(c), args.batch, args.repeats, args.device, ref, args.workers, args.fused))
+    gemm = ", ".join(f"{r['model']} {r['gemm_rates'][0] / 1e9:.1f} / {r['gemm_rates'][1] / 1e9:.1f}" for r in rows)
+    print(f"float32 GEMM (6400x64)@(64x256), median GFLOP/s beside the train / sample runs: {gemm}")
+    print(f"utilisation: median over {args.repeats} repeats of (step FLOPs / step time) / (GEMM rate measured "
+          "just before that step)")
     print()
     print("| model | params | GFLOP/set (train step) | train sets/s | train util | GFLOP/set (sample) | sample sets/s | sample util |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['params']:,} | {r['flops_train_per_set'] / 1e9:.3f} | {r['train_sets_s']:.1f} | "
-              f"{r['train_flops_s'] / gemm:.2f} | {r['flops_sample_per_set'] / 1e9:.3f} | {r['sample_sets_s']:.1f} | "
-              f"{r['sample_flops_s'] / gemm:.2f} |")
+              f"{r['train_util']:.2f} | {r['flops_sample_per_set'] / 1e9:.3f} | {r['sample_sets_s']:.1f} | "
+              f"{r['sample_util']:.2f} |")
     return 0
 
 

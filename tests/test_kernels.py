@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from setflow.nn import kernels
 from setflow.nn.attention import self_attention
-from setflow.nn.fused import hash_dropout
+from setflow.nn.fused import hash_dropout, hash_keep_mask
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason=f"C++ kernel not built: {kernels.last_error()}")
 
@@ -44,6 +44,38 @@ def test_kernel_matches_float64_reference_with_the_same_masks(n: int, head_dim: 
     # a single differing mask bit moves an output by ~1e-2: these tolerances also prove the masks equal
     assert torch.allclose(out.double(), ref, atol=1e-5, rtol=1e-5)
     assert torch.allclose(x32.grad.double(), x64.grad, atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [16, 48, 256])
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_bias_gelu_dropout_matches_float64_reference(width: int, p: float) -> None:
+    u = torch.randn(3, 7, width, dtype=torch.float64) * 2
+    b = torch.randn(width, dtype=torch.float64)
+    seed = torch.tensor([-99, 7], dtype=torch.int32)
+    u32, b32 = u.float().requires_grad_(), b.float().requires_grad_()
+    out = kernels.bias_gelu_dropout(u32, b32, p, seed)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    u64, b64 = u.clone().requires_grad_(), b.clone().requires_grad_()
+    ref = torch.nn.functional.gelu(u64 + b64)
+    ref = hash_dropout(ref, p, seed) if p > 0 else ref
+    (ref * g.double()).sum().backward()
+    assert torch.allclose(out.double(), ref, atol=2e-6, rtol=1e-5)
+    assert torch.allclose(u32.grad.double(), u64.grad, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(b32.grad.double(), b64.grad, atol=1e-4, rtol=1e-5)  # a sum over 21 rows
+    if p > 0:  # the dropped entries are exactly the hash mask's (where GELU itself is not ~0 in float32)
+        big = ref.abs() > 1e-6
+        assert torch.equal((out == 0)[big], ~hash_keep_mask(u.shape, 1 - p, seed)[big])
+
+
+@needs_kernel
+def test_bias_gelu_dropout_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="multiple of 16"):
+        kernels.bias_gelu_dropout(torch.randn(4, 20), torch.randn(20))
+    with pytest.raises(ValueError, match="bias must have shape"):
+        kernels.bias_gelu_dropout(torch.randn(4, 32), torch.randn(16))
+    assert not kernels.supports_gelu(torch.randn(4, 20)) and kernels.supports_gelu(torch.randn(4, 32))
 
 
 @needs_kernel

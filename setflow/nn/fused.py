@@ -153,7 +153,9 @@ def block_core(
 
     ``w`` is ``ln1 (w, b), qkv (w, b), proj (w, b), ln2 (w, b), ff1 (w, b), ff2 (w, b)``.
     ``attention`` is a :mod:`setflow.nn.attention` kernel name, or ``"kernel"`` for the
-    C++ kernel of :mod:`setflow.nn.kernels` (hash masks; the fused path picks it on CPU).
+    C++ kernels of :mod:`setflow.nn.kernels` (the attention, and bias + GELU + dropout of the
+    feed-forward layer when its width is a multiple of 16; same hash masks; the fused path
+    picks them on CPU).
     Dropout (probability ``p``; pass 0 in eval mode) acts on the attention weights,
     the attention branch, the feed-forward hidden layer and the feed-forward branch.
     With ``seed`` (int32, ``(4, 2)``: one pair per site) the masks are
@@ -173,10 +175,14 @@ def block_core(
     a = _attention(lin(a, w[2], w[3]), num_heads, p, seed[0] if hashed else None, attention)
     h = h + drop(lin(a, w[4], w[5]), 1)
     f = F.layer_norm(h, (d,), w[6], w[7], eps)
-    f = drop(F.gelu(lin(f, w[8], w[9])), 2)
+    if attention == "kernel" and _GELU_KERNEL and w[8].shape[0] % 16 == 0:  # bias, GELU, dropout: one C++ pass
+        f = kernels.bias_gelu_dropout(torch.matmul(f, w[8].t()), w[9], p, seed[2] if hashed else None)
+    else:
+        f = drop(F.gelu(lin(f, w[8], w[9])), 2)
     return h + drop(lin(f, w[10], w[11]), 3)
 
 
+_GELU_KERNEL = True  # with attention="kernel", also the C++ feed-forward kernel (off: Inductor's loops; for A/B)
 _COMPILED_BLOCK = None
 _COMPILE_FAILED = False
 

@@ -35,10 +35,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "hash_attention", "supports", "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS"]
+__all__ = ["available", "hash_attention", "bias_gelu_dropout", "supports", "supports_gelu", "last_error", "cache_dir",
+           "SUPPORTED_HEAD_DIMS"]
 
 SUPPORTED_HEAD_DIMS = (4, 8, 16)
-_SOURCE = Path(__file__).with_name("csrc") / "hash_attention.cpp"
+_SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _NO_DROPOUT = 1 << 24  # ``levels`` that keeps every weight (see setflow.nn.fused.MASK_BITS)
 _LOCK = threading.Lock()
@@ -70,7 +71,7 @@ def _build() -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=True).stdout
     key = hashlib.sha256(b"\0".join([_SOURCE.read_bytes(), " ".join(_FLAGS).encode(), version.encode(),
                                      _cpu_id().encode()])).hexdigest()[:20]
-    target = cache_dir() / f"hash_attention-{key}.so"
+    target = cache_dir() / f"cpu_kernels-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,8 +104,12 @@ def _load() -> Optional[ctypes.CDLL]:
                                                            ctypes.c_int]
             lib.setflow_hash_attention_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i64, i64, i64, i32, i32,
                                                             i64, ctypes.c_int]
-            lib.setflow_hash_attention_forward.restype = ctypes.c_int
-            lib.setflow_hash_attention_backward.restype = ctypes.c_int
+            lib.setflow_bias_gelu_dropout_forward.argtypes = [f32p, f32p, f32p, i64, i64, i32, i32, i64, ctypes.c_int]
+            lib.setflow_bias_gelu_dropout_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i64, i32, i32, i64,
+                                                               ctypes.c_int]
+            for fn in (lib.setflow_hash_attention_forward, lib.setflow_hash_attention_backward,
+                       lib.setflow_bias_gelu_dropout_forward, lib.setflow_bias_gelu_dropout_backward):
+                fn.restype = ctypes.c_int
             _LIB = lib
         except Exception as e:  # noqa: BLE001 - any build / load failure means: use the PyTorch path
             _ERROR = f"{type(e).__name__}: {e}"
@@ -232,6 +237,93 @@ def _register_flops() -> None:
 _register_flops()
 
 
+def supports_gelu(u: Tensor) -> bool:
+    """Whether :func:`bias_gelu_dropout` takes ``u``: CPU float32, last dimension a multiple of 16."""
+    return u.device.type == "cpu" and u.dtype == torch.float32 and u.dim() >= 1 and u.shape[-1] % 16 == 0 \
+        and available()
+
+
+@torch.library.custom_op("setflow::bias_gelu_dropout", mutates_args=())
+def _gelu_op(u: Tensor, bias: Tensor, seed: Tensor, levels: int) -> Tensor:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"setflow's C++ kernels are not available ({_ERROR})")
+    u, bias = u.contiguous(), bias.contiguous()
+    out = torch.empty_like(u)
+    s0, s1 = _seed_words(seed)
+    F = u.shape[-1]
+    if lib.setflow_bias_gelu_dropout_forward(_ptr(u), _ptr(bias), _ptr(out), u.numel() // F, F, s0, s1, levels,
+                                             torch.get_num_threads()):
+        raise ValueError(f"bias_gelu_dropout needs a last dimension that is a multiple of 16, got {F}")
+    return out
+
+
+@_gelu_op.register_fake
+def _(u, bias, seed, levels):
+    return torch.empty_like(u)
+
+
+@torch.library.custom_op("setflow::bias_gelu_dropout_backward", mutates_args=())
+def _gelu_backward_op(grad: Tensor, u: Tensor, bias: Tensor, seed: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    lib = _load()
+    grad, u, bias = grad.contiguous(), u.contiguous(), bias.contiguous()
+    du, dbias = torch.empty_like(u), torch.empty_like(bias)
+    s0, s1 = _seed_words(seed)
+    F = u.shape[-1]
+    if lib.setflow_bias_gelu_dropout_backward(_ptr(grad), _ptr(u), _ptr(bias), _ptr(du), _ptr(dbias), u.numel() // F,
+                                              F, s0, s1, levels, torch.get_num_threads()):
+        raise ValueError(f"bias_gelu_dropout needs a last dimension that is a multiple of 16, got {F}")
+    return du, dbias
+
+
+@_gelu_backward_op.register_fake
+def _(grad, u, bias, seed, levels):
+    return torch.empty_like(u), torch.empty_like(bias)
+
+
+def _gelu_setup_context(ctx, inputs, output) -> None:
+    u, bias, seed, levels = inputs
+    ctx.save_for_backward(u, bias, seed)
+    ctx.levels = levels
+
+
+def _gelu_backward(ctx, grad):
+    u, bias, seed = ctx.saved_tensors
+    du, dbias = _gelu_backward_op(grad, u, bias, seed, ctx.levels)
+    return du, dbias, None, None
+
+
+_gelu_op.register_autograd(_gelu_backward, setup_context=_gelu_setup_context)
+
+
+def _levels_and_seed(p: float, seed: Optional[Tensor]) -> tuple[int, Tensor]:
+    from setflow.nn.fused import MASK_BITS, _keep_levels
+
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    levels = _NO_DROPOUT
+    if p > 0.0:
+        if seed is None:
+            raise ValueError("dropout p > 0 needs a seed (int32, 2 words)")
+        levels = min(_keep_levels(1.0 - p), 1 << MASK_BITS)
+    if seed is None:
+        seed = torch.zeros(2, dtype=torch.int32)
+    return levels, seed
+
+
+def bias_gelu_dropout(u: Tensor, bias: Tensor, p: float = 0.0, seed: Optional[Tensor] = None) -> Tensor:
+    """``hash_dropout(gelu(u + bias), p, seed)`` in one pass (exact-erf GELU), differentiable in ``u`` and ``bias``.
+
+    The mask is :func:`setflow.nn.fused.hash_keep_mask` of ``u``'s shape, bit for bit; the
+    backward recomputes it and the GELU derivative from ``u`` and sums the bias gradient
+    in the same pass. CPU float32, last dimension a multiple of 16 (see :func:`supports_gelu`).
+    """
+    if bias.shape != u.shape[-1:]:
+        raise ValueError(f"bias must have shape ({u.shape[-1]},) to match u {tuple(u.shape)}; got {tuple(bias.shape)}")
+    levels, seed = _levels_and_seed(p, seed)
+    return _gelu_op(u, bias, seed, levels)
+
+
 def hash_attention(qkv: Tensor, num_heads: int, p: float = 0.0, seed: Optional[Tensor] = None) -> Tensor:
     """Multi-head self-attention ``(B, N, 3 D) -> (B, N, D)`` with hash dropout ``p`` on the weights.
 
@@ -240,15 +332,5 @@ def hash_attention(qkv: Tensor, num_heads: int, p: float = 0.0, seed: Optional[T
     :func:`setflow.nn.fused.hash_keep_mask` mask of the ``(B, H, N, N)`` weights and the
     kept weights are scaled by ``1 / keep'``. Differentiable in ``qkv``.
     """
-    from setflow.nn.fused import MASK_BITS, _keep_levels
-
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    levels = _NO_DROPOUT
-    if p > 0.0:
-        if seed is None:
-            raise ValueError("hash_attention with dropout p > 0 needs a seed")
-        levels = min(_keep_levels(1.0 - p), 1 << MASK_BITS)
-    if seed is None:
-        seed = torch.zeros(2, dtype=torch.int32)
+    levels, seed = _levels_and_seed(p, seed)
     return _attention_op(qkv, seed, num_heads, levels)[0]

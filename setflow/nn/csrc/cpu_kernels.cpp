@@ -1,9 +1,11 @@
-// Fused multi-head self-attention with counter-based hash dropout, forward and backward, CPU.
+// CPU kernels of the fused set-transformer blocks (setflow.nn.kernels), float32:
+//   1. multi-head self-attention with counter-based hash dropout, forward and backward;
+//   2. bias + GELU + hash dropout of the feed-forward hidden layer, forward and backward.
 //
 // Built and loaded at run time by setflow/nn/kernels.py (g++ -O3 -march=native -fopenmp); plain C
 // entry points called through ctypes, so no PyTorch headers are needed and the build takes seconds.
 //
-// Layout (row-major, float32): qkv (B, N, 3, H, HD); out and dout (B, N, H, HD); lse (B, H, N);
+// Attention layout (row-major): qkv (B, N, 3, H, HD); out and dout (B, N, H, HD); lse (B, H, N);
 // dqkv like qkv. Per head (b, h), with q pre-multiplied by scale = 1 / sqrt(HD):
 //     P = softmax(q k^T),  A = P * M,  out = A v,   M[i, j] = keep(i, j) * dscale,
 // keep(i, j) = hash32(((b * H + h) * N + i) * N + j) >> 8 < levels, the same hash and index as
@@ -15,8 +17,8 @@
 // with 16 rows (or columns) in the lanes, so softmax sums and maxima are lane-wise and no
 // horizontal reductions are needed. The backward recomputes P from lse (FlashAttention-style)
 // with keys in the lanes, accumulating dk and dv in registers and keeping dS (N x N, L1-sized)
-// for dq = dS k, a small GEMM done last. The softmax backward needs rowdot_i = sum_j P_ij dP_ij with
-// dP_ij = M_ij (dout_i . v_j), which equals dout_i . out_i.
+// for dq = dS k, a small GEMM done last. The softmax backward needs rowdot_i = sum_j P_ij dP_ij
+// with dP_ij = M_ij (dout_i . v_j), which equals dout_i . out_i.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -271,11 +273,87 @@ void backward_all(const float* qkv, const float* out, const float* dout, const f
   }
 }
 
+// ----------------------------------------------------------------------------------------------
+// bias + GELU + hash dropout over the rows of a (M, F) tensor (the feed-forward hidden layer):
+//     out = M_hash(i) * gelu(u + b),  gelu(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)),
+// with i = m * F + f the row-major index, as hash_keep_mask gives it for the (B, N, F) tensor.
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, the formula PyTorch's vectorised erf uses);
+// its exp(-x^2 / 2) is also the normal density that GELU's derivative needs.
+
+struct GeluParts {
+  vf cdf, pdf_x;  // Phi(x) and x * phi(x)
+};
+
+inline GeluParts gelu_parts(vf x) {
+  const vf z = x * 0.70710678118654752f;
+  const vf az = z < 0.0f ? -z : z;
+  const vf t = 1.0f / (az * 0.3275911f + 1.0f);
+  vf poly = t * 1.061405429f - 1.453152027f;
+  poly = poly * t + 1.421413741f;
+  poly = poly * t - 0.284496736f;
+  poly = poly * t + 0.254829592f;
+  poly = poly * t;
+  const vf e = vexp(-(z * z));  // exp(-x^2 / 2)
+  const vf erf_abs = 1.0f - poly * e;
+  const vf erf = z < 0.0f ? -erf_abs : erf_abs;
+  return GeluParts{(erf + 1.0f) * 0.5f, x * e * 0.39894228040143268f};
+}
+
+void gelu_forward_rows(const float* u, const float* bias, float* out, int64_t M, int64_t F, const Drop& dr,
+                       int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    const vu base = lane_index() + static_cast<uint32_t>(m * F);
+    for (int64_t f = 0; f < F; f += L) {
+      vf x, b;
+      std::memcpy(&x, u + m * F + f, sizeof(vf));
+      std::memcpy(&b, bias + f, sizeof(vf));
+      x += b;
+      vf y = x * gelu_parts(x).cdf;
+      if (dr.on) y = keep_lanes(base + static_cast<uint32_t>(f), dr) ? y * dr.scale : splat(0.0f);
+      std::memcpy(out + m * F + f, &y, sizeof(vf));
+    }
+  }
+}
+
+void gelu_backward_rows(const float* grad, const float* u, const float* bias, float* du, float* dbias, int64_t M,
+                        int64_t F, const Drop& dr, int threads) {
+  const int nt = threads < 1 ? 1 : threads;
+  std::vector<float> partial(static_cast<size_t>(nt) * F, 0.0f);
+#pragma omp parallel num_threads(nt)
+  {
+    float* acc = partial.data() + static_cast<int64_t>(omp_get_thread_num()) * F;
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      const vu base = lane_index() + static_cast<uint32_t>(m * F);
+      for (int64_t f = 0; f < F; f += L) {
+        vf x, b, g, a;
+        std::memcpy(&x, u + m * F + f, sizeof(vf));
+        std::memcpy(&b, bias + f, sizeof(vf));
+        std::memcpy(&g, grad + m * F + f, sizeof(vf));
+        x += b;
+        const GeluParts gp = gelu_parts(x);
+        vf d = g * (gp.cdf + gp.pdf_x);
+        if (dr.on) d = keep_lanes(base + static_cast<uint32_t>(f), dr) ? d * dr.scale : splat(0.0f);
+        std::memcpy(du + m * F + f, &d, sizeof(vf));
+        std::memcpy(&a, acc + f, sizeof(vf));
+        a += d;
+        std::memcpy(acc + f, &a, sizeof(vf));
+      }
+    }
+  }
+  for (int64_t f = 0; f < F; ++f) {
+    float sum = 0.0f;
+    for (int t = 0; t < nt; ++t) sum += partial[static_cast<size_t>(t) * F + f];
+    dbias[f] = sum;
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int setflow_hash_attention_version() { return 1; }
+int setflow_hash_attention_version() { return 2; }
 
 // returns 0 on success, 1 for an unsupported head dimension
 int setflow_hash_attention_forward(const float* qkv, float* out, float* lse, int64_t B, int64_t N, int64_t H,
@@ -301,6 +379,21 @@ int setflow_hash_attention_backward(const float* qkv, const float* out, const fl
     case 16: backward_all<16>(qkv, out, dout, lse, dqkv, d, dr, threads); return 0;
     default: return 1;
   }
+}
+
+// out = hash-dropout(gelu(u + bias)) over (M, F) rows; F must be a multiple of 16 (returns 1 otherwise)
+int setflow_bias_gelu_dropout_forward(const float* u, const float* bias, float* out, int64_t M, int64_t F, int32_t s0,
+                                      int32_t s1, int64_t levels, int threads) {
+  if (F % L) return 1;
+  gelu_forward_rows(u, bias, out, M, F, make_drop(s0, s1, levels), threads);
+  return 0;
+}
+
+int setflow_bias_gelu_dropout_backward(const float* grad, const float* u, const float* bias, float* du, float* dbias,
+                                       int64_t M, int64_t F, int32_t s0, int32_t s1, int64_t levels, int threads) {
+  if (F % L) return 1;
+  gelu_backward_rows(grad, u, bias, du, dbias, M, F, make_drop(s0, s1, levels), threads);
+  return 0;
 }
 
 }  // extern "C"
