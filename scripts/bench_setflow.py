@@ -6,8 +6,9 @@ Adam step) and sampling throughput, the FLOPs of one step counted by
 ``torch.utils.flop_counter.FlopCounterMode``, and the machine's float32 GEMM rate at the
 (6400x64)@(64x256) shape (a feed-forward layer of the conditioner at batch 128). It prints
 utilisation = achieved FLOP/s / GEMM FLOP/s: every timed step is paired with a GEMM-rate
-measurement taken just before it, and the utilisation is the median of those per-step ratios
-(on a shared machine whose speed drifts, the two halves of each ratio see the same conditions).
+measurement just before and just after it, and the utilisation is the median of the per-step
+ratios (on a shared machine whose speed drifts, the two halves of each ratio see the same
+conditions).
 
 On CPU the set transformers run their fused path by default (``setflow.nn.fused``: per-block
 ``torch.compile`` with hash dropout; the first steps compile and are not timed); the FLOPs are
@@ -52,36 +53,44 @@ def _timed(fn, device: str) -> float:
 
 
 class GemmReference:
-    """The float32 GEMM rate at the (6400x64)@(64x256) shape: ``rate()`` times ``inner`` products."""
+    """The float32 GEMM rate at the (6400x64)@(64x256) shape, in a steady state.
 
-    def __init__(self, device: str, inner: int = 30) -> None:
+    ``rate()`` runs ``warmup`` untimed products first (operands and output back in cache,
+    threads awake), then times ``inner`` back-to-back products: the hot rate, as a lone GEMM
+    benchmark reports it, but measured at the moment it is paired with.
+    """
+
+    def __init__(self, device: str, inner: int = 40, warmup: int = 10) -> None:
         self.a = torch.randn(6400, 64, device=device)
         self.b = torch.randn(64, 256, device=device)
-        self.device, self.inner = device, inner
-        for _ in range(3):
-            self.rate()
+        self.device, self.inner, self.warmup = device, inner, warmup
+        self.rate()
 
-    def _run(self) -> None:
-        for _ in range(self.inner):
+    def _run(self, n: int) -> None:
+        for _ in range(n):
             torch.mm(self.a, self.b)
 
     def rate(self) -> float:
-        return 2 * 6400 * 64 * 256 * self.inner / _timed(self._run, self.device)
+        self._run(self.warmup)
+        return 2 * 6400 * 64 * 256 * self.inner / _timed(lambda: self._run(self.inner), self.device)
 
 
 def paired_times(fn, ref: GemmReference, repeats: int, warmup: int, device: str) -> tuple[float, float, float]:
     """Median time of ``fn``, median GEMM rate, and the median of the per-repeat ratios.
 
-    Each timed call of ``fn`` is paired with a GEMM-rate measurement right before it, and the
-    utilisation of a repeat is its achieved rate over its own reference: on a shared machine
-    whose speed drifts, both halves of a ratio then see the same conditions.
+    Each timed call of ``fn`` is bracketed by two GEMM-rate measurements, and the utilisation
+    of a repeat is its achieved rate over the mean of its own two references: on a shared
+    machine whose speed drifts, both halves of a ratio then see the same conditions.
     """
     for _ in range(warmup):
         fn()
     times, rates = [], []
+    before = ref.rate()
     for _ in range(repeats):
-        rates.append(ref.rate())
         times.append(_timed(fn, device))
+        after = ref.rate()
+        rates.append(0.5 * (before + after))
+        before = after
     ratios = [1.0 / (t * r) for t, r in zip(times, rates)]  # (FLOPs / t) / rate, up to the FLOP count
     return statistics.median(times), statistics.median(rates), statistics.median(ratios)
 
@@ -179,8 +188,8 @@ def main(argv=None) -> int:
         rows.append(bench_model(Path(c), args.batch, args.repeats, args.device, ref, args.workers, args.fused))
     gemm = ", ".join(f"{r['model']} {r['gemm_rates'][0] / 1e9:.1f} / {r['gemm_rates'][1] / 1e9:.1f}" for r in rows)
     print(f"float32 GEMM (6400x64)@(64x256), median GFLOP/s beside the train / sample runs: {gemm}")
-    print(f"utilisation: median over {args.repeats} repeats of (step FLOPs / step time) / (GEMM rate measured "
-          "just before that step)")
+    print(f"utilisation: median over {args.repeats} repeats of (step FLOPs / step time) / (mean GEMM rate "
+          "measured just before and just after that step)")
     print()
     print("| model | params | GFLOP/set (train step) | train sets/s | train util | GFLOP/set (sample) | sample sets/s | sample util |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

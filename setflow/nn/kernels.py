@@ -1,23 +1,26 @@
-"""Run-time built C++ kernels for the CPU: fused multi-head attention with hash dropout.
+"""Run-time built C++ kernels for the CPU: the hot loops of the fused set-transformer blocks.
 
 :func:`hash_attention` computes, per head, ``(M * softmax(q k^T / sqrt(hd))) v`` from one
 fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fused.hash_keep_mask` dropout
 mask of the ``(B, H, N, N)`` attention weights (bit-identical masks), and its exact
-gradient. Forward and backward are single C++ loops per head
-(``setflow/nn/csrc/hash_attention.cpp``): the weights never leave the L1 cache, the
-backward recomputes them from the saved log-sum-exp, and the q/k/v head split is read
-and written in place, so none of the ``(B, H, N, N)`` passes of the written-out attention
-(scores, softmax, mask, their backward) touch memory.
+gradient. Forward and backward are single C++ loops per head: the weights never leave the
+L1 cache, the backward recomputes them from the saved log-sum-exp, and the q/k/v head split
+is read and written in place, so none of the ``(B, H, N, N)`` passes of the written-out
+attention (scores, softmax, mask, their backward) touch memory.
 
-The source is compiled on first use with the system C++ compiler
-(``$CXX``, else ``g++``; ``-O3 -march=native -fopenmp``) into a cache folder
+:func:`bias_gelu_dropout` is ``hash_dropout(gelu(u + bias))`` of the feed-forward hidden
+layer in one pass, its backward (GELU derivative, mask and the bias gradient's column sums)
+in another.
+
+The source (``setflow/nn/csrc/cpu_kernels.cpp``) is compiled on first use with the system
+C++ compiler (``$CXX``, else ``g++``; ``-O3 -march=native -fopenmp``) into a cache folder
 (``$SETFLOW_CACHE/kernels``, default ``~/.cache/setflow/kernels``), keyed by the source,
 the flags, the compiler version and the CPU, and loaded with :mod:`ctypes`. When that
 fails (no compiler, unsupported platform) or ``SETFLOW_NO_KERNELS=1`` is set,
 :func:`available` is ``False`` and callers keep their PyTorch path (:mod:`setflow.nn.fused`
-warns once). The op is registered as ``torch.ops.setflow.hash_attention`` with a fake
-implementation and an autograd formula, so ``torch.compile`` graphs call it directly, and
-with FLOP formulas (the architecture's attention GEMMs) for ``FlopCounterMode``.
+warns once). The ops are registered as ``torch.ops.setflow.*`` with fake implementations
+and autograd formulas, so ``torch.compile`` graphs call them directly; the attention also
+has FLOP formulas (the architecture's attention GEMMs) for ``FlopCounterMode``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,29 @@ _LOCK = threading.Lock()
 _LIB: Optional[ctypes.CDLL] = None
 _ERROR: Optional[str] = None
 _TRIED = False
+
+
+_HAS_CUSTOM_OP = hasattr(torch.library, "custom_op")  # PyTorch >= 2.4
+
+
+class _NoCustomOps:
+    """Stand-in for ``torch.library.custom_op`` on PyTorch < 2.4: the kernels are then unavailable."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def register_fake(self, fn):
+        return fn
+
+    def register_autograd(self, *args, **kwargs) -> None:
+        pass
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("setflow's C++ kernels need PyTorch >= 2.4 (torch.library.custom_op)")
+
+
+def _custom_op(name: str):
+    return torch.library.custom_op(name, mutates_args=()) if _HAS_CUSTOM_OP else _NoCustomOps
 
 
 def cache_dir() -> Path:
@@ -98,6 +124,8 @@ def _load() -> Optional[ctypes.CDLL]:
         try:
             if os.environ.get("SETFLOW_NO_KERNELS", "") not in ("", "0"):
                 raise RuntimeError("disabled by SETFLOW_NO_KERNELS")
+            if not _HAS_CUSTOM_OP:
+                raise RuntimeError("needs PyTorch >= 2.4 (torch.library.custom_op)")
             lib = ctypes.CDLL(str(_build()))
             i64, i32, f32p = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
             lib.setflow_hash_attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32, i64,
@@ -153,7 +181,7 @@ def _check_qkv(qkv: Tensor, num_heads: int) -> tuple[int, int, int]:
     return B, N, three_d // (3 * num_heads)
 
 
-@torch.library.custom_op("setflow::hash_attention", mutates_args=())
+@_custom_op("setflow::hash_attention")
 def _attention_op(qkv: Tensor, seed: Tensor, num_heads: int, levels: int) -> tuple[Tensor, Tensor]:
     lib = _load()
     if lib is None:
@@ -176,7 +204,7 @@ def _(qkv, seed, num_heads, levels):
     return qkv.new_empty(B, N, num_heads * hd), qkv.new_empty(B, num_heads, N)
 
 
-@torch.library.custom_op("setflow::hash_attention_backward", mutates_args=())
+@_custom_op("setflow::hash_attention_backward")
 def _attention_backward_op(grad: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, seed: Tensor, num_heads: int,
                            levels: int) -> Tensor:
     lib = _load()
@@ -218,7 +246,7 @@ def _register_flops() -> None:
     # 2 per forward (q k^T, a v) and 4 per backward, each 2 * B * H * N * N * hd
     from torch.utils import flop_counter as fc
 
-    if not hasattr(fc, "register_flop_formula"):
+    if not _HAS_CUSTOM_OP or not hasattr(fc, "register_flop_formula"):
         return
 
     def gemm(qkv_shape, num_heads) -> int:
@@ -243,7 +271,7 @@ def supports_gelu(u: Tensor) -> bool:
         and available()
 
 
-@torch.library.custom_op("setflow::bias_gelu_dropout", mutates_args=())
+@_custom_op("setflow::bias_gelu_dropout")
 def _gelu_op(u: Tensor, bias: Tensor, seed: Tensor, levels: int) -> Tensor:
     lib = _load()
     if lib is None:
@@ -263,7 +291,7 @@ def _(u, bias, seed, levels):
     return torch.empty_like(u)
 
 
-@torch.library.custom_op("setflow::bias_gelu_dropout_backward", mutates_args=())
+@_custom_op("setflow::bias_gelu_dropout_backward")
 def _gelu_backward_op(grad: Tensor, u: Tensor, bias: Tensor, seed: Tensor, levels: int) -> tuple[Tensor, Tensor]:
     lib = _load()
     grad, u, bias = grad.contiguous(), u.contiguous(), bias.contiguous()
