@@ -146,12 +146,12 @@ def _load() -> Optional[ctypes.CDLL]:
 
 
 def available() -> bool:
-    """Whether the C++ attention kernel is built and loaded (builds it on the first call)."""
+    """Whether the C++ kernels are built and loaded (builds them on the first call)."""
     return _load() is not None
 
 
 def last_error() -> Optional[str]:
-    """Why :func:`available` is ``False`` (``None`` when the kernel loaded or was not tried)."""
+    """Why :func:`available` is ``False`` (``None`` when the kernels loaded or were not tried)."""
     return _ERROR
 
 
