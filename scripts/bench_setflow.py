@@ -108,7 +108,7 @@ def bench_model(config_path: Path, batch: int, repeats: int, device: str, ref: G
     n, d = cfg["model_args"]["num_points"], cfg["model_args"]["dim"]
     x = torch.rand(batch, n, d, device=device) * 28
     # fused: one kernel over all ~2000 parameter tensors (PyTorch >= 2.4 on CPU) instead of a per-tensor loop
-    opt = make_optimizer("adam", model.parameters(), lr=1e-4, device=torch.device(device))  # as the trainer
+    opt = make_optimizer("adam", model.parameters(), lr=1e-4)  # as the trainer
     model.train()
     model.log_prob(x)  # ActNorm init outside the timed region
     threads = torch.get_num_threads()

@@ -124,7 +124,7 @@ def _linear_unfused_bias(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 def _attention(qkv: Tensor, num_heads: int, p: float, seed: Optional[Tensor], impl: str) -> Tensor:
     if impl == "kernel":  # the C++ kernel (setflow.nn.kernels): same maths and masks, one pass per head
-        return kernels.hash_attention(qkv, num_heads, p, seed if p > 0.0 else None)
+        return kernels.hash_attention(qkv, num_heads, p, seed)
     if p == 0.0 or seed is None:
         return self_attention(qkv, num_heads, p, impl)
     B, N, three_d = qkv.shape
@@ -159,8 +159,8 @@ def block_core(
     Dropout (probability ``p``; pass 0 in eval mode) acts on the attention weights,
     the attention branch, the feed-forward hidden layer and the feed-forward branch.
     With ``seed`` (int32, ``(4, 2)``: one pair per site) the masks are
-    :func:`hash_keep_mask` masks and the attention is written out; without it, the
-    attention dropout is SDPA's and the others use :func:`setflow.nn.cpu.dropout`.
+    :func:`hash_keep_mask` masks and the attention is the C++ kernel or written out;
+    without it, the attention dropout is SDPA's and the others use :func:`setflow.nn.cpu.dropout`.
     """
     d = h.shape[-1]
     hashed = seed is not None and p > 0.0
@@ -175,7 +175,7 @@ def block_core(
     a = _attention(lin(a, w[2], w[3]), num_heads, p, seed[0] if hashed else None, attention)
     h = h + drop(lin(a, w[4], w[5]), 1)
     f = F.layer_norm(h, (d,), w[6], w[7], eps)
-    if attention == "kernel" and _GELU_KERNEL and w[8].shape[0] % 16 == 0:  # bias, GELU, dropout: one C++ pass
+    if attention == "kernel" and _GELU_KERNEL and w[8].shape[0] % kernels.GELU_WIDTH_MULTIPLE == 0:  # one C++ pass
         f = kernels.bias_gelu_dropout(torch.matmul(f, w[8].t()), w[9], p, seed[2] if hashed else None)
     else:
         f = drop(F.gelu(lin(f, w[8], w[9])), 2)
@@ -229,9 +229,7 @@ def fused_block(h: Tensor, w: Sequence[Tensor], num_heads: int, p: float, eps: f
 
 
 def _kernel_ok(h: Tensor, num_heads: int) -> bool:
-    if h.device.type != "cpu" or h.dtype != torch.float32 or h.shape[-1] % num_heads:
-        return False
-    if h.shape[-1] // num_heads not in kernels.SUPPORTED_HEAD_DIMS:
+    if not kernels.heads_supported(h, h.shape[-1], num_heads):
         return False
     global _KERNEL_WARNED
     if not kernels.available():

@@ -38,10 +38,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "hash_attention", "bias_gelu_dropout", "supports", "supports_gelu", "last_error", "cache_dir",
-           "SUPPORTED_HEAD_DIMS"]
+__all__ = ["available", "hash_attention", "bias_gelu_dropout", "supports", "supports_gelu", "heads_supported",
+           "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS", "GELU_WIDTH_MULTIPLE"]
 
 SUPPORTED_HEAD_DIMS = (4, 8, 16)
+#: the feed-forward kernel works in whole 16-float vectors: its width must be a multiple of this
+GELU_WIDTH_MULTIPLE = 16
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 _NO_DROPOUT = 1 << 24  # ``levels`` that keeps every weight (see setflow.nn.fused.MASK_BITS)
@@ -155,12 +157,18 @@ def last_error() -> Optional[str]:
     return _ERROR
 
 
+def heads_supported(x: Tensor, d_model: int, num_heads: int) -> bool:
+    """Whether the attention kernel's layout rules hold: CPU float32, ``d_model / num_heads`` in
+    :data:`SUPPORTED_HEAD_DIMS` (does not build the kernels; see :func:`supports`)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and d_model % num_heads == 0
+            and d_model // num_heads in SUPPORTED_HEAD_DIMS)
+
+
 def supports(qkv: Tensor, num_heads: int) -> bool:
     """Whether :func:`hash_attention` takes this input: CPU float32 ``(B, N, 3 D)``, head dim 4, 8 or 16."""
-    if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or qkv.dim() != 3 or qkv.shape[-1] % 3:
+    if qkv.dim() != 3 or qkv.shape[-1] % 3:
         return False
-    d = qkv.shape[-1] // 3
-    return d % num_heads == 0 and d // num_heads in SUPPORTED_HEAD_DIMS and available()
+    return heads_supported(qkv, qkv.shape[-1] // 3, num_heads) and available()
 
 
 def _ptr(t: Tensor) -> ctypes.c_void_p:
@@ -172,6 +180,17 @@ def _seed_words(seed: Tensor) -> tuple[int, int]:
         raise ValueError(f"seed must be an int32 tensor of 2 words, got {seed.dtype} with {seed.numel()} entries")
     s0, s1 = seed.tolist()
     return int(s0), int(s1)
+
+
+def _check_head_dim(rc: int, hd: int) -> None:
+    if rc:
+        raise ValueError(f"head dim {hd} not supported by the C++ attention kernel (supported: {SUPPORTED_HEAD_DIMS})")
+
+
+def _check_width(rc: int, width: int) -> None:
+    if rc:
+        raise ValueError(f"bias_gelu_dropout needs a last dimension that is a multiple of {GELU_WIDTH_MULTIPLE}, "
+                         f"got {width}")
 
 
 def _check_qkv(qkv: Tensor, num_heads: int) -> tuple[int, int, int]:
@@ -193,8 +212,7 @@ def _attention_op(qkv: Tensor, seed: Tensor, num_heads: int, levels: int) -> tup
     s0, s1 = _seed_words(seed)
     rc = lib.setflow_hash_attention_forward(_ptr(qkv), _ptr(out), _ptr(lse), B, N, num_heads, hd, s0, s1, levels,
                                             torch.get_num_threads())
-    if rc:
-        raise ValueError(f"head dim {hd} not supported by the C++ attention kernel (supported: {SUPPORTED_HEAD_DIMS})")
+    _check_head_dim(rc, hd)
     return out, lse
 
 
@@ -214,8 +232,7 @@ def _attention_backward_op(grad: Tensor, qkv: Tensor, out: Tensor, lse: Tensor, 
     s0, s1 = _seed_words(seed)
     rc = lib.setflow_hash_attention_backward(_ptr(qkv), _ptr(out), _ptr(grad), _ptr(lse), _ptr(dqkv), B, N, num_heads,
                                              hd, s0, s1, levels, torch.get_num_threads())
-    if rc:
-        raise ValueError(f"head dim {hd} not supported by the C++ attention kernel (supported: {SUPPORTED_HEAD_DIMS})")
+    _check_head_dim(rc, hd)
     return dqkv
 
 
@@ -266,9 +283,10 @@ _register_flops()
 
 
 def supports_gelu(u: Tensor) -> bool:
-    """Whether :func:`bias_gelu_dropout` takes ``u``: CPU float32, last dimension a multiple of 16."""
-    return u.device.type == "cpu" and u.dtype == torch.float32 and u.dim() >= 1 and u.shape[-1] % 16 == 0 \
-        and available()
+    """Whether :func:`bias_gelu_dropout` takes ``u``: CPU float32, last dimension a multiple of
+    :data:`GELU_WIDTH_MULTIPLE`."""
+    return u.device.type == "cpu" and u.dtype == torch.float32 and u.dim() >= 1 \
+        and u.shape[-1] % GELU_WIDTH_MULTIPLE == 0 and available()
 
 
 @_custom_op("setflow::bias_gelu_dropout")
@@ -280,9 +298,8 @@ def _gelu_op(u: Tensor, bias: Tensor, seed: Tensor, levels: int) -> Tensor:
     out = torch.empty_like(u)
     s0, s1 = _seed_words(seed)
     F = u.shape[-1]
-    if lib.setflow_bias_gelu_dropout_forward(_ptr(u), _ptr(bias), _ptr(out), u.numel() // F, F, s0, s1, levels,
-                                             torch.get_num_threads()):
-        raise ValueError(f"bias_gelu_dropout needs a last dimension that is a multiple of 16, got {F}")
+    _check_width(lib.setflow_bias_gelu_dropout_forward(_ptr(u), _ptr(bias), _ptr(out), u.numel() // F, F, s0, s1,
+                                                       levels, torch.get_num_threads()), F)
     return out
 
 
@@ -298,9 +315,8 @@ def _gelu_backward_op(grad: Tensor, u: Tensor, bias: Tensor, seed: Tensor, level
     du, dbias = torch.empty_like(u), torch.empty_like(bias)
     s0, s1 = _seed_words(seed)
     F = u.shape[-1]
-    if lib.setflow_bias_gelu_dropout_backward(_ptr(grad), _ptr(u), _ptr(bias), _ptr(du), _ptr(dbias), u.numel() // F,
-                                              F, s0, s1, levels, torch.get_num_threads()):
-        raise ValueError(f"bias_gelu_dropout needs a last dimension that is a multiple of 16, got {F}")
+    _check_width(lib.setflow_bias_gelu_dropout_backward(_ptr(grad), _ptr(u), _ptr(bias), _ptr(du), _ptr(dbias),
+                                                        u.numel() // F, F, s0, s1, levels, torch.get_num_threads()), F)
     return du, dbias
 
 
@@ -344,7 +360,8 @@ def bias_gelu_dropout(u: Tensor, bias: Tensor, p: float = 0.0, seed: Optional[Te
 
     The mask is :func:`setflow.nn.fused.hash_keep_mask` of ``u``'s shape, bit for bit; the
     backward recomputes it and the GELU derivative from ``u`` and sums the bias gradient
-    in the same pass. CPU float32, last dimension a multiple of 16 (see :func:`supports_gelu`).
+    in the same pass. CPU float32, last dimension a multiple of :data:`GELU_WIDTH_MULTIPLE`
+    (see :func:`supports_gelu`).
     """
     if bias.shape != u.shape[-1:]:
         raise ValueError(f"bias must have shape ({u.shape[-1]},) to match u {tuple(u.shape)}; got {tuple(bias.shape)}")

@@ -28,8 +28,7 @@ __all__ = ["Trainer", "TrainingError", "train"]
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW}
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0,
-                   device: torch.device = torch.device("cpu")) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The trainer's optimiser; Adam/AdamW use the fused kernel (one kernel for all parameter
     tensors, ~3x faster optimiser step on CPU) where this torch build has it."""
     if name not in _OPTIMIZERS:
@@ -111,8 +110,7 @@ class Trainer:
             set_fused(self.model, True)  # the first steps compile each block shape (tens of seconds on 2 cores)
         self.dtype = getattr(torch, self.tc["dtype"])
         opt_name = self.tc["optimizer"]
-        self.optimizer = make_optimizer(opt_name, self.model.parameters(), self.tc["lr"], self.tc["weight_decay"],
-                                        self.device)
+        self.optimizer = make_optimizer(opt_name, self.model.parameters(), self.tc["lr"], self.tc["weight_decay"])
         bs = self.tc["batch_size"]
         if bs % self.world:
             raise TrainingError(f"train.batch_size={bs} must be divisible by the number of processes {self.world}")
