@@ -73,8 +73,20 @@ def _grads(net: SetTransformer, x: torch.Tensor, seed: int) -> tuple[torch.Tenso
     return y.detach(), [xr.grad] + [p.grad for p in net.parameters()]
 
 
-def test_fused_train_step_matches_eager_maths_with_the_same_masks() -> None:
-    """Compiled blocks with hash dropout == the same block_core run eagerly with the same seeds."""
+@pytest.fixture(params=["cpp_block", "compiled"])
+def fused_path(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both fused paths: the whole block in C++ (setflow.nn.kernels.block) and the torch.compile-d block_core."""
+    import setflow.nn.fused as fused
+    from setflow.nn import kernels
+
+    if request.param == "cpp_block" and not kernels.block_available():
+        pytest.skip("C++ block kernel unavailable")
+    monkeypatch.setattr(fused, "_BLOCK_KERNEL", request.param == "cpp_block")
+    return request.param
+
+
+def test_fused_train_step_matches_eager_maths_with_the_same_masks(fused_path: str) -> None:
+    """Fused blocks with hash dropout == the same block_core run eagerly with the same seeds."""
     net = _net(0.2).train()
     x = torch.randn(4, 9, 2)
     set_fused(net, True)
@@ -104,7 +116,7 @@ def test_fused_train_step_matches_eager_maths_with_the_same_masks() -> None:
     assert not torch.allclose(y_fused, y_other)
 
 
-def test_fused_eval_matches_eager_and_stays_equivariant() -> None:
+def test_fused_eval_matches_eager_and_stays_equivariant(fused_path: str) -> None:
     net = _net(0.1).eval()
     x = torch.randn(3, 7, 2)
     y_eager, g_eager = _grads(net, x, seed=0)
@@ -127,6 +139,7 @@ def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(fused, "compiled_block_core", broken)
     monkeypatch.setattr(fused, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(fused, "_BLOCK_KERNEL", False)  # the compiled path, not the C++ block
     net = _net(0.2).train()
     set_fused(net, True)
     x = torch.randn(2, 5, 2)

@@ -144,3 +144,135 @@ def test_kernel_build_failure_is_reported_not_raised(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("SETFLOW_NO_KERNELS", "1")
     assert not kernels.available()
     assert "SETFLOW_NO_KERNELS" in kernels.last_error()
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole block in C++ (kernels.block)
+
+needs_block = pytest.mark.skipif(not kernels.block_available(), reason="C++ block kernel unavailable (no BLAS sgemm)")
+
+
+def _block_weights(d: int, heads: int, ff: int, dtype=torch.float32) -> list[torch.Tensor]:
+    from setflow.nn.set_transformer import SetTransformerBlock
+
+    blk = SetTransformerBlock(d, heads, ff, 0.1)
+    with torch.no_grad():
+        for prm in blk.parameters():  # non-trivial LayerNorm parameters and biases
+            prm.add_(0.2 * torch.randn_like(prm))
+    return [w.detach().to(dtype).requires_grad_() for w in blk.weights()]
+
+
+@needs_block
+@pytest.mark.parametrize("b, n, d, heads, ff", [(3, 50, 64, 8, 256), (1, 1, 16, 4, 16), (2, 7, 32, 8, 64),
+                                                 (13, 23, 64, 4, 128), (40, 17, 32, 2, 32)])
+@pytest.mark.parametrize("p", [0.0, 0.2])
+def test_block_matches_float64_block_core_with_the_same_masks(b: int, n: int, d: int, heads: int, ff: int,
+                                                               p: float) -> None:
+    """Forward and every gradient of the C++ block == block_core in float64 (hash masks, same seeds).
+
+    The shapes cover one point, N not a multiple of 16, head dims 4 / 8 / 16, and batches split
+    into many chunks of whole sets (40 sets of 17 points) and into a ragged last chunk (13 x 23)."""
+    from setflow.nn.fused import block_core
+
+    torch.manual_seed(b * 100 + n)
+    w = _block_weights(d, heads, ff)
+    h = (torch.randn(b, n, d) * 1.5).requires_grad_()
+    seed = torch.randint(-2**31, 2**31 - 1, (4, 2), dtype=torch.int32)
+    out = kernels.block(h, w, heads, p, 1e-5, seed)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [h, *w], g)
+    h64, w64 = h.detach().double().requires_grad_(), [x.detach().double().requires_grad_() for x in w]
+    ref = block_core(h64, w64, heads, p, 1e-5, seed if p > 0 else None)
+    ref_grads = torch.autograd.grad(ref, [h64, *w64], g.double())
+    # a single differing mask bit moves outputs and gradients far beyond these tolerances
+    assert torch.allclose(out.double(), ref, atol=1e-4, rtol=1e-4)
+    for k, (a, r) in enumerate(zip(grads, ref_grads)):
+        assert torch.allclose(a.double(), r, atol=1e-4 * (1 + r.abs().max().item()), rtol=1e-4), k
+
+
+@needs_block
+def test_block_inference_keeps_nothing_and_computes_the_same() -> None:
+    torch.manual_seed(1)
+    w = _block_weights(64, 8, 256)
+    h = torch.randn(9, 50, 64)
+    seed = torch.randint(-2**31, 2**31 - 1, (4, 2), dtype=torch.int32)
+    with torch.no_grad():
+        fast = kernels.block(h, w, 8, 0.2, 1e-5, seed)
+        saved = torch.ops.setflow.block(h, w, seed, 8, 13421773, 1e-5, False)[1:]
+    assert all(t.numel() == 0 for t in saved)  # the no-grad forward allocates no saved activations
+    assert torch.equal(fast, kernels.block(h.requires_grad_(), w, 8, 0.2, 1e-5, seed).detach())
+
+
+@needs_block
+def test_block_gives_the_same_result_on_any_number_of_threads() -> None:
+    torch.manual_seed(2)
+    w = _block_weights(32, 4, 64)
+    h = torch.randn(24, 30, 32, requires_grad=True)
+    seed = torch.randint(-2**31, 2**31 - 1, (4, 2), dtype=torch.int32)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            out = kernels.block(h, w, 4, 0.1, 1e-5, seed)
+            results.append((out, torch.autograd.grad(out.square().sum(), [h, *w])))
+    finally:
+        torch.set_num_threads(threads)
+    (o1, g1), (o3, g3) = results
+    assert torch.equal(o1, o3)  # rows never cross chunks: the forward is bit-identical
+    for a, b in zip(g1, g3):  # weight gradients are summed over other chunks, in another order
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max() / b.abs().max()
+
+
+@needs_block
+def test_block_counts_the_flops_of_the_eager_block() -> None:
+    from setflow.nn.fused import block_core
+
+    w = _block_weights(32, 4, 64)
+    h = torch.randn(3, 10, 32, requires_grad=True)
+
+    def flops(fn) -> int:
+        with FlopCounterMode(display=False) as c:
+            fn().sum().backward()
+        return c.get_total_flops()
+
+    eager = flops(lambda: block_core(h, w, 4, 0.0, 1e-5, attention="bmm"))
+    assert flops(lambda: kernels.block(h, w, 4)) == eager > 0
+
+
+@needs_block
+def test_block_rejects_bad_input_with_a_clear_message() -> None:
+    w = _block_weights(32, 4, 64)
+    h = torch.randn(2, 5, 32)
+    with pytest.raises(ValueError, match="needs a seed"):
+        kernels.block(h, w, 4, 0.1)
+    with pytest.raises(ValueError, match="shape \\(4, 2\\)"):
+        kernels.block(h, w, 4, 0.1, seed=torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="dropout probability"):
+        kernels.block(h, w, 4, 1.5, seed=torch.zeros(4, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="weight 8 must have shape"):
+        kernels.block(h, [*w[:8], torch.randn(64, 31), *w[9:]], 4)
+    with pytest.raises(ValueError, match="must be \\(B, N, D\\)"):
+        kernels.block(torch.randn(5, 32), w, 4)
+    with pytest.raises(ValueError, match="head dim 3 one of"):
+        kernels.block(torch.randn(2, 5, 48), _block_weights(48, 16, 64), 16)
+    with pytest.raises(ValueError, match="d_model 24 and feed-forward 32 must be multiples of 16"):
+        kernels.block(torch.randn(2, 5, 24), _block_weights(24, 6, 32), 6)
+    assert kernels.block_supports(h, w, 4)
+    assert not kernels.block_supports(h.double(), w, 4)
+    assert not kernels.block_supports(h, w, 32)  # head dim 1
+
+
+def test_fused_blocks_fall_back_to_compile_without_a_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    from setflow.nn import SetTransformer
+
+    torch.manual_seed(0)
+    net = SetTransformer(2, 3, d_model=16, num_heads=2, num_layers=1, dim_feedforward=16, dropout=0.2,
+                         zero_init=False, fused=True).train()
+    x = torch.randn(2, 6, 2)
+    torch.manual_seed(5)
+    y = net(x)
+    monkeypatch.setattr(kernels, "_BLAS", None)
+    assert not kernels.block_available() and not kernels.block_supports(torch.randn(2, 6, 16), net.blocks[0].weights(), 2)
+    torch.manual_seed(5)
+    assert torch.allclose(net(x), y, atol=1e-5)  # the compiled block: same function, same hash masks

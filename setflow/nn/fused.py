@@ -182,6 +182,7 @@ def block_core(
     return h + drop(lin(f, w[10], w[11]), 3)
 
 
+_BLOCK_KERNEL = True  # the whole block as one C++ op (setflow.nn.kernels.block) where it applies (off: for A/B)
 _GELU_KERNEL = True  # with attention="kernel", also the C++ feed-forward kernel (off: Inductor's loops; for A/B)
 _COMPILED_BLOCK = None
 _COMPILE_FAILED = False
@@ -216,6 +217,8 @@ def fused_block(h: Tensor, w: Sequence[Tensor], num_heads: int, p: float, eps: f
     again by the eager call.
     """
     global _COMPILE_FAILED
+    if _BLOCK_KERNEL and (p == 0.0 or seed is not None) and kernels.block_supports(h, w, num_heads):
+        return kernels.block(h, w, num_heads, p, eps, seed)  # the whole block in C++ (chunks of sets in cache)
     attention = "kernel" if _kernel_ok(h, num_heads) else "auto"
     if not _COMPILE_FAILED:
         try:

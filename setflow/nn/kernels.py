@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "hash_attention", "bias_gelu_dropout", "supports", "supports_gelu", "heads_supported",
+__all__ = ["available", "hash_attention", "bias_gelu_dropout", "block", "block_available", "block_supports", "supports", "supports_gelu", "heads_supported",
            "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS", "GELU_WIDTH_MULTIPLE"]
 
 SUPPORTED_HEAD_DIMS = (4, 8, 16)
@@ -137,14 +137,48 @@ def _load() -> Optional[ctypes.CDLL]:
             lib.setflow_bias_gelu_dropout_forward.argtypes = [f32p, f32p, f32p, i64, i64, i32, i32, i64, ctypes.c_int]
             lib.setflow_bias_gelu_dropout_backward.argtypes = [f32p, f32p, f32p, f32p, f32p, i64, i64, i32, i32, i64,
                                                                ctypes.c_int]
+            f32pp = ctypes.POINTER(ctypes.c_void_p)
+            lib.setflow_block_forward.argtypes = [f32p, f32pp] + [f32p] * 7 + [i64] * 5 + [ctypes.c_float, f32p, i64,
+                                                                                          ctypes.c_int]
+            lib.setflow_block_backward.argtypes = [f32p, f32p, f32pp] + [f32p] * 7 + [f32pp] + [i64] * 5 + [
+                ctypes.c_float, f32p, i64, ctypes.c_int]
+            lib.setflow_set_blas.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+            lib.setflow_set_blas.restype = None
             for fn in (lib.setflow_hash_attention_forward, lib.setflow_hash_attention_backward,
-                       lib.setflow_bias_gelu_dropout_forward, lib.setflow_bias_gelu_dropout_backward):
+                       lib.setflow_bias_gelu_dropout_forward, lib.setflow_bias_gelu_dropout_backward,
+                       lib.setflow_block_forward, lib.setflow_block_backward):
                 fn.restype = ctypes.c_int
+            _register_blas(lib)
             _LIB = lib
         except Exception as e:  # noqa: BLE001 - any build / load failure means: use the PyTorch path
             _ERROR = f"{type(e).__name__}: {e}"
         _TRIED = True
     return _LIB
+
+
+_BLAS: Optional[str] = None  # where the block kernels' sgemm came from; None: not found
+
+
+def _register_blas(lib: ctypes.CDLL) -> None:
+    """Hand the C++ block kernels the BLAS sgemm that PyTorch itself links (MKL in the x86 wheels).
+
+    The symbol is looked up in the already loaded ``libtorch_cpu`` (then in the process), so the
+    kernels call the same GEMM as ``torch.mm``, single-threaded per OpenMP thread. Without one, the
+    block kernels stay off (:func:`block_available`) and the fused blocks use ``torch.compile``.
+    """
+    global _BLAS
+    candidates = [Path(torch.__file__).parent / "lib" / name for name in ("libtorch_cpu.so", "libtorch_cpu.dylib")]
+    for path in [*candidates, None]:
+        try:
+            handle = ctypes.CDLL(str(path) if path is not None else None)
+            sgemm = getattr(handle, "sgemm_")
+        except (OSError, AttributeError):
+            continue
+        local = getattr(handle, "MKL_Set_Num_Threads_Local", None)  # C interface (by value), MKL only
+        lib.setflow_set_blas(ctypes.cast(sgemm, ctypes.c_void_p),
+                             ctypes.cast(local, ctypes.c_void_p) if local is not None else None)
+        _BLAS = f"{path.name if path is not None else 'process'}:sgemm_" + (" (MKL)" if local is not None else "")
+        return
 
 
 def available() -> bool:
@@ -379,3 +413,186 @@ def hash_attention(qkv: Tensor, num_heads: int, p: float = 0.0, seed: Optional[T
     """
     levels, seed = _levels_and_seed(p, seed)
     return _attention_op(qkv, seed, num_heads, levels)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole block (setflow.nn.fused.block_core with hash dropout) in one C++ pass per direction
+
+_BLOCK_SAVED = ("qkv", "o", "lse", "h1", "u", "stats")
+
+
+def block_available() -> bool:
+    """Whether :func:`block` can run: the kernels loaded and a BLAS ``sgemm_`` was found in PyTorch."""
+    return available() and _BLAS is not None
+
+
+def block_supports(h: Tensor, weights, num_heads: int) -> bool:
+    """Whether :func:`block` takes this input: CPU float32 ``(B, N, D)`` with ``D`` and the feed-forward
+    width multiples of :data:`GELU_WIDTH_MULTIPLE`, head dim in :data:`SUPPORTED_HEAD_DIMS`, float32
+    contiguous weights of :func:`setflow.nn.fused.block_core`'s shapes."""
+    if h.dim() != 3 or len(weights) != 12:
+        return False
+    D, F = h.shape[-1], weights[8].shape[0]
+    if D % GELU_WIDTH_MULTIPLE or F % GELU_WIDTH_MULTIPLE or not heads_supported(h, D, num_heads):
+        return False
+    return all(w.device.type == "cpu" and w.dtype == torch.float32 for w in weights) and block_available()
+
+
+def _block_shapes(h: Tensor, weights, num_heads: int) -> tuple[int, int, int, int]:
+    if h.dim() != 3:
+        raise ValueError(f"block input must be (B, N, D); got {tuple(h.shape)}")
+    B, N, D = h.shape
+    if len(weights) != 12:
+        raise ValueError(f"block needs the 12 block_core weights; got {len(weights)}")
+    F = weights[8].shape[0]
+    expected = [(D,), (D,), (3 * D, D), (3 * D,), (D, D), (D,), (D,), (D,), (F, D), (F,), (D, F), (D,)]
+    for k, (w, shape) in enumerate(zip(weights, expected)):
+        if tuple(w.shape) != shape:
+            raise ValueError(f"block weight {k} must have shape {shape} for d_model {D}, feed-forward {F}; "
+                             f"got {tuple(w.shape)}")
+    if D % num_heads:
+        raise ValueError(f"d_model {D} is not divisible by {num_heads} heads")
+    return B, N, D, F
+
+
+def _ptr_array(tensors) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _check_block(rc: int, D: int, F: int, num_heads: int) -> None:
+    if rc == 2:
+        raise RuntimeError("setflow's block kernel has no BLAS sgemm (none found in PyTorch's libraries)")
+    if rc:
+        raise ValueError(f"block kernel: d_model {D} and feed-forward {F} must be multiples of {GELU_WIDTH_MULTIPLE} "
+                         f"and the head dim {D // num_heads} one of {SUPPORTED_HEAD_DIMS}")
+
+
+@_custom_op("setflow::block")
+def _block_op(h: Tensor, weights: list[Tensor], seed: Tensor, num_heads: int, levels: int, eps: float,
+              save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"setflow's C++ kernels are not available ({_ERROR})")
+    B, N, D, F = _block_shapes(h, weights, num_heads)
+    h = h.contiguous()
+    weights = [w.contiguous() for w in weights]
+    seed = seed.contiguous()
+    out = torch.empty_like(h)
+    saved = _block_saved_like(h, B, N, D, F, num_heads, save)
+    ptrs = [_ptr(t) if save else None for t in saved]
+    rc = lib.setflow_block_forward(_ptr(h), _ptr_array(weights), _ptr(out), *ptrs, B, N, D, num_heads, F, eps,
+                                   _ptr(seed), levels, torch.get_num_threads())
+    _check_block(rc, D, F, num_heads)
+    return (out, *saved)
+
+
+def _block_saved_like(h: Tensor, B: int, N: int, D: int, F: int, num_heads: int, save: bool) -> list[Tensor]:
+    if not save:
+        return [h.new_empty(0) for _ in _BLOCK_SAVED]
+    return [h.new_empty(B, N, 3 * D), h.new_empty(B, N, D), h.new_empty(B, num_heads, N), h.new_empty(B, N, D),
+            h.new_empty(B, N, F), h.new_empty(4, B, N)]
+
+
+@_block_op.register_fake
+def _(h, weights, seed, num_heads, levels, eps, save):
+    B, N, D, F = _block_shapes(h, weights, num_heads)
+    return (torch.empty_like(h), *_block_saved_like(h, B, N, D, F, num_heads, save))
+
+
+@_custom_op("setflow::block_backward")
+def _block_backward_op(grad: Tensor, h: Tensor, weights: list[Tensor], seed: Tensor, saved: list[Tensor],
+                       num_heads: int, levels: int, eps: float) -> list[Tensor]:
+    lib = _load()
+    B, N, D, F = _block_shapes(h, weights, num_heads)
+    grad, h = grad.contiguous(), h.contiguous()
+    weights = [w.contiguous() for w in weights]
+    saved = [t.contiguous() for t in saved]
+    dh = torch.empty_like(h)
+    dw = [torch.empty_like(w) for w in weights]
+    rc = lib.setflow_block_backward(_ptr(grad), _ptr(h), _ptr_array(weights), *[_ptr(t) for t in saved], _ptr(dh),
+                                    _ptr_array(dw), B, N, D, num_heads, F, eps, _ptr(seed.contiguous()), levels,
+                                    torch.get_num_threads())
+    _check_block(rc, D, F, num_heads)
+    return [dh, *dw]
+
+
+@_block_backward_op.register_fake
+def _(grad, h, weights, seed, saved, num_heads, levels, eps):
+    return [torch.empty_like(h), *[torch.empty_like(w) for w in weights]]
+
+
+def _block_setup_context(ctx, inputs, output) -> None:
+    h, weights, seed, num_heads, levels, eps, save = inputs
+    if not save:
+        ctx.saved = None
+        return
+    ctx.save_for_backward(h, seed, *weights, *output[1:])
+    ctx.num_heads, ctx.levels, ctx.eps = num_heads, levels, eps
+
+
+def _block_backward(ctx, grad_out, *grad_saved):
+    if ctx.saved is None if hasattr(ctx, "saved") else False:
+        raise RuntimeError("setflow block: the forward ran with save=False (no grad), so it has no backward")
+    h, seed, *rest = ctx.saved_tensors
+    weights, saved = rest[:12], rest[12:]
+    dh, *dw = _block_backward_op(grad_out, h, weights, seed, saved, ctx.num_heads, ctx.levels, ctx.eps)
+    return dh, dw, None, None, None, None, None
+
+
+_block_op.register_autograd(_block_backward, setup_context=_block_setup_context)
+
+
+def _register_block_flops() -> None:
+    # the eager block's GEMMs as FlopCounterMode counts them: the four linear maps (forward 2MKN each,
+    # backward twice that) and the attention's two GEMMs (backward four)
+    from torch.utils import flop_counter as fc
+
+    if not _HAS_CUSTOM_OP or not hasattr(fc, "register_flop_formula"):
+        return
+
+    def parts(h_shape, w_shapes) -> tuple[int, int]:
+        B, N, D = h_shape
+        F = w_shapes[8][0]
+        linear = 2 * B * N * (3 * D * D + D * D + F * D + D * F)
+        attention = 2 * B * N * N * D
+        return linear, attention
+
+    @fc.register_flop_formula(torch.ops.setflow.block, get_raw=True)
+    def _fwd(h, weights, *args, out_val=None, **kwargs) -> int:
+        linear, attention = parts(h.shape, [w.shape for w in weights])
+        return linear + 2 * attention
+
+    @fc.register_flop_formula(torch.ops.setflow.block_backward, get_raw=True)
+    def _bwd(grad, h, weights, *args, out_val=None, **kwargs) -> int:
+        linear, attention = parts(h.shape, [w.shape for w in weights])
+        return 2 * linear + 4 * attention
+
+
+_register_block_flops()
+
+
+def block(h: Tensor, weights, num_heads: int, p: float = 0.0, eps: float = 1e-5,
+          seed: Optional[Tensor] = None) -> Tensor:
+    """:func:`setflow.nn.fused.block_core` with hash dropout, forward and backward in C++ (CPU float32).
+
+    ``weights`` are the block's 12 tensors in ``block_core`` order; ``seed`` (int32 ``(4, 2)``, one
+    pair per dropout site) is needed when ``p > 0``. The result and the gradients equal
+    ``block_core(h, weights, num_heads, p, eps, seed)`` up to float32 rounding, with bit-identical
+    dropout masks. The batch is worked through in chunks of whole sets, each thread running all
+    stages of the block on its chunk while it is in cache; nothing is kept for a backward when no
+    input needs a gradient (see :func:`block_supports`).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    if p > 0.0:
+        if seed is None:
+            raise ValueError("dropout p > 0 needs a seed (int32, (4, 2): one pair per dropout site)")
+        if seed.dtype != torch.int32 or tuple(seed.shape) != (4, 2):
+            raise ValueError(f"seed must be an int32 tensor of shape (4, 2); got {seed.dtype} {tuple(seed.shape)}")
+    from setflow.nn.fused import MASK_BITS, _keep_levels
+
+    levels = min(_keep_levels(1.0 - p), 1 << MASK_BITS) if p > 0.0 else _NO_DROPOUT
+    if seed is None or p == 0.0:
+        seed = torch.zeros(4, 2, dtype=torch.int32)
+    save = torch.is_grad_enabled() and (h.requires_grad or any(w.requires_grad for w in weights))
+    return _block_op(h, list(weights), seed, num_heads, levels, float(eps), save)[0]

@@ -21,6 +21,7 @@
 // with dP_ij = M_ij (dout_i . v_j), which equals dout_i . out_i.
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -92,8 +93,8 @@ struct Scratch {
 
 // k, v (and with q_too the scaled q) of head (b, h) into row-major [N][HD] scratch rows
 template <int HD>
-void load_head(const float* qkv, const Dims& d, int64_t b, int64_t h, Scratch<HD>& sc, bool q_too) {
-  const float* base = qkv + b * d.N * d.rs + h * HD;
+void load_head(const float* qkv_b, const Dims& d, int64_t h, Scratch<HD>& sc, bool q_too) {
+  const float* base = qkv_b + h * HD;
   for (int64_t j = 0; j < d.N; ++j) {
     const float* row = base + j * d.rs;
     for (int c = 0; c < HD; ++c) {
@@ -131,11 +132,13 @@ inline void scatter_cols(const vf* src, float* dst, int64_t i0, int n, int64_t s
     for (int c = 0; c < HD; ++c) dst[(i0 + l) * stride + c] = t[c][l];
 }
 
+// head h of one set: qkv_b (N, 3 D) and out_b (N, D) are the set's rows, lse_b its (H, N) block; b is the set's
+// index in the batch (for the dropout hash)
 template <int HD>
-void forward_head(const float* qkv, float* out, float* lse, const Dims& d, const Drop& dr, int64_t b, int64_t h,
+void forward_head(const float* qkv_b, float* out_b, float* lse_b, const Dims& d, const Drop& dr, int64_t b, int64_t h,
                   Scratch<HD>& sc) {
   const int64_t N = d.N;
-  load_head<HD>(qkv, d, b, h, sc, true);
+  load_head<HD>(qkv_b, d, h, sc, true);
   const uint32_t bh = static_cast<uint32_t>(b * d.H + h);
   for (int64_t i0 = 0; i0 < N; i0 += L) {
     const int n = static_cast<int>(N - i0 < L ? N - i0 : L);
@@ -161,33 +164,34 @@ void forward_head(const float* qkv, float* out, float* lse, const Dims& d, const
     }
     const vf inv = splat(dr.on ? dr.scale : 1.0f) / sum;
     for (int c = 0; c < HD; ++c) acc[c] *= inv;
-    scatter_cols<HD>(acc, out + b * N * d.D + h * HD, i0, n, d.D);
+    scatter_cols<HD>(acc, out_b + h * HD, i0, n, d.D);
     alignas(64) float m[L], s[L];
     std::memcpy(m, &mx, sizeof(vf));
     std::memcpy(s, &sum, sizeof(vf));
-    for (int l = 0; l < n; ++l) lse[bh * N + i0 + l] = m[l] + std::log(s[l]);
+    for (int l = 0; l < n; ++l) lse_b[h * N + i0 + l] = m[l] + std::log(s[l]);
   }
 }
 
+// per-set pointers as in forward_head; dqkv_b like qkv_b
 template <int HD>
-void backward_head(const float* qkv, const float* out, const float* dout, const float* lse, float* dqkv,
+void backward_head(const float* qkv_b, const float* out_b, const float* dout_b, const float* lse_b, float* dqkv_b,
                    const Dims& d, const Drop& dr, int64_t b, int64_t h, Scratch<HD>& sc) {
   const int64_t N = d.N, NP = sc.np;
-  load_head<HD>(qkv, d, b, h, sc, true);
+  load_head<HD>(qkv_b, d, h, sc, true);
   const uint32_t bh = static_cast<uint32_t>(b * d.H + h);
   for (int64_t i = 0; i < N; ++i) {
-    const float* go = dout + (b * N + i) * d.D + h * HD;
-    const float* o = out + (b * N + i) * d.D + h * HD;
+    const float* go = dout_b + i * d.D + h * HD;
+    const float* o = out_b + i * d.D + h * HD;
     float r = 0.0f;
     for (int c = 0; c < HD; ++c) {
       sc.go[i * HD + c] = go[c];
       r += go[c] * o[c];
     }
     sc.rowdot[i] = r;
-    sc.lse[i] = lse[bh * N + i];
+    sc.lse[i] = lse_b[h * N + i];
   }
   const vf dscale = splat(dr.on ? dr.scale : 1.0f);
-  float* dbase = dqkv + b * N * d.rs + h * HD;
+  float* dbase = dqkv_b + h * HD;
   // keys in the lanes, one pass over the queries: dk, dv in registers, dS kept row-major for dq
   for (int64_t j0 = 0; j0 < N; j0 += L) {
     const int n = static_cast<int>(N - j0 < L ? N - j0 : L);
@@ -257,7 +261,10 @@ void forward_all(const float* qkv, float* out, float* lse, const Dims& d, const 
   {
     Scratch<HD> sc(d.N);
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < d.B * d.H; ++bh) forward_head<HD>(qkv, out, lse, d, dr, bh / d.H, bh % d.H, sc);
+    for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+      const int64_t b = bh / d.H;
+      forward_head<HD>(qkv + b * d.N * d.rs, out + b * d.N * d.D, lse + b * d.H * d.N, d, dr, b, bh % d.H, sc);
+    }
   }
 }
 
@@ -268,8 +275,11 @@ void backward_all(const float* qkv, const float* out, const float* dout, const f
   {
     Scratch<HD> sc(d.N);
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < d.B * d.H; ++bh)
-      backward_head<HD>(qkv, out, dout, lse, dqkv, d, dr, bh / d.H, bh % d.H, sc);
+    for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
+      const int64_t b = bh / d.H;
+      backward_head<HD>(qkv + b * d.N * d.rs, out + b * d.N * d.D, dout + b * d.N * d.D, lse + b * d.H * d.N,
+                        dqkv + b * d.N * d.rs, d, dr, b, bh % d.H, sc);
+    }
   }
 }
 
@@ -349,6 +359,313 @@ void gelu_backward_rows(const float* grad, const float* u, const float* bias, fl
   }
 }
 
+
+// ----------------------------------------------------------------------------------------------
+// A whole pre-norm transformer block (setflow.nn.fused.block_core with hash dropout), forward and
+// backward, over chunks of whole sets: each thread takes a few sets (a few hundred rows) at a time
+// and runs every stage of the block on them while they sit in its L2 cache, calling the BLAS sgemm
+// single-threaded for the linear maps. Done layer by layer over the whole batch, the (B, N, F)
+// feed-forward activations make ~11 round trips through memory per block; here they make one (the
+// pre-activation u, saved for the backward).
+//
+// Block (rows x of width D, feed-forward width F, heads H of width HD):
+//     a = LN1(x);  qkv = a Wqkv^T + bqkv;  o = attention(qkv);  h1 = x + M1 (o Wo^T + bo)
+//     f = LN2(h1); u = f W1^T;  g = M2 gelu(u + b1);  out = h1 + M3 (g W2^T + b2)
+// with M1, M2, M3 the hash masks of dropout sites 1-3 (setflow.nn.fused.hash_keep_mask of the
+// (B, N, D) / (B, N, F) tensors) and the attention's own site 0. Saved for the backward: qkv, o, the
+// attention's log-sum-exp, h1, u and the LayerNorm statistics; a and f are recomputed from x and h1.
+
+typedef void (*sgemm_fn)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+typedef int (*blas_threads_fn)(int);
+sgemm_fn g_sgemm = nullptr;
+blas_threads_fn g_blas_local_threads = nullptr;
+
+// row-major C (M x N) = op(A) op(B) + beta C, op(X) = X^T when the flag is set. A column-major sgemm
+// sees each row-major matrix transposed, so it computes C^T = op(B)^T op(A)^T.
+void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float beta, float* C,
+          int ldc) {
+  const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
+  const float one = 1.0f;
+  g_sgemm(&opa, &opb, &N, &M, &K, &one, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
+inline vf loadv(const float* p) {
+  vf v;
+  std::memcpy(&v, p, sizeof(vf));
+  return v;
+}
+inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
+inline float hsum(vf v) {
+  float s = 0.0f;
+  for (int l = 0; l < L; ++l) s += v[l];
+  return s;
+}
+inline vf masked(vf x, vu idx, const Drop& dr) { return dr.on ? (keep_lanes(idx, dr) ? x * dr.scale : splat(0.0f)) : x; }
+
+struct BlockShape {
+  int64_t B, N, D, H, F;
+  float eps;
+};
+
+struct BlockWeights {  // setflow.nn.fused.block_core order
+  const float *ln1_w, *ln1_b, *qkv_w, *qkv_b, *proj_w, *proj_b, *ln2_w, *ln2_b, *ff1_w, *ff1_b, *ff2_w, *ff2_b;
+};
+
+// y = LN(x) rows (R, D); mean / rstd per row
+void ln_rows(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t R, int64_t D,
+             float eps) {
+  for (int64_t r = 0; r < R; ++r) {
+    const float* xr = x + r * D;
+    vf s = splat(0.0f);
+    for (int64_t c = 0; c < D; c += L) s += loadv(xr + c);
+    const float mu = hsum(s) / static_cast<float>(D);
+    vf s2 = splat(0.0f);
+    for (int64_t c = 0; c < D; c += L) {
+      const vf t = loadv(xr + c) - mu;
+      s2 += t * t;
+    }
+    const float rs = 1.0f / std::sqrt(hsum(s2) / static_cast<float>(D) + eps);
+    for (int64_t c = 0; c < D; c += L) storev(y + r * D + c, (loadv(xr + c) - mu) * rs * loadv(w + c) + loadv(b + c));
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+}
+
+// y = LN(x) from saved statistics
+void ln_apply(const float* x, const float* w, const float* b, const float* mean, const float* rstd, float* y,
+              int64_t R, int64_t D) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < D; c += L)
+      storev(y + r * D + c, (loadv(x + r * D + c) - mean[r]) * rstd[r] * loadv(w + c) + loadv(b + c));
+}
+
+// dx = res + LN backward of dy (rows (R, D)); dw += sum dy * xhat, db += sum dy
+void ln_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                 const float* res, float* dx, float* dw, float* db, int64_t R, int64_t D) {
+  const float inv_d = 1.0f / static_cast<float>(D);
+  for (int64_t r = 0; r < R; ++r) {
+    const float mu = mean[r], rs = rstd[r];
+    vf s1 = splat(0.0f), s2 = splat(0.0f);
+    for (int64_t c = 0; c < D; c += L) {
+      const vf g = loadv(dy + r * D + c);
+      const vf xh = (loadv(x + r * D + c) - mu) * rs;
+      const vf gw = g * loadv(w + c);
+      s1 += gw;
+      s2 += gw * xh;
+      storev(dw + c, loadv(dw + c) + g * xh);
+      storev(db + c, loadv(db + c) + g);
+    }
+    const float m1 = hsum(s1) * inv_d, m2 = hsum(s2) * inv_d;
+    for (int64_t c = 0; c < D; c += L) {
+      const vf xh = (loadv(x + r * D + c) - mu) * rs;
+      const vf gw = loadv(dy + r * D + c) * loadv(w + c);
+      storev(dx + r * D + c, loadv(res + r * D + c) + (gw - m1 - xh * m2) * rs);
+    }
+  }
+}
+
+inline void add_bias_rows(float* y, const float* b, int64_t R, int64_t C) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; c += L) storev(y + r * C + c, loadv(y + r * C + c) + loadv(b + c));
+}
+
+inline void colsum_acc(const float* y, float* acc, int64_t R, int64_t C) {
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; c += L) storev(acc + c, loadv(acc + c) + loadv(y + r * C + c));
+}
+
+// out = res + M (y + b), rows (R, C) starting at global row r0 (the mask index is (r0 + r) * C + c)
+void residual_dropout(const float* res, const float* y, const float* b, float* out, int64_t R, int64_t C, int64_t r0,
+                      const Drop& dr) {
+  for (int64_t r = 0; r < R; ++r) {
+    const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * C);
+    for (int64_t c = 0; c < C; c += L)
+      storev(out + r * C + c,
+             loadv(res + r * C + c) + masked(loadv(y + r * C + c) + loadv(b + c), base + static_cast<uint32_t>(c), dr));
+  }
+}
+
+template <int HD>
+struct BlockScratch {
+  std::vector<float> a, qkv, o, lse, h1, f, u, g, y, stats, dqkv, d1, d2, d3;
+  Scratch<HD> att;
+  BlockScratch(int64_t rows, int64_t sets, const BlockShape& s, bool bwd)
+      : a(rows * s.D), qkv(rows * 3 * s.D), o(rows * s.D), lse(sets * s.H * s.N), h1(rows * s.D), f(rows * s.D),
+        u(rows * s.F), g(rows * s.F), y(rows * s.D), stats(4 * rows), dqkv(bwd ? rows * 3 * s.D : 0),
+        d1(bwd ? rows * s.D : 0), d2(bwd ? rows * s.D : 0), d3(bwd ? rows * s.F : 0), att(s.N) {}
+};
+
+struct Saved {  // (B, N, 3D), (B, N, D), (B, H, N), (B, N, D), (B, N, F), (4, B * N): null when not saved
+  float *qkv, *o, *lse, *h1, *u, *stats;
+};
+
+int64_t sets_per_chunk(const BlockShape& s, int threads) {
+  // ~200-400 rows (the chunk's activations then fit in L2), and at least four chunks per thread
+  // so that dynamic scheduling can even out cores of unequal speed
+  const int64_t c = std::max<int64_t>(1, 256 / std::max<int64_t>(1, s.N));
+  const int64_t per_thread = (s.B + 4 * threads - 1) / (4 * threads);
+  return std::max<int64_t>(1, std::min(c, per_thread));
+}
+
+template <int HD>
+void block_forward_all(const float* x, const BlockWeights& w, float* out, const Saved& sv, const BlockShape& s,
+                       const Drop* dr, int threads) {
+  const int64_t N = s.N, D = s.D, F = s.F, H = s.H, rows_total = s.B * N;
+  const Dims ad{s.B, N, H, D, 3 * D, static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)))};
+  const int64_t cs = sets_per_chunk(s, threads), chunks = (s.B + cs - 1) / cs;
+#pragma omp parallel num_threads(threads)
+  {
+    const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
+    BlockScratch<HD> sc(cs * N, cs, s, false);
+#pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
+      const float* xc = x + r0 * D;
+      float* qkv = sv.qkv ? sv.qkv + r0 * 3 * D : sc.qkv.data();
+      float* o = sv.o ? sv.o + r0 * D : sc.o.data();
+      float* lse = sv.lse ? sv.lse + b0 * H * N : sc.lse.data();
+      float* h1 = sv.h1 ? sv.h1 + r0 * D : sc.h1.data();
+      float* u = sv.u ? sv.u + r0 * F : sc.u.data();
+      float* st[4];
+      for (int k = 0; k < 4; ++k) st[k] = sv.stats ? sv.stats + k * rows_total + r0 : sc.stats.data() + k * R;
+      ln_rows(xc, w.ln1_w, w.ln1_b, sc.a.data(), st[0], st[1], R, D, s.eps);
+      gemm(false, true, R, 3 * D, D, sc.a.data(), D, w.qkv_w, D, 0.0f, qkv, 3 * D);
+      add_bias_rows(qkv, w.qkv_b, R, 3 * D);
+      for (int64_t bi = 0; bi < nb; ++bi)
+        for (int64_t h = 0; h < H; ++h)
+          forward_head<HD>(qkv + bi * N * 3 * D, o + bi * N * D, lse + bi * H * N, ad, dr[0], b0 + bi, h, sc.att);
+      gemm(false, true, R, D, D, o, D, w.proj_w, D, 0.0f, sc.y.data(), D);
+      residual_dropout(xc, sc.y.data(), w.proj_b, h1, R, D, r0, dr[1]);
+      ln_rows(h1, w.ln2_w, w.ln2_b, sc.f.data(), st[2], st[3], R, D, s.eps);
+      gemm(false, true, R, F, D, sc.f.data(), D, w.ff1_w, D, 0.0f, u, F);
+      for (int64_t r = 0; r < R; ++r) {
+        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * F);
+        for (int64_t c = 0; c < F; c += L) {
+          const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
+          storev(sc.g.data() + r * F + c, masked(z * gelu_parts(z).cdf, base + static_cast<uint32_t>(c), dr[2]));
+        }
+      }
+      gemm(false, true, R, D, F, sc.g.data(), F, w.ff2_w, F, 0.0f, sc.y.data(), D);
+      residual_dropout(h1, sc.y.data(), w.ff2_b, out + r0 * D, R, D, r0, dr[3]);
+    }
+    if (g_blas_local_threads) g_blas_local_threads(prev);
+  }
+}
+
+// weight gradients in block_core order, each thread accumulating its own copy
+struct GradLayout {
+  int64_t off[12], size[12], total;
+  explicit GradLayout(const BlockShape& s) {
+    const int64_t D = s.D, F = s.F;
+    const int64_t sz[12] = {D, D, 3 * D * D, 3 * D, D * D, D, D, D, F * D, F, D * F, D};
+    total = 0;
+    for (int k = 0; k < 12; ++k) {
+      off[k] = total;
+      size[k] = sz[k];
+      total += (sz[k] + L - 1) / L * L;  // whole vectors apart
+    }
+  }
+};
+
+template <int HD>
+void block_backward_all(const float* dout, const float* x, const BlockWeights& w, const Saved& sv, float* dx,
+                        float* const* dw, const BlockShape& s, const Drop* dr, int threads) {
+  const int64_t N = s.N, D = s.D, F = s.F, H = s.H, rows_total = s.B * N;
+  const Dims ad{s.B, N, H, D, 3 * D, static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)))};
+  const int64_t cs = sets_per_chunk(s, threads), chunks = (s.B + cs - 1) / cs;
+  const GradLayout gl(s);
+  const int nt = threads < 1 ? 1 : threads;
+  std::vector<float> acc(static_cast<size_t>(nt) * gl.total, 0.0f);
+#pragma omp parallel num_threads(nt)
+  {
+    const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
+    BlockScratch<HD> sc(cs * N, cs, s, true);
+    float* gacc = acc.data() + static_cast<int64_t>(omp_get_thread_num()) * gl.total;
+    float* gw[12];
+    for (int k = 0; k < 12; ++k) gw[k] = gacc + gl.off[k];
+#pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
+      const float* xc = x + r0 * D;
+      const float* go = dout + r0 * D;
+      const float* qkv = sv.qkv + r0 * 3 * D;
+      const float* o = sv.o + r0 * D;
+      const float* lse = sv.lse + b0 * H * N;
+      const float* h1 = sv.h1 + r0 * D;
+      const float* u = sv.u + r0 * F;
+      const float* st[4];
+      for (int k = 0; k < 4; ++k) st[k] = sv.stats + k * rows_total + r0;
+      float* dz = sc.d1.data();   // (R, D): grad of the feed-forward branch output, then of the attention branch
+      float* dh1 = sc.d2.data();  // (R, D)
+      float* dg = sc.d3.data();   // (R, F): grad of g, then of u
+      float* g = sc.g.data();
+      // feed-forward branch: out = h1 + M3 (g W2^T + b2)
+      for (int64_t r = 0; r < R; ++r) {
+        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
+        for (int64_t c = 0; c < D; c += L)
+          storev(dz + r * D + c, masked(loadv(go + r * D + c), base + static_cast<uint32_t>(c), dr[3]));
+      }
+      colsum_acc(dz, gw[11], R, D);
+      gemm(false, false, R, F, D, dz, D, w.ff2_w, F, 0.0f, dg, F);
+      for (int64_t r = 0; r < R; ++r) {  // g and du from u in one pass
+        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * F);
+        for (int64_t c = 0; c < F; c += L) {
+          const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
+          const GeluParts gp = gelu_parts(z);
+          const vu idx = base + static_cast<uint32_t>(c);
+          storev(g + r * F + c, masked(z * gp.cdf, idx, dr[2]));
+          storev(dg + r * F + c, masked(loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x), idx, dr[2]));
+        }
+      }
+      gemm(true, false, D, F, R, dz, D, g, F, 1.0f, gw[10], F);
+      colsum_acc(dg, gw[9], R, F);
+      ln_apply(h1, w.ln2_w, w.ln2_b, st[2], st[3], sc.f.data(), R, D);
+      gemm(true, false, F, D, R, dg, F, sc.f.data(), D, 1.0f, gw[8], D);
+      gemm(false, false, R, D, F, dg, F, w.ff1_w, D, 0.0f, sc.y.data(), D);  // df
+      ln_backward(h1, w.ln2_w, st[2], st[3], sc.y.data(), go, dh1, gw[6], gw[7], R, D);
+      // attention branch: h1 = x + M1 (o Wo^T + bo)
+      for (int64_t r = 0; r < R; ++r) {
+        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
+        for (int64_t c = 0; c < D; c += L)
+          storev(dz + r * D + c, masked(loadv(dh1 + r * D + c), base + static_cast<uint32_t>(c), dr[1]));
+      }
+      colsum_acc(dz, gw[5], R, D);
+      gemm(true, false, D, D, R, dz, D, o, D, 1.0f, gw[4], D);
+      float* dov = sc.o.data();
+      gemm(false, false, R, D, D, dz, D, w.proj_w, D, 0.0f, dov, D);
+      float* dqkv = sc.dqkv.data();
+      for (int64_t bi = 0; bi < nb; ++bi)
+        for (int64_t h = 0; h < H; ++h)
+          backward_head<HD>(qkv + bi * N * 3 * D, o + bi * N * D, dov + bi * N * D, lse + bi * H * N,
+                            dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, h, sc.att);
+      colsum_acc(dqkv, gw[3], R, 3 * D);
+      ln_apply(xc, w.ln1_w, w.ln1_b, st[0], st[1], sc.a.data(), R, D);
+      gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 1.0f, gw[2], D);
+      gemm(false, false, R, D, 3 * D, dqkv, 3 * D, w.qkv_w, D, 0.0f, sc.y.data(), D);  // da
+      ln_backward(xc, w.ln1_w, st[0], st[1], sc.y.data(), dh1, dx + r0 * D, gw[0], gw[1], R, D);
+    }
+    if (g_blas_local_threads) g_blas_local_threads(prev);
+  }
+  for (int k = 0; k < 12; ++k)
+    for (int64_t i = 0; i < gl.size[k]; ++i) {
+      float t = 0.0f;
+      for (int th = 0; th < nt; ++th) t += acc[static_cast<size_t>(th) * gl.total + gl.off[k] + i];
+      dw[k][i] = t;
+    }
+}
+
+BlockWeights unpack_weights(const float* const* w) {
+  return BlockWeights{w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11]};
+}
+
+// 0 ok, 1 unsupported shape (head dim not 4 / 8 / 16, D or F not a multiple of 16), 2 no sgemm registered
+int block_check(const BlockShape& s, int64_t HD) {
+  if (!g_sgemm) return 2;
+  if (s.D % L || s.F % L || (HD != 4 && HD != 8 && HD != 16)) return 1;
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -393,6 +710,55 @@ int setflow_bias_gelu_dropout_backward(const float* grad, const float* u, const 
                                        int64_t M, int64_t F, int32_t s0, int32_t s1, int64_t levels, int threads) {
   if (F % L) return 1;
   gelu_backward_rows(grad, u, bias, du, dbias, M, F, make_drop(s0, s1, levels), threads);
+  return 0;
+}
+
+// the BLAS single-precision GEMM (Fortran interface, 32-bit integers) that the block kernels call, and
+// optionally the BLAS's "threads for the calling thread" setter (MKL_Set_Num_Threads_Local); the block
+// entry points return 2 until an sgemm is registered
+void setflow_set_blas(void* sgemm, void* local_threads) {
+  g_sgemm = reinterpret_cast<sgemm_fn>(sgemm);
+  g_blas_local_threads = reinterpret_cast<blas_threads_fn>(local_threads);
+}
+
+// w: the 12 block_core weights; seeds: (4, 2) int32, one pair per dropout site; levels >= 2^24: no dropout.
+// Saved buffers (qkv, o, lse, h1, u, stats) may all be null (inference: nothing kept for a backward).
+int setflow_block_forward(const float* x, const float* const* w, float* out, float* qkv, float* o, float* lse,
+                          float* h1, float* u, float* stats, int64_t B, int64_t N, int64_t D, int64_t H, int64_t F,
+                          float eps, const int32_t* seeds, int64_t levels, int threads) {
+  const BlockShape s{B, N, D, H, F, eps};
+  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  if (const int rc = block_check(s, HD)) return rc;
+  Drop dr[4];
+  for (int k = 0; k < 4; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  const Saved sv{qkv, o, lse, h1, u, stats};
+  const BlockWeights bw = unpack_weights(w);
+  switch (HD) {
+    case 4: block_forward_all<4>(x, bw, out, sv, s, dr, threads); break;
+    case 8: block_forward_all<8>(x, bw, out, sv, s, dr, threads); break;
+    default: block_forward_all<16>(x, bw, out, sv, s, dr, threads); break;
+  }
+  return 0;
+}
+
+// dw: 12 outputs shaped like w (overwritten)
+int setflow_block_backward(const float* dout, const float* x, const float* const* w, const float* qkv, const float* o,
+                           const float* lse, const float* h1, const float* u, const float* stats, float* dx,
+                           float* const* dw, int64_t B, int64_t N, int64_t D, int64_t H, int64_t F, float eps,
+                           const int32_t* seeds, int64_t levels, int threads) {
+  const BlockShape s{B, N, D, H, F, eps};
+  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  if (const int rc = block_check(s, HD)) return rc;
+  Drop dr[4];
+  for (int k = 0; k < 4; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  Saved sv{const_cast<float*>(qkv), const_cast<float*>(o), const_cast<float*>(lse), const_cast<float*>(h1),
+           const_cast<float*>(u), const_cast<float*>(stats)};
+  const BlockWeights bw = unpack_weights(w);
+  switch (HD) {
+    case 4: block_backward_all<4>(dout, x, bw, sv, dx, dw, s, dr, threads); break;
+    case 8: block_backward_all<8>(dout, x, bw, sv, dx, dw, s, dr, threads); break;
+    default: block_backward_all<16>(dout, x, bw, sv, dx, dw, s, dr, threads); break;
+  }
   return 0;
 }
 
