@@ -523,16 +523,22 @@ def _(grad, h, weights, seed, saved, num_heads, levels, eps):
 
 def _block_setup_context(ctx, inputs, output) -> None:
     h, weights, seed, num_heads, levels, eps, save = inputs
-    if not save:
-        ctx.saved = None
-        return
-    ctx.save_for_backward(h, seed, *weights, *output[1:])
-    ctx.num_heads, ctx.levels, ctx.eps = num_heads, levels, eps
+    # the saved activations are outputs only to reach the backward: no gradients flow into them, and
+    # autograd must not fill zero tensors for them (~13 MB per block at the paper shapes)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+    ctx.saves = save
+    if save:
+        ctx.save_for_backward(h, seed, *weights, *output[1:])
+        ctx.num_heads, ctx.levels, ctx.eps = num_heads, levels, eps
 
 
 def _block_backward(ctx, grad_out, *grad_saved):
-    if ctx.saved is None if hasattr(ctx, "saved") else False:
-        raise RuntimeError("setflow block: the forward ran with save=False (no grad), so it has no backward")
+    if not ctx.saves:
+        raise RuntimeError("setflow block: the forward ran without saving activations (no input needed a "
+                           "gradient then), so it has no backward")
+    if grad_out is None:
+        return None, None, None, None, None, None, None
     h, seed, *rest = ctx.saved_tensors
     weights, saved = rest[:12], rest[12:]
     dh, *dw = _block_backward_op(grad_out, h, weights, seed, saved, ctx.num_heads, ctx.levels, ctx.eps)

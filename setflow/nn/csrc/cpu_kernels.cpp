@@ -26,6 +26,9 @@
 #include <vector>
 
 #include <omp.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -56,6 +59,28 @@ inline vf vexp(vf x) {
   return p * (vf)e;  // GCC vector cast: the same bits read as floats
 }
 
+// 1 / x for x >= 1: the AVX-512 14-bit reciprocal estimate and one Newton step (~1 ulp; a vector
+// division costs several times more), plain division elsewhere
+inline vf recip(vf x) {
+#ifdef __AVX512F__
+  const vf r = reinterpret_cast<vf>(_mm512_rcp14_ps(reinterpret_cast<__m512>(x)));
+  return r * (2.0f - x * r);
+#else
+  return 1.0f / x;
+#endif
+}
+
+// sum_c a[c] * b[c] with b broadcast: two interleaved accumulator chains (half the FMA latency chain)
+template <int HD>
+inline vf dot_lanes(const vf* a, const float* b) {
+  vf s0 = a[0] * b[0], s1 = a[1] * b[1];
+  for (int c = 2; c < HD; c += 2) {
+    s0 += a[c] * b[c];
+    s1 += a[c + 1] * b[c + 1];
+  }
+  return s0 + s1;
+}
+
 struct Drop {
   bool on;
   uint32_t s0, s1, levels;
@@ -82,27 +107,54 @@ struct RowVec {
   typedef float type __attribute__((vector_size(HD * sizeof(float))));
 };
 
+// one set's heads in row-major [H][N][HD] scratch rows, filled once per set by load_set
 template <int HD>
 struct Scratch {
   int64_t np;  // N rounded up to whole vectors: the row stride of ds
   std::vector<float> k, v, q, go, lse, rowdot, ds;
   std::vector<vf> s;
-  explicit Scratch(int64_t N)
-      : np((N + L - 1) / L * L), k(N * HD), v(N * HD), q(N * HD), go(N * HD), lse(N), rowdot(N), ds(N * np), s(N) {}
+  Scratch(int64_t N, int64_t H)
+      : np((N + L - 1) / L * L), k(H * N * HD), v(H * N * HD), q(H * N * HD), go(H * N * HD), lse(H * N),
+        rowdot(H * N), ds(N * np), s(N) {}
 };
 
-// k, v (and with q_too the scaled q) of head (b, h) into row-major [N][HD] scratch rows
+// k, v and the scaled q of every head of one set (rows qkv_b, stride 3 D) into the scratch, one pass
+// over the set's rows with whole-head vector copies
 template <int HD>
-void load_head(const float* qkv_b, const Dims& d, int64_t h, Scratch<HD>& sc, bool q_too) {
-  const float* base = qkv_b + h * HD;
+void load_set(const float* qkv_b, const Dims& d, Scratch<HD>& sc) {
+  typedef typename RowVec<HD>::type vr;
   for (int64_t j = 0; j < d.N; ++j) {
-    const float* row = base + j * d.rs;
-    for (int c = 0; c < HD; ++c) {
-      sc.k[j * HD + c] = row[d.D + c];
-      sc.v[j * HD + c] = row[2 * d.D + c];
-      if (q_too) sc.q[j * HD + c] = row[c] * d.scale;
+    const float* row = qkv_b + j * d.rs;
+    for (int64_t h = 0; h < d.H; ++h) {
+      const int64_t at = (h * d.N + j) * HD;
+      vr q, k, v;
+      std::memcpy(&q, row + h * HD, sizeof(vr));
+      std::memcpy(&k, row + d.D + h * HD, sizeof(vr));
+      std::memcpy(&v, row + 2 * d.D + h * HD, sizeof(vr));
+      q *= d.scale;
+      std::memcpy(&sc.q[at], &q, sizeof(vr));
+      std::memcpy(&sc.k[at], &k, sizeof(vr));
+      std::memcpy(&sc.v[at], &v, sizeof(vr));
     }
   }
+}
+
+// the backward's per-query inputs of every head: dout rows, rowdot = dout . out, lse
+template <int HD>
+void load_set_grad(const float* out_b, const float* dout_b, const float* lse_b, const Dims& d, Scratch<HD>& sc) {
+  typedef typename RowVec<HD>::type vr;
+  for (int64_t i = 0; i < d.N; ++i)
+    for (int64_t h = 0; h < d.H; ++h) {
+      vr g, o;
+      std::memcpy(&g, dout_b + i * d.D + h * HD, sizeof(vr));
+      std::memcpy(&o, out_b + i * d.D + h * HD, sizeof(vr));
+      std::memcpy(&sc.go[(h * d.N + i) * HD], &g, sizeof(vr));
+      const vr t = g * o;
+      float r = 0.0f;
+      for (int c = 0; c < HD; ++c) r += t[c];
+      sc.rowdot[h * d.N + i] = r;
+    }
+  std::memcpy(sc.lse.data(), lse_b, sizeof(float) * d.H * d.N);
 }
 
 // lanes l < n of columns src[(i0 + l) * HD + c] -> vectors dst[c]; other lanes 0
@@ -132,23 +184,21 @@ inline void scatter_cols(const vf* src, float* dst, int64_t i0, int n, int64_t s
     for (int c = 0; c < HD; ++c) dst[(i0 + l) * stride + c] = t[c][l];
 }
 
-// head h of one set: qkv_b (N, 3 D) and out_b (N, D) are the set's rows, lse_b its (H, N) block; b is the set's
-// index in the batch (for the dropout hash)
+// head h of one set, from the set's scratch (load_set): out_b (N, D) are the set's output rows, lse_b its
+// (H, N) block; b is the set's index in the batch (for the dropout hash)
 template <int HD>
-void forward_head(const float* qkv_b, float* out_b, float* lse_b, const Dims& d, const Drop& dr, int64_t b, int64_t h,
-                  Scratch<HD>& sc) {
+void forward_head(float* out_b, float* lse_b, const Dims& d, const Drop& dr, int64_t b, int64_t h, Scratch<HD>& sc) {
   const int64_t N = d.N;
-  load_head<HD>(qkv_b, d, h, sc, true);
+  const float *kh = &sc.k[h * N * HD], *vh = &sc.v[h * N * HD];
   const uint32_t bh = static_cast<uint32_t>(b * d.H + h);
   for (int64_t i0 = 0; i0 < N; i0 += L) {
     const int n = static_cast<int>(N - i0 < L ? N - i0 : L);
     vf q[HD], acc[HD];
-    gather_cols<HD>(sc.q.data(), i0, n, q);
+    gather_cols<HD>(&sc.q[h * N * HD], i0, n, q);
     vf mx = splat(-INFINITY);
     for (int64_t j = 0; j < N; ++j) {
-      const float* kj = &sc.k[j * HD];
-      vf s = q[0] * kj[0];
-      for (int c = 1; c < HD; ++c) s += q[c] * kj[c];
+      const float* kj = kh + j * HD;
+      const vf s = dot_lanes<HD>(q, kj);
       sc.s[j] = s;
       mx = s > mx ? s : mx;
     }
@@ -159,7 +209,7 @@ void forward_head(const float* qkv_b, float* out_b, float* lse_b, const Dims& d,
       const vf e = vexp(sc.s[j] - mx);
       sum += e;
       const vf w = dr.on ? (keep_lanes(row + static_cast<uint32_t>(j), dr) ? e : splat(0.0f)) : e;
-      const float* vj = &sc.v[j * HD];
+      const float* vj = vh + j * HD;
       for (int c = 0; c < HD; ++c) acc[c] += w * vj[c];
     }
     const vf inv = splat(dr.on ? dr.scale : 1.0f) / sum;
@@ -172,44 +222,29 @@ void forward_head(const float* qkv_b, float* out_b, float* lse_b, const Dims& d,
   }
 }
 
-// per-set pointers as in forward_head; dqkv_b like qkv_b
+// head h of one set, from the set's scratch (load_set, load_set_grad); dqkv_b: the set's (N, 3 D) gradient rows
 template <int HD>
-void backward_head(const float* qkv_b, const float* out_b, const float* dout_b, const float* lse_b, float* dqkv_b,
-                   const Dims& d, const Drop& dr, int64_t b, int64_t h, Scratch<HD>& sc) {
+void backward_head(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, int64_t h, Scratch<HD>& sc) {
   const int64_t N = d.N, NP = sc.np;
-  load_head<HD>(qkv_b, d, h, sc, true);
+  const float *kh = &sc.k[h * N * HD], *vh = &sc.v[h * N * HD], *qh = &sc.q[h * N * HD], *gh = &sc.go[h * N * HD];
+  const float *lseh = &sc.lse[h * N], *rowdot = &sc.rowdot[h * N];
   const uint32_t bh = static_cast<uint32_t>(b * d.H + h);
-  for (int64_t i = 0; i < N; ++i) {
-    const float* go = dout_b + i * d.D + h * HD;
-    const float* o = out_b + i * d.D + h * HD;
-    float r = 0.0f;
-    for (int c = 0; c < HD; ++c) {
-      sc.go[i * HD + c] = go[c];
-      r += go[c] * o[c];
-    }
-    sc.rowdot[i] = r;
-    sc.lse[i] = lse_b[h * N + i];
-  }
   const vf dscale = splat(dr.on ? dr.scale : 1.0f);
   float* dbase = dqkv_b + h * HD;
   // keys in the lanes, one pass over the queries: dk, dv in registers, dS kept row-major for dq
   for (int64_t j0 = 0; j0 < N; j0 += L) {
     const int n = static_cast<int>(N - j0 < L ? N - j0 : L);
     vf k[HD], v[HD], dk[HD], dv[HD];
-    gather_cols<HD>(sc.k.data(), j0, n, k);
-    gather_cols<HD>(sc.v.data(), j0, n, v);
+    gather_cols<HD>(kh, j0, n, k);
+    gather_cols<HD>(vh, j0, n, v);
     for (int c = 0; c < HD; ++c) dk[c] = dv[c] = splat(0.0f);
     const vu col = lane_index() + static_cast<uint32_t>(j0);
     for (int64_t i = 0; i < N; ++i) {
-      const float* qi = &sc.q[i * HD];
-      const float* gi = &sc.go[i * HD];
-      vf s = k[0] * qi[0];
-      vf da = v[0] * gi[0];
-      for (int c = 1; c < HD; ++c) {
-        s += k[c] * qi[c];
-        da += v[c] * gi[c];
-      }
-      const vf p = vexp(s - sc.lse[i]);
+      const float* qi = qh + i * HD;
+      const float* gi = gh + i * HD;
+      const vf s = dot_lanes<HD>(k, qi);
+      const vf da = dot_lanes<HD>(v, gi);
+      const vf p = vexp(s - lseh[i]);
       vf a = p * dscale;
       vf dp = da * dscale;
       if (dr.on) {
@@ -217,7 +252,7 @@ void backward_head(const float* qkv_b, const float* out_b, const float* dout_b, 
         a = keep ? a : splat(0.0f);
         dp = keep ? dp : splat(0.0f);
       }
-      const vf ds = p * (dp - sc.rowdot[i]);
+      const vf ds = p * (dp - rowdot[i]);
       std::memcpy(&sc.ds[i * NP + j0], &ds, sizeof(vf));  // lanes past N hold junk, never read
       for (int c = 0; c < HD; ++c) {
         dv[c] += a * gi[c];
@@ -235,7 +270,7 @@ void backward_head(const float* qkv_b, const float* out_b, const float* dout_b, 
     vr acc[4] = {};
     for (int64_t j = 0; j < N; ++j) {
       vr kj;
-      std::memcpy(&kj, &sc.k[j * HD], sizeof(vr));
+      std::memcpy(&kj, kh + j * HD, sizeof(vr));
       for (int r = 0; r < 4; ++r) acc[r] += sc.ds[(i + (r < rows ? r : 0)) * NP + j] * kj;
     }
     for (int r = 0; r < rows; ++r) {
@@ -243,6 +278,22 @@ void backward_head(const float* qkv_b, const float* out_b, const float* dout_b, 
       std::memcpy(dbase + (i + r) * d.rs, &o, sizeof(vr));
     }
   }
+}
+
+// all heads of set b: the set's rows are loaded once (load_set), then each head runs from the scratch
+template <int HD>
+void attention_set_forward(const float* qkv_b, float* out_b, float* lse_b, const Dims& d, const Drop& dr, int64_t b,
+                           Scratch<HD>& sc) {
+  load_set<HD>(qkv_b, d, sc);
+  for (int64_t h = 0; h < d.H; ++h) forward_head<HD>(out_b, lse_b, d, dr, b, h, sc);
+}
+
+template <int HD>
+void attention_set_backward(const float* qkv_b, const float* out_b, const float* dout_b, const float* lse_b,
+                            float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, Scratch<HD>& sc) {
+  load_set<HD>(qkv_b, d, sc);
+  load_set_grad<HD>(out_b, dout_b, lse_b, d, sc);
+  for (int64_t h = 0; h < d.H; ++h) backward_head<HD>(dqkv_b, d, dr, b, h, sc);
 }
 
 Drop make_drop(int32_t s0, int32_t s1, int64_t levels) {
@@ -259,12 +310,10 @@ template <int HD>
 void forward_all(const float* qkv, float* out, float* lse, const Dims& d, const Drop& dr, int threads) {
 #pragma omp parallel num_threads(threads)
   {
-    Scratch<HD> sc(d.N);
+    Scratch<HD> sc(d.N, d.H);
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
-      const int64_t b = bh / d.H;
-      forward_head<HD>(qkv + b * d.N * d.rs, out + b * d.N * d.D, lse + b * d.H * d.N, d, dr, b, bh % d.H, sc);
-    }
+    for (int64_t b = 0; b < d.B; ++b)
+      attention_set_forward<HD>(qkv + b * d.N * d.rs, out + b * d.N * d.D, lse + b * d.H * d.N, d, dr, b, sc);
   }
 }
 
@@ -273,13 +322,11 @@ void backward_all(const float* qkv, const float* out, const float* dout, const f
                   const Drop& dr, int threads) {
 #pragma omp parallel num_threads(threads)
   {
-    Scratch<HD> sc(d.N);
+    Scratch<HD> sc(d.N, d.H);
 #pragma omp for schedule(static)
-    for (int64_t bh = 0; bh < d.B * d.H; ++bh) {
-      const int64_t b = bh / d.H;
-      backward_head<HD>(qkv + b * d.N * d.rs, out + b * d.N * d.D, dout + b * d.N * d.D, lse + b * d.H * d.N,
-                        dqkv + b * d.N * d.rs, d, dr, b, bh % d.H, sc);
-    }
+    for (int64_t b = 0; b < d.B; ++b)
+      attention_set_backward<HD>(qkv + b * d.N * d.rs, out + b * d.N * d.D, dout + b * d.N * d.D,
+                                 lse + b * d.H * d.N, dqkv + b * d.N * d.rs, d, dr, b, sc);
   }
 }
 
@@ -297,7 +344,7 @@ struct GeluParts {
 inline GeluParts gelu_parts(vf x) {
   const vf z = x * 0.70710678118654752f;
   const vf az = z < 0.0f ? -z : z;
-  const vf t = 1.0f / (az * 0.3275911f + 1.0f);
+  const vf t = recip(az * 0.3275911f + 1.0f);
   vf poly = t * 1.061405429f - 1.453152027f;
   poly = poly * t + 1.421413741f;
   poly = poly * t - 0.284496736f;
@@ -493,7 +540,7 @@ struct BlockScratch {
   BlockScratch(int64_t rows, int64_t sets, const BlockShape& s, bool bwd)
       : a(rows * s.D), qkv(rows * 3 * s.D), o(rows * s.D), lse(sets * s.H * s.N), h1(rows * s.D), f(rows * s.D),
         u(rows * s.F), g(rows * s.F), y(rows * s.D), stats(4 * rows), dqkv(bwd ? rows * 3 * s.D : 0),
-        d1(bwd ? rows * s.D : 0), d2(bwd ? rows * s.D : 0), d3(bwd ? rows * s.F : 0), att(s.N) {}
+        d1(bwd ? rows * s.D : 0), d2(bwd ? rows * s.D : 0), d3(bwd ? rows * s.F : 0), att(s.N, s.H) {}
 };
 
 struct Saved {  // (B, N, 3D), (B, N, D), (B, H, N), (B, N, D), (B, N, F), (4, B * N): null when not saved
@@ -533,8 +580,7 @@ void block_forward_all(const float* x, const BlockWeights& w, float* out, const 
       gemm(false, true, R, 3 * D, D, sc.a.data(), D, w.qkv_w, D, 0.0f, qkv, 3 * D);
       add_bias_rows(qkv, w.qkv_b, R, 3 * D);
       for (int64_t bi = 0; bi < nb; ++bi)
-        for (int64_t h = 0; h < H; ++h)
-          forward_head<HD>(qkv + bi * N * 3 * D, o + bi * N * D, lse + bi * H * N, ad, dr[0], b0 + bi, h, sc.att);
+        attention_set_forward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, lse + bi * H * N, ad, dr[0], b0 + bi, sc.att);
       gemm(false, true, R, D, D, o, D, w.proj_w, D, 0.0f, sc.y.data(), D);
       residual_dropout(xc, sc.y.data(), w.proj_b, h1, R, D, r0, dr[1]);
       ln_rows(h1, w.ln2_w, w.ln2_b, sc.f.data(), st[2], st[3], R, D, s.eps);
@@ -636,9 +682,8 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
       gemm(false, false, R, D, D, dz, D, w.proj_w, D, 0.0f, dov, D);
       float* dqkv = sc.dqkv.data();
       for (int64_t bi = 0; bi < nb; ++bi)
-        for (int64_t h = 0; h < H; ++h)
-          backward_head<HD>(qkv + bi * N * 3 * D, o + bi * N * D, dov + bi * N * D, lse + bi * H * N,
-                            dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, h, sc.att);
+        attention_set_backward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, dov + bi * N * D, lse + bi * H * N,
+                                   dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, sc.att);
       colsum_acc(dqkv, gw[3], R, 3 * D);
       ln_apply(xc, w.ln1_w, w.ln1_b, st[0], st[1], sc.a.data(), R, D);
       gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 1.0f, gw[2], D);
