@@ -60,9 +60,8 @@ __all__ = ["hash_keep_mask", "hash_dropout", "block_core", "compiled_block_core"
 MASK_BITS = 24
 # int32 constants of the hash (two's complement views of the 32-bit multipliers)
 _GOLDEN = -1640531535  # 0x9E3779B1
-_MIX1 = 0x7FEB352D
+_MIX1 = 0x7FEB352D  # C. Wellons' "lowbias32" multipliers
 _MIX2 = -2073254261  # 0x846CA68B
-_MIX3 = 0x27D4EB2F
 _LOW16 = 0xFFFF
 _LOW17 = 0x1FFFF
 _LOW_MASK_BITS = (1 << MASK_BITS) - 1
@@ -77,8 +76,8 @@ def hash_keep_mask(shape: Sequence[int], keep: float, seed: Tensor) -> Tensor:
 
     ``seed`` is an int32 tensor of two words. Element ``i`` (row-major) is kept when
     the top ``MASK_BITS`` bits of a 32-bit hash fall below ``round(keep * 2**MASK_BITS)``:
-    ``x = (i * 0x9E3779B1 + seed[0]) ^ seed[1]``, then three xorshift-multiply rounds
-    (so a change of either seed word, in any bit, reaches every output bit).
+    ``x = (i * 0x9E3779B1 + seed[0]) ^ seed[1]``, then two xorshift-multiply rounds and a
+    final xorshift (so a change of either seed word, in any bit, reaches every output bit).
     Arithmetic wraps modulo ``2**32`` and the shifts are made logical with masks, so
     the result is the same in eager mode and in Inductor-generated code.
     """
@@ -89,7 +88,7 @@ def hash_keep_mask(shape: Sequence[int], keep: float, seed: Tensor) -> Tensor:
     x = (x * _GOLDEN + seed[0]) ^ seed[1]
     x = (x ^ ((x >> 16) & _LOW16)) * _MIX1
     x = (x ^ ((x >> 15) & _LOW17)) * _MIX2
-    x = (x ^ ((x >> 16) & _LOW16)) * _MIX3
+    x = x ^ ((x >> 16) & _LOW16)
     return ((x >> (32 - MASK_BITS)) & _LOW_MASK_BITS) < _keep_levels(keep)  # the top bits: the best mixed
 
 

@@ -92,7 +92,7 @@ inline vi keep_lanes(vu idx, const Drop& d) {
   vu x = (idx * 0x9E3779B1u + d.s0) ^ d.s1;
   x = (x ^ (x >> 16)) * 0x7FEB352Du;
   x = (x ^ (x >> 15)) * 0x846CA68Bu;
-  x = (x ^ (x >> 16)) * 0x27D4EB2Fu;
+  x = x ^ (x >> 16);
   return (x >> 8) < d.levels;
 }
 
