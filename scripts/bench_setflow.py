@@ -10,8 +10,9 @@ measurement just before and just after it, and the utilisation is the median of 
 ratios (on a shared machine whose speed drifts, the two halves of each ratio see the same
 conditions).
 
-On CPU the set transformers run their fused path by default (``setflow.nn.fused``: per-block
-``torch.compile`` with hash dropout; the first steps compile and are not timed); the FLOPs are
+On CPU the set transformers run their fused path by default (``setflow.nn.fused``: each block one
+C++ call per direction, ``setflow.nn.kernels.block``, with hash dropout; where that kernel does not
+apply, per-block ``torch.compile``, whose first steps compile and are not timed); the FLOPs are
 always counted on the eager path, so both modes report the same architecture's count.
 
     python scripts/bench_setflow.py                 # paper configs, 5 timed runs each, fused on CPU

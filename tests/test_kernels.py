@@ -1,4 +1,4 @@
-"""The run-time built C++ attention kernel (setflow.nn.kernels) against the written-out attention."""
+"""The run-time built C++ kernels (setflow.nn.kernels): attention, GELU and the whole block, against references."""
 
 from __future__ import annotations
 
@@ -116,8 +116,8 @@ def test_kernel_rejects_bad_input_with_a_clear_message() -> None:
     assert kernels.supports(torch.randn(2, 5, 48), 2)
 
 
-def test_fused_blocks_use_the_written_out_attention_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    import setflow.nn.fused as fused
+def _small_fused_net_and_output():
+    """A fused one-block SetTransformer in train mode, an input, and its output under seed 5."""
     from setflow.nn import SetTransformer
 
     torch.manual_seed(0)
@@ -125,7 +125,13 @@ def test_fused_blocks_use_the_written_out_attention_without_the_kernel(monkeypat
                          zero_init=False, fused=True).train()
     x = torch.randn(2, 6, 2)
     torch.manual_seed(5)
-    y = net(x)
+    return net, x, net(x)
+
+
+def test_fused_blocks_use_the_written_out_attention_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    import setflow.nn.fused as fused
+
+    net, x, y = _small_fused_net_and_output()
     monkeypatch.setattr(kernels, "_LIB", None)
     monkeypatch.setattr(kernels, "_TRIED", True)
     monkeypatch.setattr(kernels, "_ERROR", "RuntimeError: no compiler")
@@ -264,14 +270,7 @@ def test_block_rejects_bad_input_with_a_clear_message() -> None:
 
 
 def test_fused_blocks_fall_back_to_compile_without_a_blas(monkeypatch: pytest.MonkeyPatch) -> None:
-    from setflow.nn import SetTransformer
-
-    torch.manual_seed(0)
-    net = SetTransformer(2, 3, d_model=16, num_heads=2, num_layers=1, dim_feedforward=16, dropout=0.2,
-                         zero_init=False, fused=True).train()
-    x = torch.randn(2, 6, 2)
-    torch.manual_seed(5)
-    y = net(x)
+    net, x, y = _small_fused_net_and_output()
     monkeypatch.setattr(kernels, "_BLAS", None)
     assert not kernels.block_available() and not kernels.block_supports(torch.randn(2, 6, 16), net.blocks[0].weights(), 2)
     torch.manual_seed(5)

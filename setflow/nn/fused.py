@@ -20,7 +20,12 @@ and checkpointed RNG states resume exactly. Eager and compiled evaluations of
 :func:`hash_keep_mask` give bit-identical masks (tested).
 
 What is computed is the same architecture as :class:`~setflow.nn.SetTransformer`'s
-eager path, the same FLOPs. The attention inside a fused block is, in order of preference:
+eager path, the same FLOPs. On CPU in float32 (``d_model`` and the feed-forward width
+multiples of 16, head dim 4, 8 or 16, a BLAS found in PyTorch) a fused block is one C++ call
+per direction, :func:`setflow.nn.kernels.block`: chunks of whole sets go through every
+stage of the block in a core's cache (a paper-SortFlow training step ~1.5x faster than the
+compiled blocks below). Otherwise the block is ``torch.compile``-d, and its attention is,
+in order of preference:
 
 - on CPU (float32, head dim 4, 8 or 16), the C++ kernel of :mod:`setflow.nn.kernels`:
   one pass per head over the ``N x N`` weights in the L1 cache, with the same hash masks,
@@ -209,9 +214,11 @@ def compiled_block_core():
 
 def fused_block(h: Tensor, w: Sequence[Tensor], num_heads: int, p: float, eps: float,
                 seed: Optional[Tensor]) -> Tensor:
-    """:func:`block_core` through :func:`compiled_block_core`; eager ``block_core`` if compiling fails.
+    """:func:`block_core` with hash dropout: the C++ block where it applies, else compiled.
 
-    The fallback (warned once; e.g. no C++ compiler for Inductor) computes exactly the same
+    The C++ block (:func:`setflow.nn.kernels.block`) runs when :func:`~setflow.nn.kernels.block_supports`
+    holds and the dropout, if any, has hash seeds; otherwise :func:`compiled_block_core`, and
+    eager ``block_core`` if compiling fails. The fallback (warned once; e.g. no C++ compiler for Inductor) computes exactly the same
     function with the same hash masks, only slower; a genuine error (bad shapes) is raised
     again by the eager call.
     """

@@ -1,4 +1,15 @@
-"""Run-time built C++ kernels for the CPU: the hot loops of the fused set-transformer blocks.
+"""Run-time built C++ kernels for the CPU: the fused set-transformer blocks.
+
+:func:`block` is a whole pre-norm block (:func:`setflow.nn.fused.block_core` with hash
+dropout), forward and backward, in one C++ call each. The batch is cut into chunks of whole
+sets (~256 rows); each OpenMP thread takes a chunk and runs every stage of the block on it
+(LayerNorms, the four linear maps through PyTorch's own BLAS ``sgemm_`` single-threaded, the
+attention, GELU, dropout, residuals) while the chunk's activations sit in its L2 cache; chunks
+are handed out dynamically, so a busy core takes fewer. Done layer by layer over the whole
+batch, the ``(B, N, 256)`` feed-forward activations made ~11 round trips through memory per
+block; here they make one (the pre-activation, saved for the backward). Weight gradients are
+summed per thread and then across threads. The FLOPs are the eager block's (registered
+formulas), the masks the eager hash masks bit for bit.
 
 :func:`hash_attention` computes, per head, ``(M * softmax(q k^T / sqrt(hd))) v`` from one
 fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fused.hash_keep_mask` dropout
@@ -11,6 +22,11 @@ attention (scores, softmax, mask, their backward) touch memory.
 :func:`bias_gelu_dropout` is ``hash_dropout(gelu(u + bias))`` of the feed-forward hidden
 layer in one pass, its backward (GELU derivative, mask and the bias gradient's column sums)
 in another.
+
+The block needs a BLAS: the Fortran ``sgemm_`` that ``libtorch_cpu`` exports (MKL in the x86
+wheels, whose ``MKL_Set_Num_Threads_Local`` then keeps each call on its own core). Without
+one, :func:`block_available` is ``False`` and the fused blocks use ``torch.compile`` with the
+two kernels above.
 
 The source (``setflow/nn/csrc/cpu_kernels.cpp``) is compiled on first use with the system
 C++ compiler (``$CXX``, else ``g++``; ``-O3 -march=native -fopenmp``) into a cache folder

@@ -123,9 +123,11 @@ class SetTransformer(nn.Module):
         attention: attention kernel (``"auto"``, ``"sdpa"``, ``"bmm"``); all
             compute the same function; ``"auto"`` is
             :func:`torch.nn.functional.scaled_dot_product_attention`.
-        fused: run every block through the ``torch.compile``-d
-            :func:`setflow.nn.fused.block_core` with counter-based hash dropout
-            (same maths and parameters, fewer memory passes; see :mod:`setflow.nn.fused`).
+        fused: run every block through :func:`setflow.nn.fused.fused_block` with
+            counter-based hash dropout: on CPU one C++ call per block and direction
+            (:func:`setflow.nn.kernels.block`), else the ``torch.compile``-d
+            :func:`setflow.nn.fused.block_core` (same maths and parameters, fewer memory
+            passes; see :mod:`setflow.nn.fused`).
             Switch later with ``net.fused = True`` or :func:`setflow.nn.fused.set_fused`.
 
     Shapes:

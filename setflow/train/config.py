@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "dtype": "float32",
         "num_threads": None,
-        "fused": False,  # set transformers through torch.compile with hash dropout (setflow.nn.fused)
+        "fused": False,  # set transformers' fused path with hash dropout (C++ blocks on CPU; setflow.nn.fused)
         "progress": True,
     },
     "eval": {

@@ -107,7 +107,7 @@ class Trainer:
         if self.tc["fused"]:
             from setflow.nn.fused import set_fused
 
-            set_fused(self.model, True)  # the first steps compile each block shape (tens of seconds on 2 cores)
+            set_fused(self.model, True)  # C++ blocks on CPU; elsewhere the first steps compile each block shape
         self.dtype = getattr(torch, self.tc["dtype"])
         opt_name = self.tc["optimizer"]
         self.optimizer = make_optimizer(opt_name, self.model.parameters(), self.tc["lr"], self.tc["weight_decay"])

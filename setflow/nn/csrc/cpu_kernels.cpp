@@ -13,11 +13,11 @@
 // levels >= 2^24 means no dropout.
 //
 // Vectorisation: 16 lanes of GCC vector types (AVX-512 registers with -march=native on such CPUs,
-// split by the compiler elsewhere). Every inner loop runs along one axis of the N x N weight tile
-// with 16 rows (or columns) in the lanes, so softmax sums and maxima are lane-wise and no
-// horizontal reductions are needed. The backward recomputes P from lse (FlashAttention-style)
-// with keys in the lanes, accumulating dk and dv in registers and keeping dS (N x N, L1-sized)
-// for dq = dS k, a small GEMM done last. The softmax backward needs rowdot_i = sum_j P_ij dP_ij
+// split by the compiler elsewhere). A set's q, k, v are loaded once for all heads; every inner loop
+// runs along one axis of the N x N weight tiles with 16 (head, row) pairs in the lanes (see Group),
+// so softmax sums and maxima are lane-wise and no horizontal reductions are needed. The backward
+// recomputes P from lse (FlashAttention-style) with keys in the lanes, accumulating dk and dv in
+// registers and keeping dS (N x H N) for dq = dS k, a small GEMM per head done last. The softmax backward needs rowdot_i = sum_j P_ij dP_ij
 // with dP_ij = M_ij (dout_i . v_j), which equals dout_i . out_i.
 #include <cmath>
 #include <cstdint>
@@ -107,14 +107,15 @@ struct RowVec {
   typedef float type __attribute__((vector_size(HD * sizeof(float))));
 };
 
-// one set's heads in row-major [H][N][HD] scratch rows, filled once per set by load_set
+// one set's heads in row-major [H][N][HD] scratch rows (row t = h N + i), filled once per set by load_set
 template <int HD>
 struct Scratch {
-  int64_t np;  // N rounded up to whole vectors: the row stride of ds
+  int64_t np;  // row stride of ds (queries x (head, key) pairs): H N rounded up, plus one vector of slack for
+               // the whole-vector store of a last group that starts off a vector boundary (N < 16)
   std::vector<float> k, v, q, go, lse, rowdot, ds;
   std::vector<vf> s;
   Scratch(int64_t N, int64_t H)
-      : np((N + L - 1) / L * L), k(H * N * HD), v(H * N * HD), q(H * N * HD), go(H * N * HD), lse(H * N),
+      : np((H * N + 2 * L - 1) / L * L), k(H * N * HD), v(H * N * HD), q(H * N * HD), go(H * N * HD), lse(H * N),
         rowdot(H * N), ds(N * np), s(N) {}
 };
 
@@ -167,125 +168,180 @@ inline void gather_cols(const float* src, int64_t i0, int n, vf* dst) {
   for (int c = 0; c < HD; ++c) std::memcpy(&dst[c], t[c], sizeof(vf));
 }
 
-inline vf gather_lanes(const float* src, int64_t i0, int n) {
-  alignas(64) float t[L] = {0};
-  for (int l = 0; l < n; ++l) t[l] = src[i0 + l];
-  vf r;
-  std::memcpy(&r, t, sizeof(vf));
-  return r;
+// Lane groups. The lanes of a group are up to 16 consecutive (head, row) pairs t = h * N + i of one
+// set, the scratch's row order, so a set of H heads takes ceil(H N / 16) groups instead of H ceil(N / 16)
+// (25 instead of 32 for N = 50, H = 8). With N >= 16 a group holds rows of at most two heads, h1 and
+// h1 + 1: lanes below `split` are h1's, and the per-head operand the inner loops broadcast (a key row
+// in the forward, a query row in the backward) becomes a blend of the two heads' rows. With N < 16 a
+// group stays within one head.
+struct Group {
+  int64_t t0, h1;
+  int n, split;  // lanes in use; lanes < split belong to head h1 (split >= n: a one-head group)
+};
+
+inline Group group_at(int64_t t0, int64_t N, int64_t T) {
+  const int64_t h1 = t0 / N, head_end = (h1 + 1) * N;
+  int64_t n = std::min<int64_t>(L, T - t0);
+  if (N < L) n = std::min(n, head_end - t0);
+  return Group{t0, h1, static_cast<int>(n), static_cast<int>(std::min<int64_t>(head_end - t0, L))};
 }
 
-// vectors src[c] (lanes l < n) -> dst[(i0 + l) * stride + c]
+// lane l: the row of head h1 (lanes < split) or of head h1 + 1, broadcast
+template <int HD, bool TWO>
+inline void lane_rows(const float* r1, const float* r2, vi first, vf* out) {
+  for (int c = 0; c < HD; ++c) out[c] = TWO ? (first ? splat(r1[c]) : splat(r2[c])) : splat(r1[c]);
+}
+
 template <int HD>
-inline void scatter_cols(const vf* src, float* dst, int64_t i0, int n, int64_t stride) {
+inline vf dot_vec(const vf* a, const vf* b) {
+  vf s0 = a[0] * b[0], s1 = a[1] * b[1];
+  for (int c = 2; c < HD; c += 2) {
+    s0 += a[c] * b[c];
+    s1 += a[c + 1] * b[c + 1];
+  }
+  return s0 + s1;
+}
+
+// vectors src[c] (lanes l < g.n) -> dst[i * row_stride + col0 + h * HD + c] for (h, i) the lane's pair
+template <int HD>
+inline void scatter_pairs(const vf* src, float* dst, const Group& g, int64_t N, int64_t row_stride, int64_t col0) {
   alignas(64) float t[HD][L];
   for (int c = 0; c < HD; ++c) std::memcpy(t[c], &src[c], sizeof(vf));
-  for (int l = 0; l < n; ++l)
-    for (int c = 0; c < HD; ++c) dst[(i0 + l) * stride + c] = t[c][l];
+  for (int l = 0; l < g.n; ++l) {
+    const int64_t tt = g.t0 + l, h = tt / N, i = tt - h * N;
+    float* p = dst + i * row_stride + col0 + h * HD;
+    for (int c = 0; c < HD; ++c) p[c] = t[c][l];
+  }
 }
 
-// head h of one set, from the set's scratch (load_set): out_b (N, D) are the set's output rows, lse_b its
-// (H, N) block; b is the set's index in the batch (for the dropout hash)
-template <int HD>
-void forward_head(float* out_b, float* lse_b, const Dims& d, const Drop& dr, int64_t b, int64_t h, Scratch<HD>& sc) {
+// queries in the lanes: out rows and lse of the group's (head, query) pairs; b is the set's index in the
+// batch (for the dropout hash), out_b its (N, D) output rows, lse_b its (H, N) block
+template <int HD, bool TWO>
+void forward_group(float* out_b, float* lse_b, const Dims& d, const Drop& dr, int64_t b, const Group& g,
+                   Scratch<HD>& sc) {
   const int64_t N = d.N;
-  const float *kh = &sc.k[h * N * HD], *vh = &sc.v[h * N * HD];
-  const uint32_t bh = static_cast<uint32_t>(b * d.H + h);
-  for (int64_t i0 = 0; i0 < N; i0 += L) {
-    const int n = static_cast<int>(N - i0 < L ? N - i0 : L);
-    vf q[HD], acc[HD];
-    gather_cols<HD>(&sc.q[h * N * HD], i0, n, q);
-    vf mx = splat(-INFINITY);
-    for (int64_t j = 0; j < N; ++j) {
-      const float* kj = kh + j * HD;
-      const vf s = dot_lanes<HD>(q, kj);
-      sc.s[j] = s;
-      mx = s > mx ? s : mx;
+  const float *k1 = &sc.k[g.h1 * N * HD], *v1 = &sc.v[g.h1 * N * HD];
+  const float *k2 = TWO ? k1 + N * HD : k1, *v2 = TWO ? v1 + N * HD : v1;
+  const vi first = lane_index() < static_cast<uint32_t>(g.split);
+  vf q[HD], acc[HD];
+  gather_cols<HD>(sc.q.data(), g.t0, g.n, q);
+  vf mx = splat(-INFINITY);
+  for (int64_t j = 0; j < N; ++j) {
+    vf s;
+    if (TWO) {
+      vf kj[HD];
+      lane_rows<HD, true>(k1 + j * HD, k2 + j * HD, first, kj);
+      s = dot_vec<HD>(q, kj);
+    } else {
+      s = dot_lanes<HD>(q, k1 + j * HD);
     }
-    for (int c = 0; c < HD; ++c) acc[c] = splat(0.0f);
-    vf sum = splat(0.0f);
-    const vu row = (lane_index() + static_cast<uint32_t>(bh * N + i0)) * static_cast<uint32_t>(N);
-    for (int64_t j = 0; j < N; ++j) {
-      const vf e = vexp(sc.s[j] - mx);
-      sum += e;
-      const vf w = dr.on ? (keep_lanes(row + static_cast<uint32_t>(j), dr) ? e : splat(0.0f)) : e;
-      const float* vj = vh + j * HD;
-      for (int c = 0; c < HD; ++c) acc[c] += w * vj[c];
-    }
-    const vf inv = splat(dr.on ? dr.scale : 1.0f) / sum;
-    for (int c = 0; c < HD; ++c) acc[c] *= inv;
-    scatter_cols<HD>(acc, out_b + h * HD, i0, n, d.D);
-    alignas(64) float m[L], s[L];
-    std::memcpy(m, &mx, sizeof(vf));
-    std::memcpy(s, &sum, sizeof(vf));
-    for (int l = 0; l < n; ++l) lse_b[h * N + i0 + l] = m[l] + std::log(s[l]);
+    sc.s[j] = s;
+    mx = s > mx ? s : mx;
   }
+  for (int c = 0; c < HD; ++c) acc[c] = splat(0.0f);
+  vf sum = splat(0.0f);
+  const vu row = (lane_index() + static_cast<uint32_t>(b * d.H * N + g.t0)) * static_cast<uint32_t>(N);
+  for (int64_t j = 0; j < N; ++j) {
+    const vf e = vexp(sc.s[j] - mx);
+    sum += e;
+    const vf w = dr.on ? (keep_lanes(row + static_cast<uint32_t>(j), dr) ? e : splat(0.0f)) : e;
+    if (TWO) {
+      vf vj[HD];
+      lane_rows<HD, true>(v1 + j * HD, v2 + j * HD, first, vj);
+      for (int c = 0; c < HD; ++c) acc[c] += w * vj[c];
+    } else {
+      for (int c = 0; c < HD; ++c) acc[c] += w * v1[j * HD + c];
+    }
+  }
+  const vf inv = splat(dr.on ? dr.scale : 1.0f) / sum;
+  for (int c = 0; c < HD; ++c) acc[c] *= inv;
+  scatter_pairs<HD>(acc, out_b, g, N, d.D, 0);
+  alignas(64) float m[L], s[L];
+  std::memcpy(m, &mx, sizeof(vf));
+  std::memcpy(s, &sum, sizeof(vf));
+  for (int l = 0; l < g.n; ++l) lse_b[g.t0 + l] = m[l] + std::log(s[l]);
 }
 
-// head h of one set, from the set's scratch (load_set, load_set_grad); dqkv_b: the set's (N, 3 D) gradient rows
-template <int HD>
-void backward_head(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, int64_t h, Scratch<HD>& sc) {
+// keys in the lanes, one pass over the queries: dk, dv of the group's (head, key) pairs in registers,
+// dS kept (queries x pairs) for dq; dqkv_b: the set's (N, 3 D) gradient rows
+template <int HD, bool TWO>
+void backward_group(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, const Group& g, Scratch<HD>& sc) {
   const int64_t N = d.N, NP = sc.np;
-  const float *kh = &sc.k[h * N * HD], *vh = &sc.v[h * N * HD], *qh = &sc.q[h * N * HD], *gh = &sc.go[h * N * HD];
-  const float *lseh = &sc.lse[h * N], *rowdot = &sc.rowdot[h * N];
-  const uint32_t bh = static_cast<uint32_t>(b * d.H + h);
+  const int64_t o1 = g.h1 * N, o2 = TWO ? o1 + N : o1;  // first row of each head
+  const vi first = lane_index() < static_cast<uint32_t>(g.split);
   const vf dscale = splat(dr.on ? dr.scale : 1.0f);
-  float* dbase = dqkv_b + h * HD;
-  // keys in the lanes, one pass over the queries: dk, dv in registers, dS kept row-major for dq
-  for (int64_t j0 = 0; j0 < N; j0 += L) {
-    const int n = static_cast<int>(N - j0 < L ? N - j0 : L);
-    vf k[HD], v[HD], dk[HD], dv[HD];
-    gather_cols<HD>(kh, j0, n, k);
-    gather_cols<HD>(vh, j0, n, v);
-    for (int c = 0; c < HD; ++c) dk[c] = dv[c] = splat(0.0f);
-    const vu col = lane_index() + static_cast<uint32_t>(j0);
-    for (int64_t i = 0; i < N; ++i) {
-      const float* qi = qh + i * HD;
-      const float* gi = gh + i * HD;
-      const vf s = dot_lanes<HD>(k, qi);
-      const vf da = dot_lanes<HD>(v, gi);
-      const vf p = vexp(s - lseh[i]);
-      vf a = p * dscale;
-      vf dp = da * dscale;
-      if (dr.on) {
-        const vi keep = keep_lanes(col + static_cast<uint32_t>((bh * N + i) * N), dr);
-        a = keep ? a : splat(0.0f);
-        dp = keep ? dp : splat(0.0f);
-      }
-      const vf ds = p * (dp - rowdot[i]);
-      std::memcpy(&sc.ds[i * NP + j0], &ds, sizeof(vf));  // lanes past N hold junk, never read
-      for (int c = 0; c < HD; ++c) {
-        dv[c] += a * gi[c];
-        dk[c] += ds * qi[c];
-      }
+  vf k[HD], v[HD], dk[HD], dv[HD];
+  gather_cols<HD>(sc.k.data(), g.t0, g.n, k);
+  gather_cols<HD>(sc.v.data(), g.t0, g.n, v);
+  for (int c = 0; c < HD; ++c) dk[c] = dv[c] = splat(0.0f);
+  // hash index of (head h, query i, key j) is ((b H + h) N + i) N + j: per lane ((b H + h) N) N + j, plus i N
+  const uint32_t bh1 = static_cast<uint32_t>(b * d.H + g.h1), NN = static_cast<uint32_t>(N * N);
+  const vu col1 = lane_index() + (bh1 * NN + static_cast<uint32_t>(g.t0 - o1));
+  const vu col2 = lane_index() + ((bh1 + 1) * NN + static_cast<uint32_t>(g.t0 - o1 - N));
+  const vu col = TWO ? (first ? col1 : col2) : col1;
+  for (int64_t i = 0; i < N; ++i) {
+    vf qi[HD], gi[HD];
+    lane_rows<HD, TWO>(&sc.q[(o1 + i) * HD], &sc.q[(o2 + i) * HD], first, qi);
+    lane_rows<HD, TWO>(&sc.go[(o1 + i) * HD], &sc.go[(o2 + i) * HD], first, gi);
+    const vf lse = TWO ? (first ? splat(sc.lse[o1 + i]) : splat(sc.lse[o2 + i])) : splat(sc.lse[o1 + i]);
+    const vf rowdot = TWO ? (first ? splat(sc.rowdot[o1 + i]) : splat(sc.rowdot[o2 + i])) : splat(sc.rowdot[o1 + i]);
+    const vf s = dot_vec<HD>(k, qi);
+    const vf da = dot_vec<HD>(v, gi);
+    const vf p = vexp(s - lse);
+    vf a = p * dscale;
+    vf dp = da * dscale;
+    if (dr.on) {
+      const vi keep = keep_lanes(col + static_cast<uint32_t>(i * N), dr);
+      a = keep ? a : splat(0.0f);
+      dp = keep ? dp : splat(0.0f);
     }
-    scatter_cols<HD>(dk, dbase + d.D, j0, n, d.rs);
-    scatter_cols<HD>(dv, dbase + 2 * d.D, j0, n, d.rs);
+    const vf ds = p * (dp - rowdot);
+    std::memcpy(&sc.ds[i * NP + g.t0], &ds, sizeof(vf));  // lanes past the set's pairs hold junk, never read
+    for (int c = 0; c < HD; ++c) {
+      dv[c] += a * gi[c];
+      dk[c] += ds * qi[c];
+    }
   }
-  // dq = scale * dS k: rows of HD floats, four query rows at a time (independent accumulator chains)
+  scatter_pairs<HD>(dk, dqkv_b, g, N, d.rs, d.D);
+  scatter_pairs<HD>(dv, dqkv_b, g, N, d.rs, 2 * d.D);
+}
+
+// dq of head h = scale * dS k: rows of HD floats, four query rows at a time (independent accumulator chains)
+template <int HD>
+void backward_dq(float* dqkv_b, const Dims& d, int64_t h, const Scratch<HD>& sc) {
   typedef typename RowVec<HD>::type vr;
-  int64_t i = 0;
-  for (; i < N; i += 4) {
+  const int64_t N = d.N, NP = sc.np;
+  const float* kh = &sc.k[h * N * HD];
+  const float* ds = &sc.ds[h * N];
+  for (int64_t i = 0; i < N; i += 4) {
     const int rows = static_cast<int>(N - i < 4 ? N - i : 4);
     vr acc[4] = {};
     for (int64_t j = 0; j < N; ++j) {
       vr kj;
       std::memcpy(&kj, kh + j * HD, sizeof(vr));
-      for (int r = 0; r < 4; ++r) acc[r] += sc.ds[(i + (r < rows ? r : 0)) * NP + j] * kj;
+      for (int r = 0; r < 4; ++r) acc[r] += ds[(i + (r < rows ? r : 0)) * NP + j] * kj;
     }
     for (int r = 0; r < rows; ++r) {
       const vr o = acc[r] * d.scale;
-      std::memcpy(dbase + (i + r) * d.rs, &o, sizeof(vr));
+      std::memcpy(dqkv_b + (i + r) * d.rs + h * HD, &o, sizeof(vr));
     }
   }
 }
 
-// all heads of set b: the set's rows are loaded once (load_set), then each head runs from the scratch
+// all heads of set b: the set's rows are loaded once (load_set), then the lane groups run from the scratch
 template <int HD>
 void attention_set_forward(const float* qkv_b, float* out_b, float* lse_b, const Dims& d, const Drop& dr, int64_t b,
                            Scratch<HD>& sc) {
   load_set<HD>(qkv_b, d, sc);
-  for (int64_t h = 0; h < d.H; ++h) forward_head<HD>(out_b, lse_b, d, dr, b, h, sc);
+  const int64_t T = d.H * d.N;
+  for (int64_t t0 = 0; t0 < T;) {
+    const Group g = group_at(t0, d.N, T);
+    if (g.split < g.n)
+      forward_group<HD, true>(out_b, lse_b, d, dr, b, g, sc);
+    else
+      forward_group<HD, false>(out_b, lse_b, d, dr, b, g, sc);
+    t0 += g.n;
+  }
 }
 
 template <int HD>
@@ -293,7 +349,16 @@ void attention_set_backward(const float* qkv_b, const float* out_b, const float*
                             float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, Scratch<HD>& sc) {
   load_set<HD>(qkv_b, d, sc);
   load_set_grad<HD>(out_b, dout_b, lse_b, d, sc);
-  for (int64_t h = 0; h < d.H; ++h) backward_head<HD>(dqkv_b, d, dr, b, h, sc);
+  const int64_t T = d.H * d.N;
+  for (int64_t t0 = 0; t0 < T;) {
+    const Group g = group_at(t0, d.N, T);
+    if (g.split < g.n)
+      backward_group<HD, true>(dqkv_b, d, dr, b, g, sc);
+    else
+      backward_group<HD, false>(dqkv_b, d, dr, b, g, sc);
+    t0 += g.n;
+  }
+  for (int64_t h = 0; h < d.H; ++h) backward_dq<HD>(dqkv_b, d, h, sc);
 }
 
 Drop make_drop(int32_t s0, int32_t s1, int64_t levels) {
