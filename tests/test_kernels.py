@@ -244,6 +244,15 @@ def test_block_counts_the_flops_of_the_eager_block() -> None:
 
     eager = flops(lambda: block_core(h, w, 4, 0.0, 1e-5, attention="bmm"))
     assert flops(lambda: kernels.block(h, w, 4)) == eager > 0
+    # under a dispatch mode the block runs through its registered ops: the same values and gradients
+    seed = torch.tensor([[1, 2], [3, 4], [5, 6], [7, 8]], dtype=torch.int32)
+    direct = kernels.block(h, w, 4, 0.2, 1e-5, seed)
+    grads = torch.autograd.grad(direct.square().sum(), [h, *w])
+    with FlopCounterMode(display=False):
+        via_ops = kernels.block(h, w, 4, 0.2, 1e-5, seed)
+        grads_ops = torch.autograd.grad(via_ops.square().sum(), [h, *w])
+    assert torch.equal(direct, via_ops)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_ops))
 
 
 @needs_block
