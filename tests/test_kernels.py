@@ -226,6 +226,13 @@ def test_block_gives_the_same_result_on_any_number_of_threads() -> None:
         torch.set_num_threads(threads)
     (o1, g1), (o3, g3) = results
     assert torch.equal(o1, o3)  # rows never cross chunks: the forward is bit-identical
+    # run to run on the same threads the gradients are bit-identical too: chunks are handed out
+    # dynamically, but their weight-gradient partials are summed in chunk order
+    out = kernels.block(h, w, 4, 0.1, 1e-5, seed)
+    first = torch.autograd.grad(out.square().sum(), [h, *w], retain_graph=True)
+    for _ in range(3):
+        repeat = torch.autograd.grad(out.square().sum(), [h, *w], retain_graph=True)
+        assert all(torch.equal(a, b) for a, b in zip(first, repeat))
     for a, b in zip(g1, g3):  # weight gradients are summed over other chunks, in another order
         assert (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max() / b.abs().max()
 

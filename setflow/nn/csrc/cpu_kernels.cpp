@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include <omp.h>
@@ -687,16 +688,25 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
   const int64_t cs = sets_per_chunk(s, threads), chunks = (s.B + cs - 1) / cs;
   const GradLayout gl(s);
   const int nt = threads < 1 ? 1 : threads;
-  std::vector<float> acc(static_cast<size_t>(nt) * gl.total, 0.0f);
+  // Weight gradients, deterministically: each chunk writes its own partial sums (its dW GEMMs with
+  // beta = 0), and the partials are added into `total` strictly in chunk order, by whichever thread
+  // completes the next chunk in line. No thread waits for another's work, a partial is usually
+  // merged while still in cache, and the result does not depend on which thread ran which chunk.
+  std::unique_ptr<float[]> parts(new float[static_cast<size_t>(chunks) * gl.total]);
+  std::vector<float> total(gl.total, 0.0f);
+  std::vector<char> done(chunks, 0);
+  int64_t next = 0;  // the first chunk not yet merged
+  omp_lock_t merge_lock;
+  omp_init_lock(&merge_lock);
 #pragma omp parallel num_threads(nt)
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
     BlockScratch<HD> sc(cs * N, cs, s, true);
-    float* gacc = acc.data() + static_cast<int64_t>(omp_get_thread_num()) * gl.total;
-    float* gw[12];
-    for (int k = 0; k < 12; ++k) gw[k] = gacc + gl.off[k];
 #pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
     for (int64_t ch = 0; ch < chunks; ++ch) {
+      float* gw[12];
+      for (int k = 0; k < 12; ++k) gw[k] = parts.get() + ch * gl.total + gl.off[k];
+      for (int k : {0, 1, 3, 5, 6, 7, 9, 11}) std::memset(gw[k], 0, sizeof(float) * gl.size[k]);  // summed into
       const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
       const float* xc = x + r0 * D;
       const float* go = dout + r0 * D;
@@ -729,10 +739,10 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
           storev(dg + r * F + c, masked(loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x), idx, dr[2]));
         }
       }
-      gemm(true, false, D, F, R, dz, D, g, F, 1.0f, gw[10], F);
+      gemm(true, false, D, F, R, dz, D, g, F, 0.0f, gw[10], F);
       colsum_acc(dg, gw[9], R, F);
       ln_apply(h1, w.ln2_w, w.ln2_b, st[2], st[3], sc.f.data(), R, D);
-      gemm(true, false, F, D, R, dg, F, sc.f.data(), D, 1.0f, gw[8], D);
+      gemm(true, false, F, D, R, dg, F, sc.f.data(), D, 0.0f, gw[8], D);
       gemm(false, false, R, D, F, dg, F, w.ff1_w, D, 0.0f, sc.y.data(), D);  // df
       ln_backward(h1, w.ln2_w, st[2], st[3], sc.y.data(), go, dh1, gw[6], gw[7], R, D);
       // attention branch: h1 = x + M1 (o Wo^T + bo)
@@ -742,7 +752,7 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
           storev(dz + r * D + c, masked(loadv(dh1 + r * D + c), base + static_cast<uint32_t>(c), dr[1]));
       }
       colsum_acc(dz, gw[5], R, D);
-      gemm(true, false, D, D, R, dz, D, o, D, 1.0f, gw[4], D);
+      gemm(true, false, D, D, R, dz, D, o, D, 0.0f, gw[4], D);
       float* dov = sc.o.data();
       gemm(false, false, R, D, D, dz, D, w.proj_w, D, 0.0f, dov, D);
       float* dqkv = sc.dqkv.data();
@@ -751,18 +761,21 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
                                    dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, sc.att);
       colsum_acc(dqkv, gw[3], R, 3 * D);
       ln_apply(xc, w.ln1_w, w.ln1_b, st[0], st[1], sc.a.data(), R, D);
-      gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 1.0f, gw[2], D);
+      gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 0.0f, gw[2], D);
       gemm(false, false, R, D, 3 * D, dqkv, 3 * D, w.qkv_w, D, 0.0f, sc.y.data(), D);  // da
       ln_backward(xc, w.ln1_w, st[0], st[1], sc.y.data(), dh1, dx + r0 * D, gw[0], gw[1], R, D);
+      omp_set_lock(&merge_lock);
+      done[ch] = 1;
+      for (; next < chunks && done[next]; ++next) {
+        const float* part = parts.get() + next * gl.total;
+        for (int64_t i = 0; i < gl.total; ++i) total[i] += part[i];
+      }
+      omp_unset_lock(&merge_lock);
     }
     if (g_blas_local_threads) g_blas_local_threads(prev);
   }
-  for (int k = 0; k < 12; ++k)
-    for (int64_t i = 0; i < gl.size[k]; ++i) {
-      float t = 0.0f;
-      for (int th = 0; th < nt; ++th) t += acc[static_cast<size_t>(th) * gl.total + gl.off[k] + i];
-      dw[k][i] = t;
-    }
+  omp_destroy_lock(&merge_lock);
+  for (int k = 0; k < 12; ++k) std::memcpy(dw[k], total.data() + gl.off[k], sizeof(float) * gl.size[k]);
 }
 
 BlockWeights unpack_weights(const float* const* w) {
