@@ -280,6 +280,14 @@ def test_block_rejects_bad_input_with_a_clear_message() -> None:
         kernels.block(torch.randn(2, 5, 48), _block_weights(48, 16, 64), 16)
     with pytest.raises(ValueError, match="d_model 24 and feed-forward 32 must be multiples of 16"):
         kernels.block(torch.randn(2, 5, 24), _block_weights(24, 6, 32), 6)
+    with pytest.raises(ValueError, match="CPU float32"):  # never raw float64 memory read as float32
+        kernels.block(h.double(), w, 4)
+    with pytest.raises(ValueError, match="CPU float32"):
+        kernels.hash_attention(torch.randn(2, 5, 48, dtype=torch.float64), 2)
+    with pytest.raises(ValueError, match="CPU float32"):
+        kernels.bias_gelu_dropout(torch.randn(4, 32, dtype=torch.float64), torch.randn(32, dtype=torch.float64))
+    with pytest.raises(ValueError, match="seed must be a CPU int32 tensor of 4 x 2"):
+        torch.ops.setflow.block(h, w, torch.zeros(2, dtype=torch.int32), 4, 1 << 24, 1e-5, False)
     assert kernels.block_supports(h, w, 4)
     assert not kernels.block_supports(h.double(), w, 4)
     assert not kernels.block_supports(h, w, 32)  # head dim 1
@@ -288,6 +296,7 @@ def test_block_rejects_bad_input_with_a_clear_message() -> None:
 def test_fused_blocks_fall_back_to_compile_without_a_blas(monkeypatch: pytest.MonkeyPatch) -> None:
     net, x, y = _small_fused_net_and_output()
     monkeypatch.setattr(kernels, "_BLAS", None)
-    assert not kernels.block_available() and not kernels.block_supports(torch.randn(2, 6, 16), net.blocks[0].weights(), 2)
+    assert not kernels.block_available()
+    assert not kernels.block_supports(torch.randn(2, 6, 16), net.blocks[0].weights(), 2)
     torch.manual_seed(5)
     assert torch.allclose(net(x), y, atol=1e-5)  # the compiled block: same function, same hash masks

@@ -23,7 +23,7 @@ What is computed is the same architecture as :class:`~setflow.nn.SetTransformer`
 eager path, the same FLOPs. On CPU in float32 (``d_model`` and the feed-forward width
 multiples of 16, head dim 4, 8 or 16, a BLAS found in PyTorch) a fused block is one C++ call
 per direction, :func:`setflow.nn.kernels.block`: chunks of whole sets go through every
-stage of the block in a core's cache (a paper-SortFlow training step ~1.5x faster than the
+stage of the block in a core's cache (a paper-SortFlow training step ~1.7x faster than the
 compiled blocks below). Otherwise the block is ``torch.compile``-d, and its attention is,
 in order of preference:
 
@@ -216,11 +216,12 @@ def fused_block(h: Tensor, w: Sequence[Tensor], num_heads: int, p: float, eps: f
                 seed: Optional[Tensor]) -> Tensor:
     """:func:`block_core` with hash dropout: the C++ block where it applies, else compiled.
 
-    The C++ block (:func:`setflow.nn.kernels.block`) runs when :func:`~setflow.nn.kernels.block_supports`
-    holds and the dropout, if any, has hash seeds; otherwise :func:`compiled_block_core`, and
-    eager ``block_core`` if compiling fails. The fallback (warned once; e.g. no C++ compiler for Inductor) computes exactly the same
-    function with the same hash masks, only slower; a genuine error (bad shapes) is raised
-    again by the eager call.
+    The C++ block (:func:`setflow.nn.kernels.block`) runs when
+    :func:`~setflow.nn.kernels.block_supports` holds and the dropout, if any, has hash seeds;
+    otherwise :func:`compiled_block_core`, and eager ``block_core`` if compiling fails. That
+    fallback (warned once; e.g. no C++ compiler for Inductor) computes exactly the same function
+    with the same hash masks, only slower; a genuine error (bad shapes) is raised again by the
+    eager call.
     """
     global _COMPILE_FAILED
     if _BLOCK_KERNEL and (p == 0.0 or seed is not None) and kernels.block_supports(h, w, num_heads):

@@ -7,9 +7,10 @@ sets (~256 rows); each OpenMP thread takes a chunk and runs every stage of the b
 attention, GELU, dropout, residuals) while the chunk's activations sit in its L2 cache; chunks
 are handed out dynamically, so a busy core takes fewer. Done layer by layer over the whole
 batch, the ``(B, N, 256)`` feed-forward activations made ~11 round trips through memory per
-block; here they make one (the pre-activation, saved for the backward). Weight gradients are
-summed per thread and then across threads. The FLOPs are the eager block's (registered
-formulas), the masks the eager hash masks bit for bit.
+block; here they make one (the pre-activation, saved for the backward). Each chunk's weight
+gradients are partial sums added in chunk order, so results do not depend on which thread ran
+which chunk (bit-identical run to run). The FLOPs are the eager block's (registered formulas),
+the masks the eager hash masks bit for bit.
 
 :func:`hash_attention` computes, per head, ``(M * softmax(q k^T / sqrt(hd))) v`` from one
 fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fused.hash_keep_mask` dropout
@@ -54,8 +55,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "hash_attention", "bias_gelu_dropout", "block", "block_available", "block_supports", "supports", "supports_gelu", "heads_supported",
-           "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS", "GELU_WIDTH_MULTIPLE"]
+__all__ = ["available", "hash_attention", "bias_gelu_dropout", "block", "block_available", "block_supports",
+           "supports", "supports_gelu", "heads_supported", "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS",
+           "GELU_WIDTH_MULTIPLE"]
 
 SUPPORTED_HEAD_DIMS = (4, 8, 16)
 #: the feed-forward kernel works in whole 16-float vectors: its width must be a multiple of this
@@ -243,7 +245,15 @@ def _check_width(rc: int, width: int) -> None:
                          f"got {width}")
 
 
+def _check_cpu_float32(what: str, *tensors: Tensor) -> None:
+    # the C entry points read raw float32 memory: anything else must not reach them
+    for t in tensors:
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            raise ValueError(f"{what} takes CPU float32 tensors; got {t.dtype} on {t.device}")
+
+
 def _check_qkv(qkv: Tensor, num_heads: int) -> tuple[int, int, int]:
+    _check_cpu_float32("hash_attention", qkv)
     if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads):
         raise ValueError(f"qkv must be (B, N, 3 * num_heads * head_dim); got {tuple(qkv.shape)} for {num_heads} heads")
     B, N, three_d = qkv.shape
@@ -344,6 +354,7 @@ def _gelu_op(u: Tensor, bias: Tensor, seed: Tensor, levels: int) -> Tensor:
     lib = _load()
     if lib is None:
         raise RuntimeError(f"setflow's C++ kernels are not available ({_ERROR})")
+    _check_cpu_float32("bias_gelu_dropout", u, bias)
     u, bias = u.contiguous(), bias.contiguous()
     out = torch.empty_like(u)
     s0, s1 = _seed_words(seed)
@@ -444,8 +455,8 @@ def block_available() -> bool:
 
 def block_supports(h: Tensor, weights, num_heads: int) -> bool:
     """Whether :func:`block` takes this input: CPU float32 ``(B, N, D)`` with ``D`` and the feed-forward
-    width multiples of :data:`GELU_WIDTH_MULTIPLE`, head dim in :data:`SUPPORTED_HEAD_DIMS`, float32
-    contiguous weights of :func:`setflow.nn.fused.block_core`'s shapes."""
+    width multiples of :data:`GELU_WIDTH_MULTIPLE`, head dim in :data:`SUPPORTED_HEAD_DIMS`, and CPU
+    float32 weights (the 12 of :func:`setflow.nn.fused.block_core`)."""
     if h.dim() != 3 or len(weights) != 12:
         return False
     D, F = h.shape[-1], weights[8].shape[0]
@@ -455,6 +466,7 @@ def block_supports(h: Tensor, weights, num_heads: int) -> bool:
 
 
 def _block_shapes(h: Tensor, weights, num_heads: int) -> tuple[int, int, int, int]:
+    _check_cpu_float32("block", h, *weights)
     if h.dim() != 3:
         raise ValueError(f"block input must be (B, N, D); got {tuple(h.shape)}")
     B, N, D = h.shape
@@ -489,6 +501,8 @@ def _block_forward(h: Tensor, weights, seed: Tensor, num_heads: int, levels: int
     if lib is None:
         raise RuntimeError(f"setflow's C++ kernels are not available ({_ERROR})")
     B, N, D, F = _block_shapes(h, weights, num_heads)
+    if seed.dtype != torch.int32 or seed.numel() != 8 or seed.device.type != "cpu":
+        raise ValueError(f"block seed must be a CPU int32 tensor of 4 x 2 words; got {seed.dtype} {tuple(seed.shape)}")
     h = h.contiguous()
     weights = [w.contiguous() for w in weights]
     seed = seed.contiguous()

@@ -17,8 +17,9 @@
 // runs along one axis of the N x N weight tiles with 16 (head, row) pairs in the lanes (see Group),
 // so softmax sums and maxima are lane-wise and no horizontal reductions are needed. The backward
 // recomputes P from lse (FlashAttention-style) with keys in the lanes, accumulating dk and dv in
-// registers and keeping dS (N x H N) for dq = dS k, a small GEMM per head done last. The softmax backward needs rowdot_i = sum_j P_ij dP_ij
-// with dP_ij = M_ij (dout_i . v_j), which equals dout_i . out_i.
+// registers and keeping dS (N x H N) for dq = dS k, a small GEMM per head done last. The softmax
+// backward needs rowdot_i = sum_j P_ij dP_ij with dP_ij = M_ij (dout_i . v_j), which equals
+// dout_i . out_i.
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
@@ -514,7 +515,9 @@ inline float hsum(vf v) {
   for (int l = 0; l < L; ++l) s += v[l];
   return s;
 }
-inline vf masked(vf x, vu idx, const Drop& dr) { return dr.on ? (keep_lanes(idx, dr) ? x * dr.scale : splat(0.0f)) : x; }
+inline vf masked(vf x, vu idx, const Drop& dr) {
+  return dr.on ? (keep_lanes(idx, dr) ? x * dr.scale : splat(0.0f)) : x;
+}
 
 struct BlockShape {
   int64_t B, N, D, H, F;
@@ -665,7 +668,7 @@ void block_forward_all(const float* x, const BlockWeights& w, float* out, const 
   }
 }
 
-// weight gradients in block_core order, each thread accumulating its own copy
+// weight gradients in block_core order: offsets of the 12 tensors in one chunk's partial-sum buffer
 struct GradLayout {
   int64_t off[12], size[12], total;
   explicit GradLayout(const BlockShape& s) {
