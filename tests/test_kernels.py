@@ -170,14 +170,15 @@ def _block_weights(d: int, heads: int, ff: int, dtype=torch.float32) -> list[tor
 
 @needs_block
 @pytest.mark.parametrize("b, n, d, heads, ff", [(3, 50, 64, 8, 256), (1, 1, 16, 4, 16), (2, 7, 32, 8, 64),
-                                                 (13, 23, 64, 4, 128), (40, 17, 32, 2, 32)])
+                                                 (13, 23, 64, 4, 128), (40, 17, 32, 2, 32), (1100, 17, 16, 4, 16)])
 @pytest.mark.parametrize("p", [0.0, 0.2])
 def test_block_matches_float64_block_core_with_the_same_masks(b: int, n: int, d: int, heads: int, ff: int,
                                                                p: float) -> None:
     """Forward and every gradient of the C++ block == block_core in float64 (hash masks, same seeds).
 
     The shapes cover one point, N not a multiple of 16, head dims 4 / 8 / 16, and batches split
-    into many chunks of whole sets (40 sets of 17 points) and into a ragged last chunk (13 x 23)."""
+    into many chunks of whole sets (40 sets of 17 points), into a ragged last chunk (13 x 23), and
+    into more chunks than one merge wave of weight-gradient partials holds (1100 x 17: 74 chunks)."""
     from setflow.nn.fused import block_core
 
     torch.manual_seed(b * 100 + n)

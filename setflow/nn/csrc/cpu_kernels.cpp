@@ -668,6 +668,9 @@ void block_forward_all(const float* x, const BlockWeights& w, float* out, const 
   }
 }
 
+// chunks whose weight-gradient partial sums are kept at once (~200 KB each at the paper widths)
+constexpr int64_t kMergeWave = 64;
+
 // weight gradients in block_core order: offsets of the 12 tensors in one chunk's partial-sum buffer
 struct GradLayout {
   int64_t off[12], size[12], total;
@@ -695,7 +698,10 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
   // beta = 0), and the partials are added into `total` strictly in chunk order, by whichever thread
   // completes the next chunk in line. No thread waits for another's work, a partial is usually
   // merged while still in cache, and the result does not depend on which thread ran which chunk.
-  std::unique_ptr<float[]> parts(new float[static_cast<size_t>(chunks) * gl.total]);
+  // Chunks run in waves of at most kMergeWave, whose partial-sum slots the next wave reuses (every
+  // chunk of a wave is merged by its closing barrier): memory stays bounded for any batch size.
+  const int64_t wave = std::min<int64_t>(chunks, kMergeWave);
+  std::unique_ptr<float[]> parts(new float[static_cast<size_t>(wave) * gl.total]);
   std::vector<float> total(gl.total, 0.0f);
   std::vector<char> done(chunks, 0);
   int64_t next = 0;  // the first chunk not yet merged
@@ -705,75 +711,78 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
     BlockScratch<HD> sc(cs * N, cs, s, true);
+    for (int64_t w0 = 0; w0 < chunks; w0 += wave) {
+      const int64_t w1 = std::min(chunks, w0 + wave);
 #pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      float* gw[12];
-      for (int k = 0; k < 12; ++k) gw[k] = parts.get() + ch * gl.total + gl.off[k];
-      for (int k : {0, 1, 3, 5, 6, 7, 9, 11}) std::memset(gw[k], 0, sizeof(float) * gl.size[k]);  // summed into
-      const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
-      const float* xc = x + r0 * D;
-      const float* go = dout + r0 * D;
-      const float* qkv = sv.qkv + r0 * 3 * D;
-      const float* o = sv.o + r0 * D;
-      const float* lse = sv.lse + b0 * H * N;
-      const float* h1 = sv.h1 + r0 * D;
-      const float* u = sv.u + r0 * F;
-      const float* st[4];
-      for (int k = 0; k < 4; ++k) st[k] = sv.stats + k * rows_total + r0;
-      float* dz = sc.d1.data();   // (R, D): grad of the feed-forward branch output, then of the attention branch
-      float* dh1 = sc.d2.data();  // (R, D)
-      float* dg = sc.d3.data();   // (R, F): grad of g, then of u
-      float* g = sc.g.data();
-      // feed-forward branch: out = h1 + M3 (g W2^T + b2)
-      for (int64_t r = 0; r < R; ++r) {
-        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
-        for (int64_t c = 0; c < D; c += L)
-          storev(dz + r * D + c, masked(loadv(go + r * D + c), base + static_cast<uint32_t>(c), dr[3]));
-      }
-      colsum_acc(dz, gw[11], R, D);
-      gemm(false, false, R, F, D, dz, D, w.ff2_w, F, 0.0f, dg, F);
-      for (int64_t r = 0; r < R; ++r) {  // g and du from u in one pass
-        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * F);
-        for (int64_t c = 0; c < F; c += L) {
-          const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
-          const GeluParts gp = gelu_parts(z);
-          const vu idx = base + static_cast<uint32_t>(c);
-          storev(g + r * F + c, masked(z * gp.cdf, idx, dr[2]));
-          storev(dg + r * F + c, masked(loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x), idx, dr[2]));
+      for (int64_t ch = w0; ch < w1; ++ch) {
+        float* gw[12];
+        for (int k = 0; k < 12; ++k) gw[k] = parts.get() + (ch - w0) * gl.total + gl.off[k];
+        for (int k : {0, 1, 3, 5, 6, 7, 9, 11}) std::memset(gw[k], 0, sizeof(float) * gl.size[k]);  // summed into
+        const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
+        const float* xc = x + r0 * D;
+        const float* go = dout + r0 * D;
+        const float* qkv = sv.qkv + r0 * 3 * D;
+        const float* o = sv.o + r0 * D;
+        const float* lse = sv.lse + b0 * H * N;
+        const float* h1 = sv.h1 + r0 * D;
+        const float* u = sv.u + r0 * F;
+        const float* st[4];
+        for (int k = 0; k < 4; ++k) st[k] = sv.stats + k * rows_total + r0;
+        float* dz = sc.d1.data();   // (R, D): grad of the feed-forward branch output, then of the attention branch
+        float* dh1 = sc.d2.data();  // (R, D)
+        float* dg = sc.d3.data();   // (R, F): grad of g, then of u
+        float* g = sc.g.data();
+        // feed-forward branch: out = h1 + M3 (g W2^T + b2)
+        for (int64_t r = 0; r < R; ++r) {
+          const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
+          for (int64_t c = 0; c < D; c += L)
+            storev(dz + r * D + c, masked(loadv(go + r * D + c), base + static_cast<uint32_t>(c), dr[3]));
         }
-      }
-      gemm(true, false, D, F, R, dz, D, g, F, 0.0f, gw[10], F);
-      colsum_acc(dg, gw[9], R, F);
-      ln_apply(h1, w.ln2_w, w.ln2_b, st[2], st[3], sc.f.data(), R, D);
-      gemm(true, false, F, D, R, dg, F, sc.f.data(), D, 0.0f, gw[8], D);
-      gemm(false, false, R, D, F, dg, F, w.ff1_w, D, 0.0f, sc.y.data(), D);  // df
-      ln_backward(h1, w.ln2_w, st[2], st[3], sc.y.data(), go, dh1, gw[6], gw[7], R, D);
-      // attention branch: h1 = x + M1 (o Wo^T + bo)
-      for (int64_t r = 0; r < R; ++r) {
-        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
-        for (int64_t c = 0; c < D; c += L)
-          storev(dz + r * D + c, masked(loadv(dh1 + r * D + c), base + static_cast<uint32_t>(c), dr[1]));
-      }
-      colsum_acc(dz, gw[5], R, D);
-      gemm(true, false, D, D, R, dz, D, o, D, 0.0f, gw[4], D);
-      float* dov = sc.o.data();
-      gemm(false, false, R, D, D, dz, D, w.proj_w, D, 0.0f, dov, D);
-      float* dqkv = sc.dqkv.data();
-      for (int64_t bi = 0; bi < nb; ++bi)
-        attention_set_backward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, dov + bi * N * D, lse + bi * H * N,
-                                   dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, sc.att);
-      colsum_acc(dqkv, gw[3], R, 3 * D);
-      ln_apply(xc, w.ln1_w, w.ln1_b, st[0], st[1], sc.a.data(), R, D);
-      gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 0.0f, gw[2], D);
-      gemm(false, false, R, D, 3 * D, dqkv, 3 * D, w.qkv_w, D, 0.0f, sc.y.data(), D);  // da
-      ln_backward(xc, w.ln1_w, st[0], st[1], sc.y.data(), dh1, dx + r0 * D, gw[0], gw[1], R, D);
-      omp_set_lock(&merge_lock);
-      done[ch] = 1;
-      for (; next < chunks && done[next]; ++next) {
-        const float* part = parts.get() + next * gl.total;
-        for (int64_t i = 0; i < gl.total; ++i) total[i] += part[i];
-      }
-      omp_unset_lock(&merge_lock);
+        colsum_acc(dz, gw[11], R, D);
+        gemm(false, false, R, F, D, dz, D, w.ff2_w, F, 0.0f, dg, F);
+        for (int64_t r = 0; r < R; ++r) {  // g and du from u in one pass
+          const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * F);
+          for (int64_t c = 0; c < F; c += L) {
+            const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
+            const GeluParts gp = gelu_parts(z);
+            const vu idx = base + static_cast<uint32_t>(c);
+            storev(g + r * F + c, masked(z * gp.cdf, idx, dr[2]));
+            storev(dg + r * F + c, masked(loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x), idx, dr[2]));
+          }
+        }
+        gemm(true, false, D, F, R, dz, D, g, F, 0.0f, gw[10], F);
+        colsum_acc(dg, gw[9], R, F);
+        ln_apply(h1, w.ln2_w, w.ln2_b, st[2], st[3], sc.f.data(), R, D);
+        gemm(true, false, F, D, R, dg, F, sc.f.data(), D, 0.0f, gw[8], D);
+        gemm(false, false, R, D, F, dg, F, w.ff1_w, D, 0.0f, sc.y.data(), D);  // df
+        ln_backward(h1, w.ln2_w, st[2], st[3], sc.y.data(), go, dh1, gw[6], gw[7], R, D);
+        // attention branch: h1 = x + M1 (o Wo^T + bo)
+        for (int64_t r = 0; r < R; ++r) {
+          const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
+          for (int64_t c = 0; c < D; c += L)
+            storev(dz + r * D + c, masked(loadv(dh1 + r * D + c), base + static_cast<uint32_t>(c), dr[1]));
+        }
+        colsum_acc(dz, gw[5], R, D);
+        gemm(true, false, D, D, R, dz, D, o, D, 0.0f, gw[4], D);
+        float* dov = sc.o.data();
+        gemm(false, false, R, D, D, dz, D, w.proj_w, D, 0.0f, dov, D);
+        float* dqkv = sc.dqkv.data();
+        for (int64_t bi = 0; bi < nb; ++bi)
+          attention_set_backward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, dov + bi * N * D, lse + bi * H * N,
+                                     dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, sc.att);
+        colsum_acc(dqkv, gw[3], R, 3 * D);
+        ln_apply(xc, w.ln1_w, w.ln1_b, st[0], st[1], sc.a.data(), R, D);
+        gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 0.0f, gw[2], D);
+        gemm(false, false, R, D, 3 * D, dqkv, 3 * D, w.qkv_w, D, 0.0f, sc.y.data(), D);  // da
+        ln_backward(xc, w.ln1_w, st[0], st[1], sc.y.data(), dh1, dx + r0 * D, gw[0], gw[1], R, D);
+        omp_set_lock(&merge_lock);
+        done[ch] = 1;
+        for (; next < chunks && done[next]; ++next) {
+          const float* part = parts.get() + (next - w0) * gl.total;
+          for (int64_t i = 0; i < gl.total; ++i) total[i] += part[i];
+        }
+        omp_unset_lock(&merge_lock);
+      }  // the implicit barrier: this wave is merged, its slots free
     }
     if (g_blas_local_threads) g_blas_local_threads(prev);
   }
