@@ -401,7 +401,9 @@ def _gelu_backward(ctx, grad):
 _gelu_op.register_autograd(_gelu_backward, setup_context=_gelu_setup_context)
 
 
-def _levels_and_seed(p: float, seed: Optional[Tensor]) -> tuple[int, Tensor]:
+def _levels_and_seed(p: float, seed: Optional[Tensor], words: tuple[int, ...] = (2,)) -> tuple[int, Tensor]:
+    """The kernels' keep ``levels`` for dropout ``p`` and the seed to pass: zeros of shape ``words``
+    when there is no dropout and no seed."""
     from setflow.nn.fused import MASK_BITS, _keep_levels
 
     if not 0.0 <= p < 1.0:
@@ -409,10 +411,10 @@ def _levels_and_seed(p: float, seed: Optional[Tensor]) -> tuple[int, Tensor]:
     levels = _NO_DROPOUT
     if p > 0.0:
         if seed is None:
-            raise ValueError("dropout p > 0 needs a seed (int32, 2 words)")
+            raise ValueError(f"dropout p > 0 needs a seed (int32, shape {words})")
         levels = min(_keep_levels(1.0 - p), 1 << MASK_BITS)
     if seed is None:
-        seed = torch.zeros(2, dtype=torch.int32)
+        seed = torch.zeros(words, dtype=torch.int32)
     return levels, seed
 
 
@@ -642,18 +644,9 @@ def block(h: Tensor, weights, num_heads: int, p: float = 0.0, eps: float = 1e-5,
     stages of the block on its chunk while it is in cache; nothing is kept for a backward when no
     input needs a gradient (see :func:`block_supports`).
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    if p > 0.0:
-        if seed is None:
-            raise ValueError("dropout p > 0 needs a seed (int32, (4, 2): one pair per dropout site)")
-        if seed.dtype != torch.int32 or tuple(seed.shape) != (4, 2):
-            raise ValueError(f"seed must be an int32 tensor of shape (4, 2); got {seed.dtype} {tuple(seed.shape)}")
-    from setflow.nn.fused import MASK_BITS, _keep_levels
-
-    levels = min(_keep_levels(1.0 - p), 1 << MASK_BITS) if p > 0.0 else _NO_DROPOUT
-    if seed is None or p == 0.0:
-        seed = torch.zeros(4, 2, dtype=torch.int32)
+    levels, seed = _levels_and_seed(p, seed if p > 0.0 else None, words=(4, 2))  # one pair per dropout site
+    if seed.dtype != torch.int32 or tuple(seed.shape) != (4, 2):
+        raise ValueError(f"seed must be an int32 tensor of shape (4, 2); got {seed.dtype} {tuple(seed.shape)}")
     if torch.is_grad_enabled() and (h.requires_grad or any(w.requires_grad for w in weights)):
         return _BlockFunction.apply(h, seed, num_heads, levels, float(eps), *weights)
     if _through_ops():

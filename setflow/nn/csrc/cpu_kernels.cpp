@@ -72,9 +72,10 @@ inline vf recip(vf x) {
 #endif
 }
 
-// sum_c a[c] * b[c] with b broadcast: two interleaved accumulator chains (half the FMA latency chain)
-template <int HD>
-inline vf dot_lanes(const vf* a, const float* b) {
+// sum_c a[c] * b[c], b a row of scalars (broadcast into the lanes) or of vectors: two interleaved
+// accumulator chains (half the FMA latency chain)
+template <int HD, typename T>
+inline vf dot(const vf* a, const T* b) {
   vf s0 = a[0] * b[0], s1 = a[1] * b[1];
   for (int c = 2; c < HD; c += 2) {
     s0 += a[c] * b[c];
@@ -194,16 +195,6 @@ inline void lane_rows(const float* r1, const float* r2, vi first, vf* out) {
   for (int c = 0; c < HD; ++c) out[c] = TWO ? (first ? splat(r1[c]) : splat(r2[c])) : splat(r1[c]);
 }
 
-template <int HD>
-inline vf dot_vec(const vf* a, const vf* b) {
-  vf s0 = a[0] * b[0], s1 = a[1] * b[1];
-  for (int c = 2; c < HD; c += 2) {
-    s0 += a[c] * b[c];
-    s1 += a[c + 1] * b[c + 1];
-  }
-  return s0 + s1;
-}
-
 // vectors src[c] (lanes l < g.n) -> dst[i * row_stride + col0 + h * HD + c] for (h, i) the lane's pair
 template <int HD>
 inline void scatter_pairs(const vf* src, float* dst, const Group& g, int64_t N, int64_t row_stride, int64_t col0) {
@@ -233,9 +224,9 @@ void forward_group(float* out_b, float* lse_b, const Dims& d, const Drop& dr, in
     if (TWO) {
       vf kj[HD];
       lane_rows<HD, true>(k1 + j * HD, k2 + j * HD, first, kj);
-      s = dot_vec<HD>(q, kj);
+      s = dot<HD>(q, kj);
     } else {
-      s = dot_lanes<HD>(q, k1 + j * HD);
+      s = dot<HD>(q, k1 + j * HD);
     }
     sc.s[j] = s;
     mx = s > mx ? s : mx;
@@ -287,8 +278,8 @@ void backward_group(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, con
     lane_rows<HD, TWO>(&sc.go[(o1 + i) * HD], &sc.go[(o2 + i) * HD], first, gi);
     const vf lse = TWO ? (first ? splat(sc.lse[o1 + i]) : splat(sc.lse[o2 + i])) : splat(sc.lse[o1 + i]);
     const vf rowdot = TWO ? (first ? splat(sc.rowdot[o1 + i]) : splat(sc.rowdot[o2 + i])) : splat(sc.rowdot[o1 + i]);
-    const vf s = dot_vec<HD>(k, qi);
-    const vf da = dot_vec<HD>(v, gi);
+    const vf s = dot<HD>(k, qi);
+    const vf da = dot<HD>(v, gi);
     const vf p = vexp(s - lse);
     vf a = p * dscale;
     vf dp = da * dscale;
@@ -606,10 +597,13 @@ template <int HD>
 struct BlockScratch {
   std::vector<float> a, qkv, o, lse, h1, f, u, g, y, stats, dqkv, d1, d2, d3;
   Scratch<HD> att;
-  BlockScratch(int64_t rows, int64_t sets, const BlockShape& s, bool bwd)
-      : a(rows * s.D), qkv(rows * 3 * s.D), o(rows * s.D), lse(sets * s.H * s.N), h1(rows * s.D), f(rows * s.D),
-        u(rows * s.F), g(rows * s.F), y(rows * s.D), stats(4 * rows), dqkv(bwd ? rows * 3 * s.D : 0),
-        d1(bwd ? rows * s.D : 0), d2(bwd ? rows * s.D : 0), d3(bwd ? rows * s.F : 0), att(s.N, s.H) {}
+  // keep: the saved activations live in the caller's tensors (no scratch for qkv, lse, h1, u, stats);
+  // o is scratch in any case (the backward's dO)
+  BlockScratch(int64_t rows, int64_t sets, const BlockShape& s, bool bwd, bool keep)
+      : a(rows * s.D), qkv(keep ? 0 : rows * 3 * s.D), o(rows * s.D), lse(keep ? 0 : sets * s.H * s.N),
+        h1(keep ? 0 : rows * s.D), f(rows * s.D), u(keep ? 0 : rows * s.F), g(rows * s.F), y(rows * s.D),
+        stats(keep ? 0 : 4 * rows), dqkv(bwd ? rows * 3 * s.D : 0), d1(bwd ? rows * s.D : 0),
+        d2(bwd ? rows * s.D : 0), d3(bwd ? rows * s.F : 0), att(s.N, s.H) {}
 };
 
 struct Saved {  // (B, N, 3D), (B, N, D), (B, H, N), (B, N, D), (B, N, F), (4, B * N): null when not saved
@@ -630,21 +624,22 @@ void block_forward_all(const float* x, const BlockWeights& w, float* out, const 
   const int64_t N = s.N, D = s.D, F = s.F, H = s.H, rows_total = s.B * N;
   const Dims ad{s.B, N, H, D, 3 * D, static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)))};
   const int64_t cs = sets_per_chunk(s, threads), chunks = (s.B + cs - 1) / cs;
+  const bool keep = sv.qkv && sv.o && sv.lse && sv.h1 && sv.u && sv.stats;  // else nothing is saved
 #pragma omp parallel num_threads(threads)
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
-    BlockScratch<HD> sc(cs * N, cs, s, false);
+    BlockScratch<HD> sc(cs * N, cs, s, false, keep);
 #pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
     for (int64_t ch = 0; ch < chunks; ++ch) {
       const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
       const float* xc = x + r0 * D;
-      float* qkv = sv.qkv ? sv.qkv + r0 * 3 * D : sc.qkv.data();
-      float* o = sv.o ? sv.o + r0 * D : sc.o.data();
-      float* lse = sv.lse ? sv.lse + b0 * H * N : sc.lse.data();
-      float* h1 = sv.h1 ? sv.h1 + r0 * D : sc.h1.data();
-      float* u = sv.u ? sv.u + r0 * F : sc.u.data();
+      float* qkv = keep ? sv.qkv + r0 * 3 * D : sc.qkv.data();
+      float* o = keep ? sv.o + r0 * D : sc.o.data();
+      float* lse = keep ? sv.lse + b0 * H * N : sc.lse.data();
+      float* h1 = keep ? sv.h1 + r0 * D : sc.h1.data();
+      float* u = keep ? sv.u + r0 * F : sc.u.data();
       float* st[4];
-      for (int k = 0; k < 4; ++k) st[k] = sv.stats ? sv.stats + k * rows_total + r0 : sc.stats.data() + k * R;
+      for (int k = 0; k < 4; ++k) st[k] = keep ? sv.stats + k * rows_total + r0 : sc.stats.data() + k * R;
       ln_rows(xc, w.ln1_w, w.ln1_b, sc.a.data(), st[0], st[1], R, D, s.eps);
       gemm(false, true, R, 3 * D, D, sc.a.data(), D, w.qkv_w, D, 0.0f, qkv, 3 * D);
       add_bias_rows(qkv, w.qkv_b, R, 3 * D);
@@ -710,7 +705,7 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
 #pragma omp parallel num_threads(nt)
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
-    BlockScratch<HD> sc(cs * N, cs, s, true);
+    BlockScratch<HD> sc(cs * N, cs, s, true, true);
     for (int64_t w0 = 0; w0 < chunks; w0 += wave) {
       const int64_t w1 = std::min(chunks, w0 + wave);
 #pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
@@ -857,7 +852,7 @@ void setflow_set_blas(void* sgemm, void* local_threads) {
 }
 
 // w: the 12 block_core weights; seeds: (4, 2) int32, one pair per dropout site; levels >= 2^24: no dropout.
-// Saved buffers (qkv, o, lse, h1, u, stats) may all be null (inference: nothing kept for a backward).
+// Saved buffers (qkv, o, lse, h1, u, stats): all six, or none kept (inference; any null means none).
 int setflow_block_forward(const float* x, const float* const* w, float* out, float* qkv, float* o, float* lse,
                           float* h1, float* u, float* stats, int64_t B, int64_t N, int64_t D, int64_t H, int64_t F,
                           float eps, const int32_t* seeds, int64_t levels, int threads) {
