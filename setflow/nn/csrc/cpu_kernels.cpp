@@ -39,13 +39,20 @@ typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
 typedef uint32_t vu __attribute__((vector_size(64)));
 
-inline vf splat(float x) { return vf{} + x; }
+// x in every lane (written out: `vf{} + x` would cost a scalar addition of +0.0 per call, which the
+// compiler must keep for x = -0.0, and block broadcast operands of the FMAs)
+inline vf splat(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 inline vu lane_index() { return vu{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}; }
 
-// exp(x) for x <= ~0 (softmax arguments): Cody-Waite range reduction and a degree-6 polynomial
-// (relative error ~2e-7); arguments below -87 give ~1e-38 instead of underflowing.
+// exp(x) for x <= ~0 (softmax arguments): Cody-Waite range reduction and a degree-7 polynomial in
+// Horner form (relative error ~2e-7); arguments below -87 give ~1e-38 instead of underflowing. On
+// AVX-512 the power of two is applied with one vscalefps.
 inline vf vexp(vf x) {
+#ifdef __AVX512F__
+  x = reinterpret_cast<vf>(_mm512_max_ps(reinterpret_cast<__m512>(x), _mm512_set1_ps(-87.0f)));
+#else
   x = x < -87.0f ? splat(-87.0f) : x;
+#endif
   const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting rounds to an integer
   const vf n = (x * 1.44269504088896341f + magic) - magic;
   vf r = x - n * 0.693359375f;
@@ -56,9 +63,14 @@ inline vf vexp(vf x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+#ifdef __AVX512F__
+  return reinterpret_cast<vf>(_mm512_scalef_ps(reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+#else
   const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
   return p * (vf)e;  // GCC vector cast: the same bits read as floats
+#endif
 }
 
 // 1 / x for x >= 1: the AVX-512 14-bit reciprocal estimate and one Newton step (~1 ulp; a vector
@@ -90,14 +102,23 @@ struct Drop {
   float scale;
 };
 
-// -1 in the lanes kept by the hash mask, 0 elsewhere
-inline vi keep_lanes(vu idx, const Drop& d) {
-  vu x = (idx * 0x9E3779B1u + d.s0) ^ d.s1;
+// The mask hash of element index idx: h = idx * kGolden + s0, then h ^ s1 through two xorshift-multiply
+// rounds and a final xorshift; kept when the top 24 bits are below `levels`. The first step is linear in
+// idx, so loops over consecutive indices advance h by a constant instead of multiplying (the same bits).
+constexpr uint32_t kGolden = 0x9E3779B1u;
+
+inline vu hash_start(vu idx, const Drop& d) { return idx * kGolden + d.s0; }
+
+// -1 in the lanes kept by the mask, 0 elsewhere, from h = hash_start(idx)
+inline vi keep_from(vu h, uint32_t s1, uint32_t levels) {
+  vu x = h ^ s1;
   x = (x ^ (x >> 16)) * 0x7FEB352Du;
   x = (x ^ (x >> 15)) * 0x846CA68Bu;
   x = x ^ (x >> 16);
-  return (x >> 8) < d.levels;
+  return (x >> 8) < levels;
 }
+
+inline vi keep_lanes(vu idx, const Drop& d) { return keep_from(hash_start(idx, d), d.s1, d.levels); }
 
 struct Dims {
   int64_t B, N, H, D, rs;  // rs: row stride of qkv, 3 D
@@ -233,11 +254,15 @@ void forward_group(float* out_b, float* lse_b, const Dims& d, const Drop& dr, in
   }
   for (int c = 0; c < HD; ++c) acc[c] = splat(0.0f);
   vf sum = splat(0.0f);
-  const vu row = (lane_index() + static_cast<uint32_t>(b * d.H * N + g.t0)) * static_cast<uint32_t>(N);
+  // hash of (lane's head and query, key j): index row + j, advanced by kGolden per key
+  vu h = hash_start((lane_index() + static_cast<uint32_t>(b * d.H * N + g.t0)) * static_cast<uint32_t>(N), dr);
+  const bool on = dr.on;
+  const uint32_t s1 = dr.s1, levels = dr.levels;
   for (int64_t j = 0; j < N; ++j) {
     const vf e = vexp(sc.s[j] - mx);
     sum += e;
-    const vf w = dr.on ? (keep_lanes(row + static_cast<uint32_t>(j), dr) ? e : splat(0.0f)) : e;
+    const vf w = on ? (keep_from(h, s1, levels) ? e : splat(0.0f)) : e;
+    h += kGolden;
     if (TWO) {
       vf vj[HD];
       lane_rows<HD, true>(v1 + j * HD, v2 + j * HD, first, vj);
@@ -271,7 +296,10 @@ void backward_group(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, con
   const uint32_t bh1 = static_cast<uint32_t>(b * d.H + g.h1), NN = static_cast<uint32_t>(N * N);
   const vu col1 = lane_index() + (bh1 * NN + static_cast<uint32_t>(g.t0 - o1));
   const vu col2 = lane_index() + ((bh1 + 1) * NN + static_cast<uint32_t>(g.t0 - o1 - N));
-  const vu col = TWO ? (first ? col1 : col2) : col1;
+  // the hash of (query i, the lane's key): index col + i N, advanced by N kGolden per query
+  vu h = hash_start(TWO ? (first ? col1 : col2) : col1, dr);
+  const uint32_t step = static_cast<uint32_t>(N) * kGolden, s1 = dr.s1, levels = dr.levels;
+  const bool on = dr.on;
   for (int64_t i = 0; i < N; ++i) {
     vf qi[HD], gi[HD];
     lane_rows<HD, TWO>(&sc.q[(o1 + i) * HD], &sc.q[(o2 + i) * HD], first, qi);
@@ -283,11 +311,12 @@ void backward_group(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, con
     const vf p = vexp(s - lse);
     vf a = p * dscale;
     vf dp = da * dscale;
-    if (dr.on) {
-      const vi keep = keep_lanes(col + static_cast<uint32_t>(i * N), dr);
+    if (on) {
+      const vi keep = keep_from(h, s1, levels);
       a = keep ? a : splat(0.0f);
       dp = keep ? dp : splat(0.0f);
     }
+    h += step;
     const vf ds = p * (dp - rowdot);
     std::memcpy(&sc.ds[i * NP + g.t0], &ds, sizeof(vf));  // lanes past the set's pairs hold junk, never read
     for (int c = 0; c < HD; ++c) {
@@ -401,7 +430,8 @@ struct GeluParts {
 
 inline GeluParts gelu_parts(vf x) {
   const vf z = x * 0.70710678118654752f;
-  const vf az = z < 0.0f ? -z : z;
+  const vu sign = reinterpret_cast<vu>(z) & 0x80000000u;
+  const vf az = reinterpret_cast<vf>(reinterpret_cast<vu>(z) ^ sign);  // |z|
   const vf t = recip(az * 0.3275911f + 1.0f);
   vf poly = t * 1.061405429f - 1.453152027f;
   poly = poly * t + 1.421413741f;
@@ -410,8 +440,8 @@ inline GeluParts gelu_parts(vf x) {
   poly = poly * t;
   const vf e = vexp(-(z * z));  // exp(-x^2 / 2)
   const vf erf_abs = 1.0f - poly * e;
-  const vf erf = z < 0.0f ? -erf_abs : erf_abs;
-  return GeluParts{(erf + 1.0f) * 0.5f, x * e * 0.39894228040143268f};
+  const vf erf = reinterpret_cast<vf>(reinterpret_cast<vu>(erf_abs) ^ sign);  // erf is odd
+  return GeluParts{erf * 0.5f + 0.5f, x * e * 0.39894228040143268f};
 }
 
 void gelu_forward_rows(const float* u, const float* bias, float* out, int64_t M, int64_t F, const Drop& dr,
@@ -506,9 +536,30 @@ inline float hsum(vf v) {
   for (int l = 0; l < L; ++l) s += v[l];
   return s;
 }
-inline vf masked(vf x, vu idx, const Drop& dr) {
-  return dr.on ? (keep_lanes(idx, dr) ? x * dr.scale : splat(0.0f)) : x;
-}
+// the dropout mask over consecutive elements idx0, idx0 + 1, ..., 16 at a time (the block's row-major
+// activations, whose mask index is the row-major element index)
+class MaskRun {
+ public:
+  MaskRun(int64_t idx0, const Drop& d)
+      : h_(hash_start(lane_index() + static_cast<uint32_t>(idx0), d)), s1_(d.s1), levels_(d.levels), scale_(d.scale),
+        on_(d.on) {}
+  bool on() const { return on_; }
+  // the keep lanes of the next 16 elements
+  vi next() {
+    const vi k = keep_from(h_, s1_, levels_);
+    h_ += 16 * kGolden;
+    return k;
+  }
+  vf apply(vi keep, vf x) const { return keep ? x * scale_ : splat(0.0f); }
+  // x times the next 16 elements' mask (x itself without dropout)
+  vf apply(vf x) { return on_ ? apply(next(), x) : x; }
+
+ private:
+  vu h_;
+  uint32_t s1_, levels_;
+  float scale_;
+  bool on_;
+};
 
 struct BlockShape {
   int64_t B, N, D, H, F;
@@ -585,12 +636,10 @@ inline void colsum_acc(const float* y, float* acc, int64_t R, int64_t C) {
 // out = res + M (y + b), rows (R, C) starting at global row r0 (the mask index is (r0 + r) * C + c)
 void residual_dropout(const float* res, const float* y, const float* b, float* out, int64_t R, int64_t C, int64_t r0,
                       const Drop& dr) {
-  for (int64_t r = 0; r < R; ++r) {
-    const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * C);
+  MaskRun mask(r0 * C, dr);
+  for (int64_t r = 0; r < R; ++r)
     for (int64_t c = 0; c < C; c += L)
-      storev(out + r * C + c,
-             loadv(res + r * C + c) + masked(loadv(y + r * C + c) + loadv(b + c), base + static_cast<uint32_t>(c), dr));
-  }
+      storev(out + r * C + c, loadv(res + r * C + c) + mask.apply(loadv(y + r * C + c) + loadv(b + c)));
 }
 
 template <int HD>
@@ -649,13 +698,12 @@ void block_forward_all(const float* x, const BlockWeights& w, float* out, const 
       residual_dropout(xc, sc.y.data(), w.proj_b, h1, R, D, r0, dr[1]);
       ln_rows(h1, w.ln2_w, w.ln2_b, sc.f.data(), st[2], st[3], R, D, s.eps);
       gemm(false, true, R, F, D, sc.f.data(), D, w.ff1_w, D, 0.0f, u, F);
-      for (int64_t r = 0; r < R; ++r) {
-        const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * F);
+      MaskRun mask(r0 * F, dr[2]);
+      for (int64_t r = 0; r < R; ++r)
         for (int64_t c = 0; c < F; c += L) {
           const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
-          storev(sc.g.data() + r * F + c, masked(z * gelu_parts(z).cdf, base + static_cast<uint32_t>(c), dr[2]));
+          storev(sc.g.data() + r * F + c, mask.apply(z * gelu_parts(z).cdf));
         }
-      }
       gemm(false, true, R, D, F, sc.g.data(), F, w.ff2_w, F, 0.0f, sc.y.data(), D);
       residual_dropout(h1, sc.y.data(), w.ff2_b, out + r0 * D, R, D, r0, dr[3]);
     }
@@ -728,23 +776,25 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
         float* dg = sc.d3.data();   // (R, F): grad of g, then of u
         float* g = sc.g.data();
         // feed-forward branch: out = h1 + M3 (g W2^T + b2)
-        for (int64_t r = 0; r < R; ++r) {
-          const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
-          for (int64_t c = 0; c < D; c += L)
-            storev(dz + r * D + c, masked(loadv(go + r * D + c), base + static_cast<uint32_t>(c), dr[3]));
-        }
+        MaskRun mask3(r0 * D, dr[3]);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = 0; c < D; c += L) storev(dz + r * D + c, mask3.apply(loadv(go + r * D + c)));
         colsum_acc(dz, gw[11], R, D);
         gemm(false, false, R, F, D, dz, D, w.ff2_w, F, 0.0f, dg, F);
-        for (int64_t r = 0; r < R; ++r) {  // g and du from u in one pass
-          const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * F);
+        MaskRun mask2(r0 * F, dr[2]);
+        for (int64_t r = 0; r < R; ++r)  // g and du from u in one pass
           for (int64_t c = 0; c < F; c += L) {
             const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
             const GeluParts gp = gelu_parts(z);
-            const vu idx = base + static_cast<uint32_t>(c);
-            storev(g + r * F + c, masked(z * gp.cdf, idx, dr[2]));
-            storev(dg + r * F + c, masked(loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x), idx, dr[2]));
+            vf gv = z * gp.cdf, dv = loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x);
+            if (mask2.on()) {
+              const vi keep = mask2.next();
+              gv = mask2.apply(keep, gv);
+              dv = mask2.apply(keep, dv);
+            }
+            storev(g + r * F + c, gv);
+            storev(dg + r * F + c, dv);
           }
-        }
         gemm(true, false, D, F, R, dz, D, g, F, 0.0f, gw[10], F);
         colsum_acc(dg, gw[9], R, F);
         ln_apply(h1, w.ln2_w, w.ln2_b, st[2], st[3], sc.f.data(), R, D);
@@ -752,11 +802,9 @@ void block_backward_all(const float* dout, const float* x, const BlockWeights& w
         gemm(false, false, R, D, F, dg, F, w.ff1_w, D, 0.0f, sc.y.data(), D);  // df
         ln_backward(h1, w.ln2_w, st[2], st[3], sc.y.data(), go, dh1, gw[6], gw[7], R, D);
         // attention branch: h1 = x + M1 (o Wo^T + bo)
-        for (int64_t r = 0; r < R; ++r) {
-          const vu base = lane_index() + static_cast<uint32_t>((r0 + r) * D);
-          for (int64_t c = 0; c < D; c += L)
-            storev(dz + r * D + c, masked(loadv(dh1 + r * D + c), base + static_cast<uint32_t>(c), dr[1]));
-        }
+        MaskRun mask1(r0 * D, dr[1]);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t c = 0; c < D; c += L) storev(dz + r * D + c, mask1.apply(loadv(dh1 + r * D + c)));
         colsum_acc(dz, gw[5], R, D);
         gemm(true, false, D, D, R, dz, D, o, D, 0.0f, gw[4], D);
         float* dov = sc.o.data();
