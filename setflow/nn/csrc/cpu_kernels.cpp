@@ -73,6 +73,25 @@ inline vf vexp(vf x) {
 #endif
 }
 
+// log(x) for x >= 1 (a softmax denominator): x = 2^e m with m in [sqrt(1/2), sqrt(2)), then
+// log m = 2 atanh(u), u = (m - 1) / (m + 1), |u| < 0.172, by its odd series to u^9 (error < 1e-8)
+inline vf vlog_ge1(vf x) {
+  const vu bits = reinterpret_cast<vu>(x);
+  vi e = reinterpret_cast<vi>(bits >> 23) - 127;
+  vu mb = (bits & 0x007FFFFFu) | 0x3F800000u;  // m in [1, 2)
+  const vi big = reinterpret_cast<vf>(mb) > 1.41421356f;
+  mb = big ? mb - 0x00800000u : mb;  // m / 2 in [0.707, 1)
+  e = big ? e + 1 : e;
+  const vf m = reinterpret_cast<vf>(mb);
+  const vf u = (m - 1.0f) / (m + 1.0f);
+  const vf u2 = u * u;
+  vf p = u2 * (1.0f / 9.0f) + (1.0f / 7.0f);
+  p = p * u2 + (1.0f / 5.0f);
+  p = p * u2 + (1.0f / 3.0f);
+  p = p * u2 + 1.0f;
+  return __builtin_convertvector(e, vf) * 0.693147180559945309f + 2.0f * u * p;
+}
+
 // 1 / x for x >= 1: the AVX-512 14-bit reciprocal estimate and one Newton step (~1 ulp; a vector
 // division costs several times more), plain division elsewhere
 inline vf recip(vf x) {
@@ -166,14 +185,16 @@ void load_set(const float* qkv_b, const Dims& d, Scratch<HD>& sc) {
 
 // the backward's per-query inputs of every head: dout rows, rowdot = dout . out, lse
 template <int HD>
-void load_set_grad(const float* out_b, const float* dout_b, const float* lse_b, const Dims& d, Scratch<HD>& sc) {
+void load_set_grad(const float* out_b, const float* dout_b, const float* lse_b, const Dims& d, float gscale,
+                   Scratch<HD>& sc) {
   typedef typename RowVec<HD>::type vr;
   for (int64_t i = 0; i < d.N; ++i)
     for (int64_t h = 0; h < d.H; ++h) {
       vr g, o;
       std::memcpy(&g, dout_b + i * d.D + h * HD, sizeof(vr));
       std::memcpy(&o, out_b + i * d.D + h * HD, sizeof(vr));
-      std::memcpy(&sc.go[(h * d.N + i) * HD], &g, sizeof(vr));
+      const vr gs = g * gscale;
+      std::memcpy(&sc.go[(h * d.N + i) * HD], &gs, sizeof(vr));
       const vr t = g * o;
       float r = 0.0f;
       for (int c = 0; c < HD; ++c) r += t[c];
@@ -221,10 +242,14 @@ template <int HD>
 inline void scatter_pairs(const vf* src, float* dst, const Group& g, int64_t N, int64_t row_stride, int64_t col0) {
   alignas(64) float t[HD][L];
   for (int c = 0; c < HD; ++c) std::memcpy(t[c], &src[c], sizeof(vf));
+  int64_t h = g.t0 / N, i = g.t0 - h * N;  // the first lane's pair, then stepped (no division per lane)
   for (int l = 0; l < g.n; ++l) {
-    const int64_t tt = g.t0 + l, h = tt / N, i = tt - h * N;
     float* p = dst + i * row_stride + col0 + h * HD;
     for (int c = 0; c < HD; ++c) p[c] = t[c][l];
+    if (++i == N) {
+      i = 0;
+      ++h;
+    }
   }
 }
 
@@ -274,10 +299,10 @@ void forward_group(float* out_b, float* lse_b, const Dims& d, const Drop& dr, in
   const vf inv = splat(dr.on ? dr.scale : 1.0f) / sum;
   for (int c = 0; c < HD; ++c) acc[c] *= inv;
   scatter_pairs<HD>(acc, out_b, g, N, d.D, 0);
-  alignas(64) float m[L], s[L];
-  std::memcpy(m, &mx, sizeof(vf));
-  std::memcpy(s, &sum, sizeof(vf));
-  for (int l = 0; l < g.n; ++l) lse_b[g.t0 + l] = m[l] + std::log(s[l]);
+  alignas(64) float lse[L];
+  const vf lv = mx + vlog_ge1(sum);
+  std::memcpy(lse, &lv, sizeof(vf));
+  for (int l = 0; l < g.n; ++l) lse_b[g.t0 + l] = lse[l];
 }
 
 // keys in the lanes, one pass over the queries: dk, dv of the group's (head, key) pairs in registers,
@@ -287,7 +312,6 @@ void backward_group(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, con
   const int64_t N = d.N, NP = sc.np;
   const int64_t o1 = g.h1 * N, o2 = TWO ? o1 + N : o1;  // first row of each head
   const vi first = lane_index() < static_cast<uint32_t>(g.split);
-  const vf dscale = splat(dr.on ? dr.scale : 1.0f);
   vf k[HD], v[HD], dk[HD], dv[HD];
   gather_cols<HD>(sc.k.data(), g.t0, g.n, k);
   gather_cols<HD>(sc.v.data(), g.t0, g.n, v);
@@ -309,8 +333,8 @@ void backward_group(float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, con
     const vf s = dot<HD>(k, qi);
     const vf da = dot<HD>(v, gi);
     const vf p = vexp(s - lse);
-    vf a = p * dscale;
-    vf dp = da * dscale;
+    vf a = p;
+    vf dp = da;
     if (on) {
       const vi keep = keep_from(h, s1, levels);
       a = keep ? a : splat(0.0f);
@@ -370,7 +394,7 @@ template <int HD>
 void attention_set_backward(const float* qkv_b, const float* out_b, const float* dout_b, const float* lse_b,
                             float* dqkv_b, const Dims& d, const Drop& dr, int64_t b, Scratch<HD>& sc) {
   load_set<HD>(qkv_b, d, sc);
-  load_set_grad<HD>(out_b, dout_b, lse_b, d, sc);
+  load_set_grad<HD>(out_b, dout_b, lse_b, d, dr.on ? dr.scale : 1.0f, sc);
   const int64_t T = d.H * d.N;
   for (int64_t t0 = 0; t0 < T;) {
     const Group g = group_at(t0, d.N, T);
