@@ -12,6 +12,13 @@ gradients are partial sums added in chunk order, so results do not depend on whi
 which chunk (bit-identical run to run). The FLOPs are the eager block's (registered formulas),
 the masks the eager hash masks bit for bit.
 
+:func:`network` is a whole :class:`setflow.nn.SetTransformer` (no context input) in one C++
+call per direction: each chunk of sets goes through the input layer (a linear map of the points'
+1-3 coordinates, plus positional rows), every block and the read-out (final LayerNorm and the
+linear map to the coupling parameters) while in cache. Layer by layer, those skinny layers were
+separate memory-bound PyTorch passes and every block boundary a trip through memory and autograd;
+the network call made a paper-SortFlow training step 6-11% faster than the block-by-block calls.
+
 :func:`hash_attention` computes, per head, ``(M * softmax(q k^T / sqrt(hd))) v`` from one
 fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fused.hash_keep_mask` dropout
 mask of the ``(B, H, N, N)`` attention weights (bit-identical masks), and its exact
@@ -56,6 +63,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "hash_attention", "bias_gelu_dropout", "block", "block_available", "block_supports",
+           "network", "network_supports",
            "supports", "supports_gelu", "heads_supported", "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS",
            "GELU_WIDTH_MULTIPLE"]
 
@@ -160,11 +168,18 @@ def _load() -> Optional[ctypes.CDLL]:
                                                                                           ctypes.c_int]
             lib.setflow_block_backward.argtypes = [f32p, f32p, f32pp] + [f32p] * 7 + [f32pp] + [i64] * 5 + [
                 ctypes.c_float, f32p, i64, ctypes.c_int]
+            lib.setflow_network_saved_size.argtypes = [i64] * 6
+            lib.setflow_network_saved_size.restype = i64
+            lib.setflow_network_forward.argtypes = [f32p, f32pp, f32p, f32p] + [i64] * 8 + [
+                ctypes.c_float, ctypes.c_float, f32p, i64, ctypes.c_int]
+            lib.setflow_network_backward.argtypes = [f32p, f32p, f32pp, f32p, f32p, f32pp] + [i64] * 8 + [
+                ctypes.c_float, ctypes.c_float, f32p, i64, ctypes.c_int]
             lib.setflow_set_blas.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
             lib.setflow_set_blas.restype = None
             for fn in (lib.setflow_hash_attention_forward, lib.setflow_hash_attention_backward,
                        lib.setflow_bias_gelu_dropout_forward, lib.setflow_bias_gelu_dropout_backward,
-                       lib.setflow_block_forward, lib.setflow_block_backward):
+                       lib.setflow_block_forward, lib.setflow_block_backward, lib.setflow_network_forward,
+                       lib.setflow_network_backward):
                 fn.restype = ctypes.c_int
             _register_blas(lib)
             _LIB = lib
@@ -652,3 +667,210 @@ def block(h: Tensor, weights, num_heads: int, p: float = 0.0, eps: float = 1e-5,
     if _through_ops():
         return _block_op(h, list(weights), seed, num_heads, levels, float(eps), False)[0]  # nothing saved
     return _block_forward(h, weights, seed, num_heads, levels, float(eps), False)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# a whole set transformer (input layer, blocks, final LayerNorm and read-out) in one C++ pass per direction
+
+def _net_parts(weights, num_layers: int, has_pos: bool):
+    """``weights`` flat: embed w, embed b, [pos], 12 per block, norm w, norm b, out w, out b."""
+    k = 3 if has_pos else 2
+    expected = k + 12 * num_layers + 4
+    if len(weights) != expected:
+        raise ValueError(f"network needs {expected} weight tensors for {num_layers} blocks; got {len(weights)}")
+    we, be = weights[0], weights[1]
+    pos = weights[2] if has_pos else None
+    blocks = [list(weights[k + 12 * i: k + 12 * (i + 1)]) for i in range(num_layers)]
+    nw, nb, wo, bo = weights[k + 12 * num_layers:]
+    return we, be, pos, blocks, nw, nb, wo, bo
+
+
+def _net_shapes(x: Tensor, weights, num_layers: int, has_pos: bool, num_heads: int) -> tuple[int, ...]:
+    _check_cpu_float32("network", x, *weights)
+    if x.dim() != 3:
+        raise ValueError(f"network input must be (B, N, K); got {tuple(x.shape)}")
+    we, be, pos, blocks, nw, nb, wo, bo = _net_parts(weights, num_layers, has_pos)
+    B, N, K = x.shape
+    D = we.shape[0]
+    O = wo.shape[0]
+    F = blocks[0][8].shape[0] if blocks else GELU_WIDTH_MULTIPLE
+    shapes = [(we, (D, K)), (be, (D,)), (nw, (D,)), (nb, (D,)), (wo, (O, D)), (bo, (O,))]
+    if pos is not None:
+        shapes.append((pos, (N, D)))
+    for t, shape in shapes:
+        if tuple(t.shape) != shape:
+            raise ValueError(f"network weight of shape {tuple(t.shape)} where {shape} was expected "
+                             f"(input {tuple(x.shape)}, d_model {D}, outputs {O})")
+    h = x.new_empty(1).expand(B, N, D)  # shape stand-in for the block checks (no data read)
+    for w in blocks:
+        _block_shapes(h, w, num_heads)
+    return B, N, K, D, F, O
+
+
+def _network_forward(x: Tensor, weights, seeds: Tensor, num_layers: int, has_pos: bool, num_heads: int, levels: int,
+                     eps: float, norm_eps: float, save: bool) -> tuple[Tensor, Tensor]:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"setflow's C++ kernels are not available ({_ERROR})")
+    B, N, K, D, F, O = _net_shapes(x, weights, num_layers, has_pos, num_heads)
+    if seeds.dtype != torch.int32 or tuple(seeds.shape) != (num_layers, 4, 2) or seeds.device.type != "cpu":
+        raise ValueError(f"network seeds must be a CPU int32 tensor of shape ({num_layers}, 4, 2); "
+                         f"got {seeds.dtype} {tuple(seeds.shape)}")
+    x, seeds = x.contiguous(), seeds.contiguous()
+    weights = [w.contiguous() for w in weights]
+    ptrs = list(weights) if has_pos else [weights[0], weights[1], None, *weights[2:]]
+    wp = (ctypes.c_void_p * len(ptrs))(*[t.data_ptr() if t is not None else None for t in ptrs])
+    y = x.new_empty(B, N, O)
+    saved = x.new_empty(lib.setflow_network_saved_size(B, N, D, num_heads, F, num_layers) if save else 0)
+    rc = lib.setflow_network_forward(_ptr(x), wp, _ptr(y), _ptr(saved) if save else None, B, N, K, D, num_heads, F,
+                                     O, num_layers, eps, norm_eps, _ptr(seeds), levels, torch.get_num_threads())
+    _check_block(rc, D, F, num_heads)
+    return y, saved
+
+
+def _network_backward(grad: Tensor, x: Tensor, weights, seeds: Tensor, saved: Tensor, num_layers: int, has_pos: bool,
+                      num_heads: int, levels: int, eps: float, norm_eps: float, need_dx: bool,
+                      flat: bool) -> list[Optional[Tensor]]:
+    """``[dx or None, *dweights]``; with ``flat`` the weight gradients are views of one buffer."""
+    lib = _load()
+    B, N, K, D, F, O = _net_shapes(x, weights, num_layers, has_pos, num_heads)
+    grad, x, saved = grad.contiguous(), x.contiguous(), saved.contiguous()
+    weights = [w.contiguous() for w in weights]
+    if flat:
+        buf = x.new_empty(sum(w.numel() for w in weights))
+        dw = [t.view(w.shape) for t, w in zip(buf.split([w.numel() for w in weights]), weights)]
+    else:
+        dw = [torch.empty_like(w) for w in weights]
+    dx = torch.empty_like(x) if need_dx else None
+    ptrs = list(weights) if has_pos else [weights[0], weights[1], None, *weights[2:]]
+    gptrs = list(dw) if has_pos else [dw[0], dw[1], None, *dw[2:]]
+    wp = (ctypes.c_void_p * len(ptrs))(*[t.data_ptr() if t is not None else None for t in ptrs])
+    gp = (ctypes.c_void_p * len(gptrs))(*[t.data_ptr() if t is not None else None for t in gptrs])
+    rc = lib.setflow_network_backward(_ptr(grad), _ptr(x), wp, _ptr(saved), _ptr(dx) if dx is not None else None, gp,
+                                      B, N, K, D, num_heads, F, O, num_layers, eps, norm_eps, _ptr(seeds.contiguous()),
+                                      levels, torch.get_num_threads())
+    _check_block(rc, D, F, num_heads)
+    return [dx, *dw]
+
+
+@_custom_op("setflow::network")
+def _network_op(x: Tensor, weights: list[Tensor], seeds: Tensor, num_layers: int, has_pos: bool, num_heads: int,
+                levels: int, eps: float, norm_eps: float, save: bool) -> tuple[Tensor, Tensor]:
+    return _network_forward(x, weights, seeds, num_layers, has_pos, num_heads, levels, eps, norm_eps, save)
+
+
+@_network_op.register_fake
+def _(x, weights, seeds, num_layers, has_pos, num_heads, levels, eps, norm_eps, save):
+    B, N, K, D, F, O = _net_shapes(x, weights, num_layers, has_pos, num_heads)
+    size = _load().setflow_network_saved_size(B, N, D, num_heads, F, num_layers) if save else 0
+    return x.new_empty(B, N, O), x.new_empty(size)
+
+
+@_custom_op("setflow::network_backward")
+def _network_backward_op(grad: Tensor, x: Tensor, weights: list[Tensor], seeds: Tensor, saved: Tensor,
+                         num_layers: int, has_pos: bool, num_heads: int, levels: int, eps: float, norm_eps: float,
+                         need_dx: bool) -> list[Tensor]:
+    dx, *dw = _network_backward(grad, x, weights, seeds, saved, num_layers, has_pos, num_heads, levels, eps, norm_eps,
+                                need_dx, flat=False)
+    return [dx if dx is not None else x.new_empty(0), *dw]
+
+
+@_network_backward_op.register_fake
+def _(grad, x, weights, seeds, saved, num_layers, has_pos, num_heads, levels, eps, norm_eps, need_dx):
+    return [torch.empty_like(x) if need_dx else x.new_empty(0), *[torch.empty_like(w) for w in weights]]
+
+
+class _NetworkFunction(torch.autograd.Function):
+    """Autograd for :func:`network`, as :class:`_BlockFunction` for a block: direct C++ calls in eager
+    mode, the registered ops under ``torch.compile`` or a dispatch mode."""
+
+    @staticmethod
+    def forward(ctx, x, seeds, num_layers, has_pos, num_heads, levels, eps, norm_eps, *weights):
+        args = (x, list(weights), seeds, num_layers, has_pos, num_heads, levels, eps, norm_eps, True)
+        y, saved = _network_op(*args) if _through_ops() else _network_forward(*args)
+        ctx.save_for_backward(x, seeds, saved, *weights)
+        ctx.meta = (num_layers, has_pos, num_heads, levels, eps, norm_eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, seeds, saved, *weights = ctx.saved_tensors
+        need_dx = ctx.needs_input_grad[0]
+        args = (grad, x, weights, seeds, saved, *ctx.meta, need_dx)
+        if _through_ops():
+            dx, *dw = _network_backward_op(*args)
+            dx = dx if need_dx else None
+        else:
+            dx, *dw = _network_backward(*args, flat=True)
+        return (dx, None, None, None, None, None, None, None, *dw)
+
+
+def _register_network_flops() -> None:
+    # as FlopCounterMode counts the eager SetTransformer: the input layer's addmm (2 M K D; backward its
+    # weight gradient, and its input gradient when the input needs one), each block as _register_block_flops,
+    # the read-out's addmm (2 M D O; backward twice that)
+    from torch.utils import flop_counter as fc
+
+    if not _HAS_CUSTOM_OP or not hasattr(fc, "register_flop_formula"):
+        return
+
+    def parts(x_shape, weights, num_layers, has_pos) -> tuple[int, int, int, int]:
+        B, N, K = x_shape
+        we, _, _, blocks, _, _, wo, _ = _net_parts(weights, num_layers, has_pos)
+        D, O, M = we.shape[0], wo.shape[0], B * N
+        linear = attention = 0
+        for w in blocks:
+            F = w[8].shape[0]
+            linear += 2 * M * (3 * D * D + D * D + F * D + D * F)
+            attention += 2 * B * N * N * D
+        return 2 * M * K * D, linear, attention, 2 * M * D * O
+
+    @fc.register_flop_formula(torch.ops.setflow.network, get_raw=True)
+    def _fwd(x, weights, seeds, num_layers, has_pos, *args, out_val=None, **kwargs) -> int:
+        embed, linear, attention, readout = parts(x.shape, weights, num_layers, has_pos)
+        return embed + linear + 2 * attention + readout
+
+    @fc.register_flop_formula(torch.ops.setflow.network_backward, get_raw=True)
+    def _bwd(grad, x, weights, seeds, saved, num_layers, has_pos, num_heads, levels, eps, norm_eps, need_dx, *args,
+             out_val=None, **kwargs) -> int:
+        embed, linear, attention, readout = parts(x.shape, weights, num_layers, has_pos)
+        return embed * (2 if need_dx else 1) + 2 * linear + 4 * attention + 2 * readout
+
+
+_register_network_flops()
+
+
+def network_supports(x: Tensor, weights, num_layers: int, has_pos: bool, num_heads: int) -> bool:
+    """Whether :func:`network` takes this input: CPU float32 ``(B, N, K)``, CPU float32 weights, and every
+    block as :func:`block_supports` requires (no call into C; builds the kernels if needed)."""
+    if x.dim() != 3 or x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    try:
+        we, _, _, blocks, _, _, _, _ = _net_parts(weights, num_layers, has_pos)
+    except ValueError:
+        return False
+    h = x.new_empty(1).expand(x.shape[0], x.shape[1], we.shape[0])
+    return all(block_supports(h, w, num_heads) for w in blocks) and \
+        all(w.device.type == "cpu" and w.dtype == torch.float32 for w in weights)
+
+
+def network(x: Tensor, weights, num_layers: int, num_heads: int, has_pos: bool = False, p: float = 0.0,
+            eps: float = 1e-5, norm_eps: float = 1e-5, seeds: Optional[Tensor] = None) -> Tensor:
+    """A whole :class:`setflow.nn.SetTransformer` without context, forward and backward in C++ (CPU float32).
+
+    ``weights`` (flat): the input layer's weight ``(D, K)`` and bias, the positional rows ``(N, D)`` if
+    ``has_pos``, each block's 12 tensors (:func:`setflow.nn.fused.block_core` order), the final
+    LayerNorm's weight and bias and the read-out's weight ``(O, D)`` and bias. ``seeds`` (int32
+    ``(num_layers, 4, 2)``) are needed when ``p > 0``; block ``l`` uses ``seeds[l]`` exactly as
+    :func:`block` would, so the result equals the block-by-block fused path with bit-identical masks.
+    Each chunk of sets goes through all layers in a core's cache; nothing is kept without a gradient.
+    """
+    levels, seeds = _levels_and_seed(p, seeds if p > 0.0 else None, words=(num_layers, 4, 2))
+    args = (seeds, num_layers, has_pos, num_heads, levels, float(eps), float(norm_eps))
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return _NetworkFunction.apply(x, *args, *weights)
+    if _through_ops():
+        return _network_op(x, list(weights), seeds, num_layers, has_pos, num_heads, levels, float(eps),
+                           float(norm_eps), False)[0]
+    return _network_forward(x, weights, seeds, num_layers, has_pos, num_heads, levels, float(eps), float(norm_eps),
+                            False)[0]

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import setflow.nn.fused as fused_mod
+from setflow.nn import kernels
 from setflow.nn.attention import ATTENTION_IMPLS
 from setflow.nn.fused import block_core, fused_block
 from setflow.nn.mlp import broadcast_context
@@ -123,11 +125,12 @@ class SetTransformer(nn.Module):
         attention: attention kernel (``"auto"``, ``"sdpa"``, ``"bmm"``); all
             compute the same function; ``"auto"`` is
             :func:`torch.nn.functional.scaled_dot_product_attention`.
-        fused: run every block through :func:`setflow.nn.fused.fused_block` with
-            counter-based hash dropout: on CPU one C++ call per block and direction
-            (:func:`setflow.nn.kernels.block`), else the ``torch.compile``-d
-            :func:`setflow.nn.fused.block_core` (same maths and parameters, fewer memory
-            passes; see :mod:`setflow.nn.fused`).
+        fused: counter-based hash dropout and fused kernels: on CPU (float32, no context) the
+            whole network is one C++ call per direction (:func:`setflow.nn.kernels.network`);
+            otherwise every block goes through :func:`setflow.nn.fused.fused_block` (one C++
+            call per block, :func:`setflow.nn.kernels.block`, else the ``torch.compile``-d
+            :func:`setflow.nn.fused.block_core`). Same maths, parameters and dropout masks on
+            every fused route, fewer memory passes; see :mod:`setflow.nn.fused`.
             Switch later with ``net.fused = True`` or :func:`setflow.nn.fused.set_fused`.
 
     Shapes:
@@ -201,6 +204,10 @@ class SetTransformer(nn.Module):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.in_features:
             raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
+        if self.fused and (context is None or self.context_proj is None):
+            y = self._fused_network(x)
+            if y is not None:
+                return y
         h = F.linear(x, self.embed.weight, self.embed.bias)
         if self.pos_embedding is not None:
             n = x.shape[1]
@@ -217,11 +224,44 @@ class SetTransformer(nn.Module):
         h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
         return F.linear(h, self.out.weight, self.out.bias)
 
+    def _network_weights(self, n: int) -> Optional[list[Tensor]]:
+        # the flat weight list of setflow.nn.kernels.network, or None when the blocks' eps differ
+        eps = {b.norm1.eps for b in self.blocks} | {b.norm2.eps for b in self.blocks}
+        if len(eps) > 1:
+            return None
+        ws = [self.embed.weight, self.embed.bias]
+        if self.pos_embedding is not None:
+            ws.append(self.pos_embedding[:n])
+        for block in self.blocks:
+            ws.extend(block.weights())
+        return ws + [self.norm.weight, self.norm.bias, self.out.weight, self.out.bias]
+
+    def _fused_network(self, x: Tensor) -> Optional[Tensor]:
+        """The whole network as one C++ call per direction (setflow.nn.kernels.network), or None where it
+        does not apply (then the block-by-block fused path runs). Same maths, seeds and masks as that path."""
+        n = x.shape[1]
+        if not fused_mod._BLOCK_KERNEL:  # the C++ blocks switched off (A/B, tests): the compiled blocks
+            return None
+        if self.pos_embedding is not None and n > self.pos_embedding.shape[0]:
+            return None  # the layer-by-layer path raises the clear error
+        ws = self._network_weights(n)
+        has_pos = self.pos_embedding is not None
+        if ws is None or not kernels.network_supports(x, ws, self.num_layers, has_pos, self.num_heads):
+            return None
+        p = self.dropout if self.training else 0.0
+        eps = self.blocks[0].norm1.eps if self.num_layers else self.norm.eps
+        return kernels.network(x, ws, self.num_layers, self.num_heads, has_pos, p, eps, self.norm.eps,
+                               self._seeds(p, x.device))
+
+    def _seeds(self, p: float, device: torch.device) -> Optional[Tensor]:
+        if p == 0.0:
+            return None
+        # one pair of int32 words per dropout site, from the global generator (seeded, resumable)
+        return torch.randint(-2**31, 2**31 - 1, (self.num_layers, 4, 2), dtype=torch.int32, device=device)
+
     def _fused_blocks(self, h: Tensor) -> Tensor:
         p = self.dropout if self.training else 0.0
-        seeds = None
-        if p > 0.0:  # one pair of int32 words per dropout site, from the global generator (seeded, resumable)
-            seeds = torch.randint(-2**31, 2**31 - 1, (self.num_layers, 4, 2), dtype=torch.int32, device=h.device)
+        seeds = self._seeds(p, h.device)
         for i, block in enumerate(self.blocks):
             h = fused_block(h, block.weights(), self.num_heads, p, block.norm1.eps, None if seeds is None else seeds[i])
         return h

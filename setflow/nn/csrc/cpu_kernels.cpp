@@ -629,7 +629,7 @@ void ln_apply(const float* x, const float* w, const float* b, const float* mean,
       storev(y + r * D + c, (loadv(x + r * D + c) - mean[r]) * rstd[r] * loadv(w + c) + loadv(b + c));
 }
 
-// dx = res + LN backward of dy (rows (R, D)); dw += sum dy * xhat, db += sum dy
+// dx = res + LN backward of dy (rows (R, D); res null: none); dw += sum dy * xhat, db += sum dy
 void ln_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
                  const float* res, float* dx, float* dw, float* db, int64_t R, int64_t D) {
   const float inv_d = 1.0f / static_cast<float>(D);
@@ -649,7 +649,8 @@ void ln_backward(const float* x, const float* w, const float* mean, const float*
     for (int64_t c = 0; c < D; c += L) {
       const vf xh = (loadv(x + r * D + c) - mu) * rs;
       const vf gw = loadv(dy + r * D + c) * loadv(w + c);
-      storev(dx + r * D + c, loadv(res + r * D + c) + (gw - m1 - xh * m2) * rs);
+      const vf d = (gw - m1 - xh * m2) * rs;
+      storev(dx + r * D + c, res ? loadv(res + r * D + c) + d : d);
     }
   }
 }
@@ -698,45 +699,55 @@ int64_t sets_per_chunk(const BlockShape& s, int threads) {
   return std::max<int64_t>(1, std::min(c, per_thread));
 }
 
+// One chunk of the block forward: sets b0 .. b0 + nb - 1 of the batch (rows r0 = b0 N ..), xc / outc the
+// chunk's input and output rows. sv: the saved tensors of the whole batch, or all null (nothing kept: the
+// scratch holds the intermediates).
+template <int HD>
+void block_chunk_forward(const float* xc, const BlockWeights& w, float* outc, const Saved& sv, const BlockShape& s,
+                         const Drop* dr, int64_t b0, int64_t nb, BlockScratch<HD>& sc) {
+  const int64_t N = s.N, D = s.D, F = s.F, H = s.H, rows_total = s.B * N, R = nb * N, r0 = b0 * N;
+  const Dims ad{s.B, N, H, D, 3 * D, static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)))};
+  const bool keep = sv.qkv != nullptr;
+  float* qkv = keep ? sv.qkv + r0 * 3 * D : sc.qkv.data();
+  float* o = keep ? sv.o + r0 * D : sc.o.data();
+  float* lse = keep ? sv.lse + b0 * H * N : sc.lse.data();
+  float* h1 = keep ? sv.h1 + r0 * D : sc.h1.data();
+  float* u = keep ? sv.u + r0 * F : sc.u.data();
+  float* st[4];
+  for (int k = 0; k < 4; ++k) st[k] = keep ? sv.stats + k * rows_total + r0 : sc.stats.data() + k * R;
+  ln_rows(xc, w.ln1_w, w.ln1_b, sc.a.data(), st[0], st[1], R, D, s.eps);
+  gemm(false, true, R, 3 * D, D, sc.a.data(), D, w.qkv_w, D, 0.0f, qkv, 3 * D);
+  add_bias_rows(qkv, w.qkv_b, R, 3 * D);
+  for (int64_t bi = 0; bi < nb; ++bi)
+    attention_set_forward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, lse + bi * H * N, ad, dr[0], b0 + bi, sc.att);
+  gemm(false, true, R, D, D, o, D, w.proj_w, D, 0.0f, sc.y.data(), D);
+  residual_dropout(xc, sc.y.data(), w.proj_b, h1, R, D, r0, dr[1]);
+  ln_rows(h1, w.ln2_w, w.ln2_b, sc.f.data(), st[2], st[3], R, D, s.eps);
+  gemm(false, true, R, F, D, sc.f.data(), D, w.ff1_w, D, 0.0f, u, F);
+  MaskRun mask(r0 * F, dr[2]);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < F; c += L) {
+      const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
+      storev(sc.g.data() + r * F + c, mask.apply(z * gelu_parts(z).cdf));
+    }
+  gemm(false, true, R, D, F, sc.g.data(), F, w.ff2_w, F, 0.0f, sc.y.data(), D);
+  residual_dropout(h1, sc.y.data(), w.ff2_b, outc, R, D, r0, dr[3]);
+}
+
 template <int HD>
 void block_forward_all(const float* x, const BlockWeights& w, float* out, const Saved& sv, const BlockShape& s,
                        const Drop* dr, int threads) {
-  const int64_t N = s.N, D = s.D, F = s.F, H = s.H, rows_total = s.B * N;
-  const Dims ad{s.B, N, H, D, 3 * D, static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)))};
   const int64_t cs = sets_per_chunk(s, threads), chunks = (s.B + cs - 1) / cs;
   const bool keep = sv.qkv && sv.o && sv.lse && sv.h1 && sv.u && sv.stats;  // else nothing is saved
+  const Saved none{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
 #pragma omp parallel num_threads(threads)
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
-    BlockScratch<HD> sc(cs * N, cs, s, false, keep);
+    BlockScratch<HD> sc(cs * s.N, cs, s, false, keep);
 #pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
     for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
-      const float* xc = x + r0 * D;
-      float* qkv = keep ? sv.qkv + r0 * 3 * D : sc.qkv.data();
-      float* o = keep ? sv.o + r0 * D : sc.o.data();
-      float* lse = keep ? sv.lse + b0 * H * N : sc.lse.data();
-      float* h1 = keep ? sv.h1 + r0 * D : sc.h1.data();
-      float* u = keep ? sv.u + r0 * F : sc.u.data();
-      float* st[4];
-      for (int k = 0; k < 4; ++k) st[k] = keep ? sv.stats + k * rows_total + r0 : sc.stats.data() + k * R;
-      ln_rows(xc, w.ln1_w, w.ln1_b, sc.a.data(), st[0], st[1], R, D, s.eps);
-      gemm(false, true, R, 3 * D, D, sc.a.data(), D, w.qkv_w, D, 0.0f, qkv, 3 * D);
-      add_bias_rows(qkv, w.qkv_b, R, 3 * D);
-      for (int64_t bi = 0; bi < nb; ++bi)
-        attention_set_forward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, lse + bi * H * N, ad, dr[0], b0 + bi, sc.att);
-      gemm(false, true, R, D, D, o, D, w.proj_w, D, 0.0f, sc.y.data(), D);
-      residual_dropout(xc, sc.y.data(), w.proj_b, h1, R, D, r0, dr[1]);
-      ln_rows(h1, w.ln2_w, w.ln2_b, sc.f.data(), st[2], st[3], R, D, s.eps);
-      gemm(false, true, R, F, D, sc.f.data(), D, w.ff1_w, D, 0.0f, u, F);
-      MaskRun mask(r0 * F, dr[2]);
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t c = 0; c < F; c += L) {
-          const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
-          storev(sc.g.data() + r * F + c, mask.apply(z * gelu_parts(z).cdf));
-        }
-      gemm(false, true, R, D, F, sc.g.data(), F, w.ff2_w, F, 0.0f, sc.y.data(), D);
-      residual_dropout(h1, sc.y.data(), w.ff2_b, out + r0 * D, R, D, r0, dr[3]);
+      const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), r0 = b0 * s.N;
+      block_chunk_forward<HD>(x + r0 * s.D, w, out + r0 * s.D, keep ? sv : none, s, dr, b0, nb, sc);
     }
     if (g_blas_local_threads) g_blas_local_threads(prev);
   }
@@ -760,108 +771,133 @@ struct GradLayout {
   }
 };
 
+// Deterministic parameter gradients under dynamic scheduling: each chunk writes its own partial sums
+// (`size` floats), and the partials are added into `total` strictly in chunk order, by whichever thread
+// completes the next chunk in line. No thread waits for another's work, a partial is usually merged
+// while still in cache, and the result does not depend on which thread ran which chunk. Chunks run in
+// waves of at most kMergeWave (the caller's loop over waves, each an omp for with its closing barrier),
+// whose slots the next wave reuses: memory stays bounded for any batch size.
+class OrderedMerge {
+ public:
+  OrderedMerge(int64_t chunks, int64_t size)
+      : chunks_(chunks), size_(size), wave_(std::max<int64_t>(1, std::min(chunks, kMergeWave))),
+        parts_(new float[static_cast<size_t>(wave_) * size]), total_(size, 0.0f), done_(chunks, 0) {
+    omp_init_lock(&lock_);
+  }
+  ~OrderedMerge() { omp_destroy_lock(&lock_); }
+  int64_t wave() const { return wave_; }
+  float* slot(int64_t ch) { return parts_.get() + (ch % wave_) * size_; }
+  // chunk ch's partials are complete: merge every chunk now in line
+  void done(int64_t ch) {
+    omp_set_lock(&lock_);
+    done_[ch] = 1;
+    for (; next_ < chunks_ && done_[next_]; ++next_) {
+      const float* part = slot(next_);
+      for (int64_t i = 0; i < size_; ++i) total_[i] += part[i];
+    }
+    omp_unset_lock(&lock_);
+  }
+  const float* total() const { return total_.data(); }
+
+ private:
+  int64_t chunks_, size_, wave_, next_ = 0;
+  std::unique_ptr<float[]> parts_;
+  std::vector<float> total_;
+  std::vector<char> done_;
+  omp_lock_t lock_;
+};
+
+// One chunk of the block backward (rows as in block_chunk_forward): goc / xc / dxc the chunk's output
+// gradient, input and input gradient rows; gw the chunk's 12 weight-gradient slots (overwritten).
+template <int HD>
+void block_chunk_backward(const float* goc, const float* xc, const BlockWeights& w, const Saved& sv, float* dxc,
+                          float* const* gw, const GradLayout& gl, const BlockShape& s, const Drop* dr, int64_t b0,
+                          int64_t nb, BlockScratch<HD>& sc) {
+  const int64_t N = s.N, D = s.D, F = s.F, H = s.H, rows_total = s.B * N, R = nb * N, r0 = b0 * N;
+  const Dims ad{s.B, N, H, D, 3 * D, static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)))};
+  for (int k : {0, 1, 3, 5, 6, 7, 9, 11}) std::memset(gw[k], 0, sizeof(float) * gl.size[k]);  // summed into
+  const float* go = goc;
+  const float* qkv = sv.qkv + r0 * 3 * D;
+  const float* o = sv.o + r0 * D;
+  const float* lse = sv.lse + b0 * H * N;
+  const float* h1 = sv.h1 + r0 * D;
+  const float* u = sv.u + r0 * F;
+  const float* st[4];
+  for (int k = 0; k < 4; ++k) st[k] = sv.stats + k * rows_total + r0;
+  float* dz = sc.d1.data();   // (R, D): grad of the feed-forward branch output, then of the attention branch
+  float* dh1 = sc.d2.data();  // (R, D)
+  float* dg = sc.d3.data();   // (R, F): grad of g, then of u
+  float* g = sc.g.data();
+  // feed-forward branch: out = h1 + M3 (g W2^T + b2)
+  MaskRun mask3(r0 * D, dr[3]);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < D; c += L) storev(dz + r * D + c, mask3.apply(loadv(go + r * D + c)));
+  colsum_acc(dz, gw[11], R, D);
+  gemm(false, false, R, F, D, dz, D, w.ff2_w, F, 0.0f, dg, F);
+  MaskRun mask2(r0 * F, dr[2]);
+  for (int64_t r = 0; r < R; ++r)  // g and du from u in one pass
+    for (int64_t c = 0; c < F; c += L) {
+      const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
+      const GeluParts gp = gelu_parts(z);
+      vf gv = z * gp.cdf, dv = loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x);
+      if (mask2.on()) {
+        const vi keep = mask2.next();
+        gv = mask2.apply(keep, gv);
+        dv = mask2.apply(keep, dv);
+      }
+      storev(g + r * F + c, gv);
+      storev(dg + r * F + c, dv);
+    }
+  gemm(true, false, D, F, R, dz, D, g, F, 0.0f, gw[10], F);
+  colsum_acc(dg, gw[9], R, F);
+  ln_apply(h1, w.ln2_w, w.ln2_b, st[2], st[3], sc.f.data(), R, D);
+  gemm(true, false, F, D, R, dg, F, sc.f.data(), D, 0.0f, gw[8], D);
+  gemm(false, false, R, D, F, dg, F, w.ff1_w, D, 0.0f, sc.y.data(), D);  // df
+  ln_backward(h1, w.ln2_w, st[2], st[3], sc.y.data(), go, dh1, gw[6], gw[7], R, D);
+  // attention branch: h1 = x + M1 (o Wo^T + bo)
+  MaskRun mask1(r0 * D, dr[1]);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < D; c += L) storev(dz + r * D + c, mask1.apply(loadv(dh1 + r * D + c)));
+  colsum_acc(dz, gw[5], R, D);
+  gemm(true, false, D, D, R, dz, D, o, D, 0.0f, gw[4], D);
+  float* dov = sc.o.data();
+  gemm(false, false, R, D, D, dz, D, w.proj_w, D, 0.0f, dov, D);
+  float* dqkv = sc.dqkv.data();
+  for (int64_t bi = 0; bi < nb; ++bi)
+    attention_set_backward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, dov + bi * N * D, lse + bi * H * N,
+                               dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, sc.att);
+  colsum_acc(dqkv, gw[3], R, 3 * D);
+  ln_apply(xc, w.ln1_w, w.ln1_b, st[0], st[1], sc.a.data(), R, D);
+  gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 0.0f, gw[2], D);
+  gemm(false, false, R, D, 3 * D, dqkv, 3 * D, w.qkv_w, D, 0.0f, sc.y.data(), D);  // da
+  ln_backward(xc, w.ln1_w, st[0], st[1], sc.y.data(), dh1, dxc, gw[0], gw[1], R, D);
+}
+
 template <int HD>
 void block_backward_all(const float* dout, const float* x, const BlockWeights& w, const Saved& sv, float* dx,
                         float* const* dw, const BlockShape& s, const Drop* dr, int threads) {
-  const int64_t N = s.N, D = s.D, F = s.F, H = s.H, rows_total = s.B * N;
-  const Dims ad{s.B, N, H, D, 3 * D, static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)))};
   const int64_t cs = sets_per_chunk(s, threads), chunks = (s.B + cs - 1) / cs;
   const GradLayout gl(s);
   const int nt = threads < 1 ? 1 : threads;
-  // Weight gradients, deterministically: each chunk writes its own partial sums (its dW GEMMs with
-  // beta = 0), and the partials are added into `total` strictly in chunk order, by whichever thread
-  // completes the next chunk in line. No thread waits for another's work, a partial is usually
-  // merged while still in cache, and the result does not depend on which thread ran which chunk.
-  // Chunks run in waves of at most kMergeWave, whose partial-sum slots the next wave reuses (every
-  // chunk of a wave is merged by its closing barrier): memory stays bounded for any batch size.
-  const int64_t wave = std::min<int64_t>(chunks, kMergeWave);
-  std::unique_ptr<float[]> parts(new float[static_cast<size_t>(wave) * gl.total]);
-  std::vector<float> total(gl.total, 0.0f);
-  std::vector<char> done(chunks, 0);
-  int64_t next = 0;  // the first chunk not yet merged
-  omp_lock_t merge_lock;
-  omp_init_lock(&merge_lock);
+  OrderedMerge merge(chunks, gl.total);
 #pragma omp parallel num_threads(nt)
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
-    BlockScratch<HD> sc(cs * N, cs, s, true, true);
-    for (int64_t w0 = 0; w0 < chunks; w0 += wave) {
-      const int64_t w1 = std::min(chunks, w0 + wave);
+    BlockScratch<HD> sc(cs * s.N, cs, s, true, true);
+    for (int64_t w0 = 0; w0 < chunks; w0 += merge.wave()) {
+      const int64_t w1 = std::min(chunks, w0 + merge.wave());
 #pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
       for (int64_t ch = w0; ch < w1; ++ch) {
         float* gw[12];
-        for (int k = 0; k < 12; ++k) gw[k] = parts.get() + (ch - w0) * gl.total + gl.off[k];
-        for (int k : {0, 1, 3, 5, 6, 7, 9, 11}) std::memset(gw[k], 0, sizeof(float) * gl.size[k]);  // summed into
-        const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
-        const float* xc = x + r0 * D;
-        const float* go = dout + r0 * D;
-        const float* qkv = sv.qkv + r0 * 3 * D;
-        const float* o = sv.o + r0 * D;
-        const float* lse = sv.lse + b0 * H * N;
-        const float* h1 = sv.h1 + r0 * D;
-        const float* u = sv.u + r0 * F;
-        const float* st[4];
-        for (int k = 0; k < 4; ++k) st[k] = sv.stats + k * rows_total + r0;
-        float* dz = sc.d1.data();   // (R, D): grad of the feed-forward branch output, then of the attention branch
-        float* dh1 = sc.d2.data();  // (R, D)
-        float* dg = sc.d3.data();   // (R, F): grad of g, then of u
-        float* g = sc.g.data();
-        // feed-forward branch: out = h1 + M3 (g W2^T + b2)
-        MaskRun mask3(r0 * D, dr[3]);
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t c = 0; c < D; c += L) storev(dz + r * D + c, mask3.apply(loadv(go + r * D + c)));
-        colsum_acc(dz, gw[11], R, D);
-        gemm(false, false, R, F, D, dz, D, w.ff2_w, F, 0.0f, dg, F);
-        MaskRun mask2(r0 * F, dr[2]);
-        for (int64_t r = 0; r < R; ++r)  // g and du from u in one pass
-          for (int64_t c = 0; c < F; c += L) {
-            const vf z = loadv(u + r * F + c) + loadv(w.ff1_b + c);
-            const GeluParts gp = gelu_parts(z);
-            vf gv = z * gp.cdf, dv = loadv(dg + r * F + c) * (gp.cdf + gp.pdf_x);
-            if (mask2.on()) {
-              const vi keep = mask2.next();
-              gv = mask2.apply(keep, gv);
-              dv = mask2.apply(keep, dv);
-            }
-            storev(g + r * F + c, gv);
-            storev(dg + r * F + c, dv);
-          }
-        gemm(true, false, D, F, R, dz, D, g, F, 0.0f, gw[10], F);
-        colsum_acc(dg, gw[9], R, F);
-        ln_apply(h1, w.ln2_w, w.ln2_b, st[2], st[3], sc.f.data(), R, D);
-        gemm(true, false, F, D, R, dg, F, sc.f.data(), D, 0.0f, gw[8], D);
-        gemm(false, false, R, D, F, dg, F, w.ff1_w, D, 0.0f, sc.y.data(), D);  // df
-        ln_backward(h1, w.ln2_w, st[2], st[3], sc.y.data(), go, dh1, gw[6], gw[7], R, D);
-        // attention branch: h1 = x + M1 (o Wo^T + bo)
-        MaskRun mask1(r0 * D, dr[1]);
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t c = 0; c < D; c += L) storev(dz + r * D + c, mask1.apply(loadv(dh1 + r * D + c)));
-        colsum_acc(dz, gw[5], R, D);
-        gemm(true, false, D, D, R, dz, D, o, D, 0.0f, gw[4], D);
-        float* dov = sc.o.data();
-        gemm(false, false, R, D, D, dz, D, w.proj_w, D, 0.0f, dov, D);
-        float* dqkv = sc.dqkv.data();
-        for (int64_t bi = 0; bi < nb; ++bi)
-          attention_set_backward<HD>(qkv + bi * N * 3 * D, o + bi * N * D, dov + bi * N * D, lse + bi * H * N,
-                                     dqkv + bi * N * 3 * D, ad, dr[0], b0 + bi, sc.att);
-        colsum_acc(dqkv, gw[3], R, 3 * D);
-        ln_apply(xc, w.ln1_w, w.ln1_b, st[0], st[1], sc.a.data(), R, D);
-        gemm(true, false, 3 * D, D, R, dqkv, 3 * D, sc.a.data(), D, 0.0f, gw[2], D);
-        gemm(false, false, R, D, 3 * D, dqkv, 3 * D, w.qkv_w, D, 0.0f, sc.y.data(), D);  // da
-        ln_backward(xc, w.ln1_w, st[0], st[1], sc.y.data(), dh1, dx + r0 * D, gw[0], gw[1], R, D);
-        omp_set_lock(&merge_lock);
-        done[ch] = 1;
-        for (; next < chunks && done[next]; ++next) {
-          const float* part = parts.get() + (next - w0) * gl.total;
-          for (int64_t i = 0; i < gl.total; ++i) total[i] += part[i];
-        }
-        omp_unset_lock(&merge_lock);
+        for (int k = 0; k < 12; ++k) gw[k] = merge.slot(ch) + gl.off[k];
+        const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), r0 = b0 * s.N;
+        block_chunk_backward<HD>(dout + r0 * s.D, x + r0 * s.D, w, sv, dx + r0 * s.D, gw, gl, s, dr, b0, nb, sc);
+        merge.done(ch);
       }  // the implicit barrier: this wave is merged, its slots free
     }
     if (g_blas_local_threads) g_blas_local_threads(prev);
   }
-  omp_destroy_lock(&merge_lock);
-  for (int k = 0; k < 12; ++k) std::memcpy(dw[k], total.data() + gl.off[k], sizeof(float) * gl.size[k]);
+  for (int k = 0; k < 12; ++k) std::memcpy(dw[k], merge.total() + gl.off[k], sizeof(float) * gl.size[k]);
 }
 
 BlockWeights unpack_weights(const float* const* w) {
@@ -873,6 +909,231 @@ int block_check(const BlockShape& s, int64_t HD) {
   if (!g_sgemm) return 2;
   if (s.D % L || s.F % L || (HD != 4 && HD != 8 && HD != 16)) return 1;
   return 0;
+}
+
+// ----------------------------------------------------------------------------------------------
+// A whole set transformer (setflow.nn.SetTransformer without a context input) in one call per direction:
+//     h_0 = x We^T + be (+ pos[n]);  h_{l+1} = block_l(h_l) for l < Lb;  y = LN(h_Lb) Wo^T + bo
+// Each chunk of sets runs through the input layer, every block and the read-out while it is in a core's
+// cache. Layer by layer, the skinny input and read-out layers (K and O of 1-4) were PyTorch GEMMs,
+// LayerNorms and adds, each a pass through the (B N, D) activations in memory, and every block boundary
+// was a round trip through memory and the autograd engine. Saved for the backward (one float buffer,
+// layout NetLayout): each block's input and its block_chunk_forward tensors, the read-out's input and
+// its LayerNorm statistics. The input layer's output is recomputed from x, never kept apart.
+
+struct NetShape {
+  int64_t B, N, K, D, H, F, O, Lb;
+  float eps, norm_eps;
+  BlockShape block() const { return BlockShape{B, N, D, H, F, eps}; }
+};
+
+struct NetLayout {
+  int64_t M, off_qkv, off_o, off_lse, off_h1, off_u, off_st, per_block, off_hl, off_hs, total;
+  explicit NetLayout(const NetShape& s) : M(s.B * s.N) {
+    off_qkv = M * s.D;  // each block's input h_l first
+    off_o = off_qkv + 3 * M * s.D;
+    off_lse = off_o + M * s.D;
+    off_h1 = off_lse + s.B * s.H * s.N;
+    off_u = off_h1 + M * s.D;
+    off_st = off_u + M * s.F;
+    per_block = off_st + 4 * M;
+    off_hl = s.Lb * per_block;
+    off_hs = off_hl + M * s.D;
+    total = off_hs + 2 * M;
+  }
+  float* input(float* base, int64_t l) const { return base + l * per_block; }
+  Saved block(float* base, int64_t l) const {
+    float* b = base + l * per_block;
+    return Saved{b + off_qkv, b + off_o, b + off_lse, b + off_h1, b + off_u, b + off_st};
+  }
+};
+
+// a chunk's parameter-gradient partial sums: input layer (We^T, be, pos), the blocks, the read-out
+struct NetGradLayout {
+  GradLayout gl;
+  int64_t we, be, pos, blocks, wo, bo, nw, nb, total;
+  NetGradLayout(const NetShape& s, bool has_pos) : gl(s.block()) {
+    auto vec = [](int64_t n) { return (n + L - 1) / L * L; };
+    we = 0;
+    be = we + vec(s.K * s.D);
+    pos = be + vec(s.D);
+    blocks = pos + (has_pos ? vec(s.N * s.D) : 0);
+    wo = blocks + s.Lb * gl.total;
+    bo = wo + vec(s.O * s.D);
+    nw = bo + vec(s.O);
+    nb = nw + vec(s.D);
+    total = nb + vec(s.D);
+  }
+};
+
+struct NetWeights {
+  const float *we, *be, *pos;
+  std::vector<BlockWeights> blocks;
+  const float *nw, *nb, *wo, *bo;
+};
+
+// rows h = x We^T + be (+ pos[r mod N]) of one chunk (its first row starts a set); weT: We transposed (K, D)
+void embed_rows(const float* x, const float* weT, const float* be, const float* pos, float* h, int64_t R, int64_t N,
+                int64_t K, int64_t D) {
+  for (int64_t r = 0; r < R; ++r) {
+    const float* pr = pos ? pos + (r % N) * D : nullptr;
+    for (int64_t c = 0; c < D; c += L) {
+      vf acc = loadv(be + c);
+      if (pr) acc += loadv(pr + c);
+      for (int64_t k = 0; k < K; ++k) acc += x[r * K + k] * loadv(weT + k * D + c);
+      storev(h + r * D + c, acc);
+    }
+  }
+}
+
+template <int HD>
+struct NetScratch {
+  BlockScratch<HD> blk;
+  std::vector<float> h0, h1, a;  // ping-pong rows (activations forward, gradients backward), read-out rows
+  NetScratch(int64_t rows, int64_t sets, const NetShape& s, bool bwd, bool keep)
+      : blk(rows, sets, s.block(), bwd, keep), h0(rows * s.D), h1(rows * s.D), a(rows * s.D) {}
+};
+
+template <int HD>
+void network_forward_all(const float* x, const NetWeights& w, float* y, float* saved, const NetShape& s,
+                         const Drop* dr, int threads) {
+  const BlockShape bs = s.block();
+  const NetLayout lay(s);
+  const int64_t N = s.N, D = s.D, K = s.K, O = s.O, M = lay.M;
+  const int64_t cs = sets_per_chunk(bs, threads), chunks = (s.B + cs - 1) / cs;
+  const bool keep = saved != nullptr;
+  const Saved none{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  std::vector<float> weT(K * D);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < D; ++c) weT[k * D + c] = w.we[c * K + k];
+#pragma omp parallel num_threads(threads)
+  {
+    const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
+    NetScratch<HD> sc(cs * N, cs, s, false, keep);
+    std::vector<float> st(2 * cs * N);
+#pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
+      float* buf[2] = {sc.h0.data(), sc.h1.data()};
+      auto act = [&](int64_t l) {  // h_l's rows: saved (a block's input, or the read-out's), else scratch
+        if (!keep) return buf[l & 1];
+        return (l < s.Lb ? lay.input(saved, l) : saved + lay.off_hl) + r0 * D;
+      };
+      embed_rows(x + r0 * K, weT.data(), w.be, w.pos, act(0), R, N, K, D);
+      for (int64_t l = 0; l < s.Lb; ++l)
+        block_chunk_forward<HD>(act(l), w.blocks[l], act(l + 1), keep ? lay.block(saved, l) : none, bs, dr + 4 * l,
+                                b0, nb, sc.blk);
+      float* mean = keep ? saved + lay.off_hs + r0 : st.data();
+      float* rstd = keep ? saved + lay.off_hs + M + r0 : st.data() + R;
+      ln_rows(act(s.Lb), w.nw, w.nb, sc.a.data(), mean, rstd, R, D, s.norm_eps);
+      float* yc = y + r0 * O;
+      gemm(false, true, R, O, D, sc.a.data(), D, w.wo, D, 0.0f, yc, O);
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t o = 0; o < O; ++o) yc[r * O + o] += w.bo[o];
+    }
+    if (g_blas_local_threads) g_blas_local_threads(prev);
+  }
+}
+
+// grads: We (D, K), be, pos (null without), the Lb blocks' 12 each, LN weight and bias, Wo (O, D), bo;
+// dx (nullable): the input's gradient
+template <int HD>
+void network_backward_all(const float* dy, const float* x, const NetWeights& w, const float* saved_c, float* dx,
+                          float* const* grads, const NetShape& s, const Drop* dr, int threads) {
+  const BlockShape bs = s.block();
+  const NetLayout lay(s);
+  const bool has_pos = w.pos != nullptr;
+  const NetGradLayout ng(s, has_pos);
+  float* saved = const_cast<float*>(saved_c);  // read only
+  const int64_t N = s.N, D = s.D, K = s.K, O = s.O, M = lay.M;
+  const int64_t cs = sets_per_chunk(bs, threads), chunks = (s.B + cs - 1) / cs;
+  const int nt = threads < 1 ? 1 : threads;
+  OrderedMerge merge(chunks, ng.total);
+  std::vector<float> weT(K * D);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < D; ++c) weT[k * D + c] = w.we[c * K + k];
+#pragma omp parallel num_threads(nt)
+  {
+    const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
+    NetScratch<HD> sc(cs * N, cs, s, true, true);
+    for (int64_t w0 = 0; w0 < chunks; w0 += merge.wave()) {
+      const int64_t w1 = std::min(chunks, w0 + merge.wave());
+#pragma omp for schedule(dynamic, 1)  // a busy core takes fewer chunks
+      for (int64_t ch = w0; ch < w1; ++ch) {
+        const int64_t b0 = ch * cs, nb = std::min(cs, s.B - b0), R = nb * N, r0 = b0 * N;
+        float* part = merge.slot(ch);
+        std::memset(part, 0, sizeof(float) * ng.total);
+        // read-out: y = LN(h) Wo^T + bo
+        const float* dyc = dy + r0 * O;
+        const float* hl = saved + lay.off_hl + r0 * D;
+        const float *mean = saved + lay.off_hs + r0, *rstd = saved + lay.off_hs + M + r0;
+        ln_apply(hl, w.nw, w.nb, mean, rstd, sc.a.data(), R, D);
+        gemm(true, false, O, D, R, dyc, O, sc.a.data(), D, 0.0f, part + ng.wo, D);
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t o = 0; o < O; ++o) part[ng.bo + o] += dyc[r * O + o];
+        float* buf[2] = {sc.h0.data(), sc.h1.data()};
+        float* da = sc.blk.y.data();  // free until the first block's backward
+        gemm(false, false, R, D, O, dyc, O, w.wo, D, 0.0f, da, D);
+        ln_backward(hl, w.nw, mean, rstd, da, nullptr, buf[s.Lb & 1], part + ng.nw, part + ng.nb, R, D);
+        for (int64_t l = s.Lb - 1; l >= 0; --l) {
+          float* gw[12];
+          for (int k = 0; k < 12; ++k) gw[k] = part + ng.blocks + l * ng.gl.total + ng.gl.off[k];
+          block_chunk_backward<HD>(buf[(l + 1) & 1], lay.input(saved, l) + r0 * D, w.blocks[l], lay.block(saved, l),
+                                   buf[l & 1], gw, ng.gl, bs, dr + 4 * l, b0, nb, sc.blk);
+        }
+        // input layer: h_0 = x We^T + be (+ pos)
+        const float* dh = buf[0];
+        const float* xc = x + r0 * K;
+        for (int64_t r = 0; r < R; ++r) {
+          float* gp = has_pos ? part + ng.pos + (r % N) * D : nullptr;
+          for (int64_t c = 0; c < D; c += L) {
+            const vf g = loadv(dh + r * D + c);
+            storev(part + ng.be + c, loadv(part + ng.be + c) + g);
+            if (gp) storev(gp + c, loadv(gp + c) + g);
+            for (int64_t k = 0; k < K; ++k)
+              storev(part + ng.we + k * D + c, loadv(part + ng.we + k * D + c) + xc[r * K + k] * g);
+          }
+          if (dx)
+            for (int64_t k = 0; k < K; ++k) {
+              vf acc = splat(0.0f);
+              for (int64_t c = 0; c < D; c += L) acc += loadv(dh + r * D + c) * loadv(&weT[k * D + c]);
+              dx[(r0 + r) * K + k] = hsum(acc);
+            }
+        }
+        merge.done(ch);
+      }  // the implicit barrier: this wave is merged, its slots free
+    }
+    if (g_blas_local_threads) g_blas_local_threads(prev);
+  }
+  const float* t = merge.total();
+  int gi = 0;
+  for (int64_t c = 0; c < D; ++c)
+    for (int64_t k = 0; k < K; ++k) grads[gi][c * K + k] = t[ng.we + k * D + c];
+  std::memcpy(grads[++gi], t + ng.be, sizeof(float) * D);
+  ++gi;
+  if (has_pos) std::memcpy(grads[gi], t + ng.pos, sizeof(float) * N * D);
+  for (int64_t l = 0; l < s.Lb; ++l)
+    for (int k = 0; k < 12; ++k)
+      std::memcpy(grads[++gi], t + ng.blocks + l * ng.gl.total + ng.gl.off[k], sizeof(float) * ng.gl.size[k]);
+  std::memcpy(grads[++gi], t + ng.nw, sizeof(float) * D);
+  std::memcpy(grads[++gi], t + ng.nb, sizeof(float) * D);
+  std::memcpy(grads[++gi], t + ng.wo, sizeof(float) * O * D);
+  std::memcpy(grads[++gi], t + ng.bo, sizeof(float) * O);
+}
+
+// w: We, be, pos (nullable), the Lb blocks' 12 weights each, LN weight, LN bias, Wo, bo
+NetWeights unpack_net(const float* const* w, int64_t Lb) {
+  NetWeights nw;
+  nw.we = w[0];
+  nw.be = w[1];
+  nw.pos = w[2];
+  for (int64_t l = 0; l < Lb; ++l) nw.blocks.push_back(unpack_weights(w + 3 + 12 * l));
+  const float* const* r = w + 3 + 12 * Lb;
+  nw.nw = r[0];
+  nw.nb = r[1];
+  nw.wo = r[2];
+  nw.bo = r[3];
+  return nw;
 }
 
 }  // namespace
@@ -967,6 +1228,49 @@ int setflow_block_backward(const float* dout, const float* x, const float* const
     case 4: block_backward_all<4>(dout, x, bw, sv, dx, dw, s, dr, threads); break;
     case 8: block_backward_all<8>(dout, x, bw, sv, dx, dw, s, dr, threads); break;
     default: block_backward_all<16>(dout, x, bw, sv, dx, dw, s, dr, threads); break;
+  }
+  return 0;
+}
+
+// floats of the network forward's saved buffer (see NetLayout)
+int64_t setflow_network_saved_size(int64_t B, int64_t N, int64_t D, int64_t H, int64_t F, int64_t Lb) {
+  return NetLayout(NetShape{B, N, 0, D, H, F, 0, Lb, 0.0f, 0.0f}).total;
+}
+
+// x (B, N, K) -> y (B, N, O). w: 3 + 12 Lb + 4 pointers (see unpack_net); seeds (Lb, 4, 2) int32;
+// saved: setflow_network_saved_size floats, or null (inference: nothing kept). Returns as setflow_block_forward.
+int setflow_network_forward(const float* x, const float* const* w, float* y, float* saved, int64_t B, int64_t N,
+                            int64_t K, int64_t D, int64_t H, int64_t F, int64_t O, int64_t Lb, float eps,
+                            float norm_eps, const int32_t* seeds, int64_t levels, int threads) {
+  const NetShape s{B, N, K, D, H, F, O, Lb, eps, norm_eps};
+  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  if (const int rc = block_check(s.block(), HD)) return rc;
+  std::vector<Drop> dr(4 * std::max<int64_t>(Lb, 1));
+  for (int64_t k = 0; k < 4 * Lb; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  const NetWeights nw = unpack_net(w, Lb);
+  switch (HD) {
+    case 4: network_forward_all<4>(x, nw, y, saved, s, dr.data(), threads); break;
+    case 8: network_forward_all<8>(x, nw, y, saved, s, dr.data(), threads); break;
+    default: network_forward_all<16>(x, nw, y, saved, s, dr.data(), threads); break;
+  }
+  return 0;
+}
+
+// grads: outputs shaped like w (pos's null without positions); dx nullable
+int setflow_network_backward(const float* dy, const float* x, const float* const* w, const float* saved, float* dx,
+                             float* const* grads, int64_t B, int64_t N, int64_t K, int64_t D, int64_t H, int64_t F,
+                             int64_t O, int64_t Lb, float eps, float norm_eps, const int32_t* seeds, int64_t levels,
+                             int threads) {
+  const NetShape s{B, N, K, D, H, F, O, Lb, eps, norm_eps};
+  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  if (const int rc = block_check(s.block(), HD)) return rc;
+  std::vector<Drop> dr(4 * std::max<int64_t>(Lb, 1));
+  for (int64_t k = 0; k < 4 * Lb; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  const NetWeights nw = unpack_net(w, Lb);
+  switch (HD) {
+    case 4: network_backward_all<4>(dy, x, nw, saved, dx, grads, s, dr.data(), threads); break;
+    case 8: network_backward_all<8>(dy, x, nw, saved, dx, grads, s, dr.data(), threads); break;
+    default: network_backward_all<16>(dy, x, nw, saved, dx, grads, s, dr.data(), threads); break;
   }
   return 0;
 }
