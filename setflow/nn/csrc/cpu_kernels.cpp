@@ -129,12 +129,13 @@ constexpr uint32_t kGolden = 0x9E3779B1u;
 inline vu hash_start(vu idx, const Drop& d) { return idx * kGolden + d.s0; }
 
 // -1 in the lanes kept by the mask, 0 elsewhere, from h = hash_start(idx)
+// (only with dropout on: levels < 2^24; the top-24-bit test (x >> 8) < levels is x < levels 2^8)
 inline vi keep_from(vu h, uint32_t s1, uint32_t levels) {
   vu x = h ^ s1;
   x = (x ^ (x >> 16)) * 0x7FEB352Du;
   x = (x ^ (x >> 15)) * 0x846CA68Bu;
   x = x ^ (x >> 16);
-  return (x >> 8) < levels;
+  return x < (levels << 8);
 }
 
 inline vi keep_lanes(vu idx, const Drop& d) { return keep_from(hash_start(idx, d), d.s1, d.levels); }
