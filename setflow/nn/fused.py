@@ -21,11 +21,12 @@ and checkpointed RNG states resume exactly. Eager and compiled evaluations of
 
 What is computed is the same architecture as :class:`~setflow.nn.SetTransformer`'s
 eager path, the same FLOPs. On CPU in float32 (``d_model`` and the feed-forward width
-multiples of 16, head dim 4, 8 or 16, a BLAS found in PyTorch) a fused block is one C++ call
-per direction, :func:`setflow.nn.kernels.block`: chunks of whole sets go through every
-stage of the block in a core's cache (a paper-SortFlow training step ~1.7x faster than the
-compiled blocks below). Otherwise the block is ``torch.compile``-d, and its attention is,
-in order of preference:
+multiples of 16, head dim 4, 8 or 16, a BLAS found in PyTorch) a fused set transformer
+without context is one C++ call per direction, :func:`setflow.nn.kernels.network` (input
+layer, blocks and read-out per chunk of sets in a core's cache), and a fused block on its
+own is one, :func:`setflow.nn.kernels.block` (a paper-SortFlow training step ~1.7x faster
+than the compiled blocks below; the whole network 6-11% faster again). Otherwise the block
+is ``torch.compile``-d, and its attention is, in order of preference:
 
 - on CPU (float32, head dim 4, 8 or 16), the C++ kernel of :mod:`setflow.nn.kernels`:
   one pass per head over the ``N x N`` weights in the L1 cache, with the same hash masks,
