@@ -532,6 +532,14 @@ def _block_forward(h: Tensor, weights, seed: Tensor, num_heads: int, levels: int
     return [out, *saved]
 
 
+def _grad_buffers(weights, flat: bool) -> list[Tensor]:
+    """Outputs shaped like ``weights``; with ``flat``, views of one buffer (one allocation)."""
+    if not flat:
+        return [torch.empty_like(w) for w in weights]
+    buf = weights[0].new_empty(sum(w.numel() for w in weights))
+    return [t.view(w.shape) for t, w in zip(buf.split([w.numel() for w in weights]), weights)]
+
+
 def _block_backward(grad: Tensor, h: Tensor, weights, seed: Tensor, saved, num_heads: int, levels: int, eps: float,
                     flat: bool) -> list[Tensor]:
     """``[dh, *dweights]``; with ``flat`` the weight gradients are views of one buffer (one allocation)."""
@@ -541,11 +549,7 @@ def _block_backward(grad: Tensor, h: Tensor, weights, seed: Tensor, saved, num_h
     weights = [w.contiguous() for w in weights]
     saved = [t.contiguous() for t in saved]
     dh = torch.empty_like(h)
-    if flat:
-        buf = h.new_empty(sum(w.numel() for w in weights))
-        dw = [t.view(w.shape) for t, w in zip(buf.split([w.numel() for w in weights]), weights)]
-    else:
-        dw = [torch.empty_like(w) for w in weights]
+    dw = _grad_buffers(weights, flat)
     rc = lib.setflow_block_backward(_ptr(grad), _ptr(h), _ptr_array(weights), *[_ptr(t) for t in saved], _ptr(dh),
                                     _ptr_array(dw), B, N, D, num_heads, F, eps, _ptr(seed.contiguous()), levels,
                                     torch.get_num_threads())
@@ -619,6 +623,12 @@ class _BlockFunction(torch.autograd.Function):
         return (dh, None, None, None, None, *dw)
 
 
+def _block_flop_parts(B: int, N: int, D: int, F: int) -> tuple[int, int]:
+    """One block's forward FLOPs as FlopCounterMode counts the eager block: its four linear maps, and one
+    of its two attention GEMMs (2 B N N D each)."""
+    return 2 * B * N * (3 * D * D + D * D + F * D + D * F), 2 * B * N * N * D
+
+
 def _register_block_flops() -> None:
     # the eager block's GEMMs as FlopCounterMode counts them: the four linear maps (forward 2MKN each,
     # backward twice that) and the attention's two GEMMs (backward four)
@@ -627,21 +637,14 @@ def _register_block_flops() -> None:
     if not _HAS_CUSTOM_OP or not hasattr(fc, "register_flop_formula"):
         return
 
-    def parts(h_shape, w_shapes) -> tuple[int, int]:
-        B, N, D = h_shape
-        F = w_shapes[8][0]
-        linear = 2 * B * N * (3 * D * D + D * D + F * D + D * F)
-        attention = 2 * B * N * N * D
-        return linear, attention
-
     @fc.register_flop_formula(torch.ops.setflow.block, get_raw=True)
     def _fwd(h, weights, *args, out_val=None, **kwargs) -> int:
-        linear, attention = parts(h.shape, [w.shape for w in weights])
+        linear, attention = _block_flop_parts(*h.shape, weights[8].shape[0])
         return linear + 2 * attention
 
     @fc.register_flop_formula(torch.ops.setflow.block_backward, get_raw=True)
     def _bwd(grad, h, weights, *args, out_val=None, **kwargs) -> int:
-        linear, attention = parts(h.shape, [w.shape for w in weights])
+        linear, attention = _block_flop_parts(*h.shape, weights[8].shape[0])
         return 2 * linear + 4 * attention
 
 
@@ -707,6 +710,15 @@ def _net_shapes(x: Tensor, weights, num_layers: int, has_pos: bool, num_heads: i
     return B, N, K, D, F, O
 
 
+def _net_ptr_array(tensors, has_pos: bool) -> ctypes.Array:
+    """The C side's pointer array of a flat network weight (or gradient) list: a null in the positions'
+    slot when the network has none."""
+    ptrs = [t.data_ptr() for t in tensors]
+    if not has_pos:
+        ptrs.insert(2, None)
+    return (ctypes.c_void_p * len(ptrs))(*ptrs)
+
+
 def _network_forward(x: Tensor, weights, seeds: Tensor, num_layers: int, has_pos: bool, num_heads: int, levels: int,
                      eps: float, norm_eps: float, save: bool) -> tuple[Tensor, Tensor]:
     lib = _load()
@@ -718,8 +730,7 @@ def _network_forward(x: Tensor, weights, seeds: Tensor, num_layers: int, has_pos
                          f"got {seeds.dtype} {tuple(seeds.shape)}")
     x, seeds = x.contiguous(), seeds.contiguous()
     weights = [w.contiguous() for w in weights]
-    ptrs = list(weights) if has_pos else [weights[0], weights[1], None, *weights[2:]]
-    wp = (ctypes.c_void_p * len(ptrs))(*[t.data_ptr() if t is not None else None for t in ptrs])
+    wp = _net_ptr_array(weights, has_pos)
     y = x.new_empty(B, N, O)
     saved = x.new_empty(lib.setflow_network_saved_size(B, N, D, num_heads, F, num_layers) if save else 0)
     rc = lib.setflow_network_forward(_ptr(x), wp, _ptr(y), _ptr(saved) if save else None, B, N, K, D, num_heads, F,
@@ -736,16 +747,9 @@ def _network_backward(grad: Tensor, x: Tensor, weights, seeds: Tensor, saved: Te
     B, N, K, D, F, O = _net_shapes(x, weights, num_layers, has_pos, num_heads)
     grad, x, saved = grad.contiguous(), x.contiguous(), saved.contiguous()
     weights = [w.contiguous() for w in weights]
-    if flat:
-        buf = x.new_empty(sum(w.numel() for w in weights))
-        dw = [t.view(w.shape) for t, w in zip(buf.split([w.numel() for w in weights]), weights)]
-    else:
-        dw = [torch.empty_like(w) for w in weights]
+    dw = _grad_buffers(weights, flat)
     dx = torch.empty_like(x) if need_dx else None
-    ptrs = list(weights) if has_pos else [weights[0], weights[1], None, *weights[2:]]
-    gptrs = list(dw) if has_pos else [dw[0], dw[1], None, *dw[2:]]
-    wp = (ctypes.c_void_p * len(ptrs))(*[t.data_ptr() if t is not None else None for t in ptrs])
-    gp = (ctypes.c_void_p * len(gptrs))(*[t.data_ptr() if t is not None else None for t in gptrs])
+    wp, gp = _net_ptr_array(weights, has_pos), _net_ptr_array(dw, has_pos)
     rc = lib.setflow_network_backward(_ptr(grad), _ptr(x), wp, _ptr(saved), _ptr(dx) if dx is not None else None, gp,
                                       B, N, K, D, num_heads, F, O, num_layers, eps, norm_eps, _ptr(seeds.contiguous()),
                                       levels, torch.get_num_threads())
@@ -820,9 +824,8 @@ def _register_network_flops() -> None:
         D, O, M = we.shape[0], wo.shape[0], B * N
         linear = attention = 0
         for w in blocks:
-            F = w[8].shape[0]
-            linear += 2 * M * (3 * D * D + D * D + F * D + D * F)
-            attention += 2 * B * N * N * D
+            lin, att = _block_flop_parts(B, N, D, w[8].shape[0])
+            linear, attention = linear + lin, attention + att
         return 2 * M * K * D, linear, attention, 2 * M * D * O
 
     @fc.register_flop_formula(torch.ops.setflow.network, get_raw=True)

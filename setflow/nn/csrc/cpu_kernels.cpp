@@ -418,6 +418,16 @@ Drop make_drop(int32_t s0, int32_t s1, int64_t levels) {
   return dr;
 }
 
+// the masks of `sites` dropout sites from their (sites, 2) seed words (at least one entry)
+std::vector<Drop> make_drops(const int32_t* seeds, int64_t sites, int64_t levels) {
+  std::vector<Drop> dr(std::max<int64_t>(sites, 1));
+  for (int64_t k = 0; k < sites; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  return dr;
+}
+
+// the head dimension D / H, or 0 when H does not divide D
+inline int64_t head_dim(int64_t D, int64_t H) { return H > 0 && D % H == 0 ? D / H : 0; }
+
 template <int HD>
 void forward_all(const float* qkv, float* out, float* lse, const Dims& d, const Drop& dr, int threads) {
 #pragma omp parallel num_threads(threads)
@@ -973,6 +983,14 @@ struct NetWeights {
   const float *nw, *nb, *wo, *bo;
 };
 
+// a (rows, cols) row-major matrix transposed (cols, rows)
+std::vector<float> transposed(const float* a, int64_t rows, int64_t cols) {
+  std::vector<float> t(rows * cols);
+  for (int64_t c = 0; c < cols; ++c)
+    for (int64_t r = 0; r < rows; ++r) t[c * rows + r] = a[r * cols + c];
+  return t;
+}
+
 // rows h = x We^T + be (+ pos[r mod N]) of one chunk (its first row starts a set); weT: We transposed (K, D)
 void embed_rows(const float* x, const float* weT, const float* be, const float* pos, float* h, int64_t R, int64_t N,
                 int64_t K, int64_t D) {
@@ -1004,9 +1022,7 @@ void network_forward_all(const float* x, const NetWeights& w, float* y, float* s
   const int64_t cs = sets_per_chunk(bs, threads), chunks = (s.B + cs - 1) / cs;
   const bool keep = saved != nullptr;
   const Saved none{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
-  std::vector<float> weT(K * D);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < D; ++c) weT[k * D + c] = w.we[c * K + k];
+  const std::vector<float> weT = transposed(w.we, D, K);
 #pragma omp parallel num_threads(threads)
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
@@ -1050,9 +1066,7 @@ void network_backward_all(const float* dy, const float* x, const NetWeights& w, 
   const int64_t cs = sets_per_chunk(bs, threads), chunks = (s.B + cs - 1) / cs;
   const int nt = threads < 1 ? 1 : threads;
   OrderedMerge merge(chunks, ng.total);
-  std::vector<float> weT(K * D);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < D; ++c) weT[k * D + c] = w.we[c * K + k];
+  const std::vector<float> weT = transposed(w.we, D, K);
 #pragma omp parallel num_threads(nt)
   {
     const int prev = g_blas_local_threads ? g_blas_local_threads(1) : 0;
@@ -1198,10 +1212,10 @@ int setflow_block_forward(const float* x, const float* const* w, float* out, flo
                           float* h1, float* u, float* stats, int64_t B, int64_t N, int64_t D, int64_t H, int64_t F,
                           float eps, const int32_t* seeds, int64_t levels, int threads) {
   const BlockShape s{B, N, D, H, F, eps};
-  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  const int64_t HD = head_dim(D, H);
   if (const int rc = block_check(s, HD)) return rc;
-  Drop dr[4];
-  for (int k = 0; k < 4; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  const std::vector<Drop> drv = make_drops(seeds, 4, levels);
+  const Drop* dr = drv.data();
   const Saved sv{qkv, o, lse, h1, u, stats};
   const BlockWeights bw = unpack_weights(w);
   switch (HD) {
@@ -1218,10 +1232,10 @@ int setflow_block_backward(const float* dout, const float* x, const float* const
                            float* const* dw, int64_t B, int64_t N, int64_t D, int64_t H, int64_t F, float eps,
                            const int32_t* seeds, int64_t levels, int threads) {
   const BlockShape s{B, N, D, H, F, eps};
-  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  const int64_t HD = head_dim(D, H);
   if (const int rc = block_check(s, HD)) return rc;
-  Drop dr[4];
-  for (int k = 0; k < 4; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  const std::vector<Drop> drv = make_drops(seeds, 4, levels);
+  const Drop* dr = drv.data();
   Saved sv{const_cast<float*>(qkv), const_cast<float*>(o), const_cast<float*>(lse), const_cast<float*>(h1),
            const_cast<float*>(u), const_cast<float*>(stats)};
   const BlockWeights bw = unpack_weights(w);
@@ -1244,10 +1258,9 @@ int setflow_network_forward(const float* x, const float* const* w, float* y, flo
                             int64_t K, int64_t D, int64_t H, int64_t F, int64_t O, int64_t Lb, float eps,
                             float norm_eps, const int32_t* seeds, int64_t levels, int threads) {
   const NetShape s{B, N, K, D, H, F, O, Lb, eps, norm_eps};
-  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  const int64_t HD = head_dim(D, H);
   if (const int rc = block_check(s.block(), HD)) return rc;
-  std::vector<Drop> dr(4 * std::max<int64_t>(Lb, 1));
-  for (int64_t k = 0; k < 4 * Lb; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  const std::vector<Drop> dr = make_drops(seeds, 4 * Lb, levels);
   const NetWeights nw = unpack_net(w, Lb);
   switch (HD) {
     case 4: network_forward_all<4>(x, nw, y, saved, s, dr.data(), threads); break;
@@ -1263,10 +1276,9 @@ int setflow_network_backward(const float* dy, const float* x, const float* const
                              int64_t O, int64_t Lb, float eps, float norm_eps, const int32_t* seeds, int64_t levels,
                              int threads) {
   const NetShape s{B, N, K, D, H, F, O, Lb, eps, norm_eps};
-  const int64_t HD = H > 0 && D % H == 0 ? D / H : 0;
+  const int64_t HD = head_dim(D, H);
   if (const int rc = block_check(s.block(), HD)) return rc;
-  std::vector<Drop> dr(4 * std::max<int64_t>(Lb, 1));
-  for (int64_t k = 0; k < 4 * Lb; ++k) dr[k] = make_drop(seeds[2 * k], seeds[2 * k + 1], levels);
+  const std::vector<Drop> dr = make_drops(seeds, 4 * Lb, levels);
   const NetWeights nw = unpack_net(w, Lb);
   switch (HD) {
     case 4: network_backward_all<4>(dy, x, nw, saved, dx, grads, s, dr.data(), threads); break;
