@@ -134,6 +134,25 @@ class Flow(nn.Module):
         z = self.base.sample(num_samples, context)
         return self.transform.inverse(z, context)
 
+    @torch.no_grad()
+    def sample_and_log_prob(
+        self, num_samples: Optional[int] = None, context: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor]:
+        """Samples ``x`` and their log-density ``(B,)``, carried along the sampling path.
+
+        ``log p(x) = log p_base(z) - sum of each layer's inverse log-det`` (``inverse_with_ldj``
+        where a layer has one, else its forward ``ldj`` at the produced value). Needs an exact
+        flow. It equals ``log_prob(x)`` when every layer's forward maps ``x`` back to the latent
+        it came from: true for bijections and for a sort-consistent SortFlow (its latent is
+        sorted), not for the paper SortFlow, whose latent is usually unsorted.
+        """
+        if not self.is_exact:
+            raise ValueError("sample_and_log_prob needs an exact flow (no stochastic forward layer); use sample()")
+        z = self.base.sample(num_samples, context)
+        log_p = self.base.log_prob(z, context)
+        x, inv_ldj = _inverse_with_ldj(self.transform, z, context)
+        return x, log_p - inv_ldj
+
     def iwbo(self, x: Tensor, k: int = 10, chunk: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
         """Importance-weighted bound ``log 1/k sum_i exp(ELBO_i)`` per datum, shape ``(B,)``.
 
@@ -158,3 +177,18 @@ class Flow(nn.Module):
             done += c
         w = torch.cat(weights, dim=1)
         return torch.logsumexp(w, dim=1) - math.log(k)
+
+
+def _inverse_with_ldj(t: Transform, z: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """``(x, -ldj(x))`` for one transform in the sampling direction (composites layer by layer)."""
+    if isinstance(t, CompositeTransform):
+        total = torch.zeros(z.shape[0], dtype=z.dtype if z.is_floating_point() else torch.get_default_dtype(),
+                            device=z.device)
+        for sub in reversed(t.transforms):
+            z, l = _inverse_with_ldj(sub, z, context)
+            total = total + l
+        return z, total
+    if hasattr(t, "inverse_with_ldj"):
+        return t.inverse_with_ldj(z, context)
+    x = t.inverse(z, context)
+    return x, -t(x, context)[1]

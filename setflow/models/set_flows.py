@@ -5,6 +5,8 @@ Both follow SurVAE's SpatialMNIST experiment (Nielsen et al., 2020, section 5.3)
     x (B, N, D) in pixel units
     -> Sort by a coordinate (SortFlow, exact, ldj = -log N!)  |  StochasticPermutation (PermuteFlow, bound)
     -> x / 28 - 0.5 (ScalarAffine, Jacobian counted: likelihoods stay in pixel units)
+    -> sort-consistent SortFlow (default): OrderedIncrements on the sort coordinate
+       (first value, log of the N-1 positive gaps), so the latent is ordered by construction
     -> K x [ coordinate-wise affine coupling, equivariant set transformer (no positions)
              Reverse of the coordinates
              point-wise affine coupling, set transformer with learned positions
@@ -15,7 +17,8 @@ Both follow SurVAE's SpatialMNIST experiment (Nielsen et al., 2020, section 5.3)
 
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +28,7 @@ from setflow.flows import Flow
 from setflow.models import register_model
 from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
+from setflow.transforms.ordered import OrderedIncrements
 from setflow.transforms.surjections import SortSurjection
 
 __all__ = ["SetFlow", "build_set_flow", "build_sortflow", "build_permuteflow", "CONDITIONERS"]
@@ -68,12 +72,31 @@ CONDITIONERS = {"transformer": _transformer, "deepsets": _deepsets, "edgeconv": 
 
 
 class SetFlow(Flow):
-    """A :class:`Flow` over sets ``(B, N, D)`` that validates its input and knows its set size."""
+    """A :class:`Flow` over sets ``(B, N, D)`` that validates its input and knows its set size.
 
-    def __init__(self, base, transforms, num_points: int, dim: int) -> None:
+    The buffer ``sort_consistent`` records whether the latent flow holds an
+    :class:`OrderedIncrements` layer. A state dict without it (a checkpoint from before that
+    option) is the paper SortFlow: loading one drops the layer, so the model scores as trained.
+    """
+
+    def __init__(self, base, transforms, num_points: int, dim: int, sort_consistent: bool = False) -> None:
         super().__init__(base, transforms, event_shape=(num_points, dim), layout="(B, N, D) = (batch, points, coordinates)")
         self.num_points = num_points
         self.dim = dim
+        self.register_buffer("sort_consistent", torch.tensor(bool(sort_consistent)))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        if "sort_consistent" not in state_dict:
+            state_dict = dict(state_dict, sort_consistent=torch.tensor(False))
+            if bool(self.sort_consistent):
+                warnings.warn("state dict predates model_args.sort_consistent: loaded as the paper SortFlow "
+                              "(sort_consistent=false)", stacklevel=2)
+                self.transform.transforms = nn.ModuleList(
+                    [t for t in self.transforms if not isinstance(t, OrderedIncrements)])
+        elif bool(state_dict["sort_consistent"]) != bool(self.sort_consistent):
+            raise ValueError(f"state dict has sort_consistent={bool(state_dict['sort_consistent'])} but the model "
+                             f"was built with sort_consistent={bool(self.sort_consistent)}; set model_args to match")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def build_set_flow(
@@ -88,6 +111,8 @@ def build_set_flow(
     scale_fn: str = "softplus",
     permutation: str = "sort",
     sort_key: int | str = 0,
+    sort_consistent: Optional[bool] = None,
+    sort_min_gap: Optional[float] = 1e-6,
     conditioner: str = "transformer",
     input_scale: float = 1.0 / 28.0,
     input_shift: float = -0.5,
@@ -101,7 +126,16 @@ def build_set_flow(
         d_model, num_heads, num_layers, dim_feedforward, dropout: transformer conditioners.
         scale_fn: coupling scale function (see :data:`setflow.transforms.SCALE_FNS`).
         permutation: ``"sort"`` (exact likelihood) or ``"stochastic"`` (lower bound).
-        sort_key: coordinate (or name) the sort surjection orders the points by.
+        sort_key: coordinate (or name) the sort surjection orders the points by (ties broken
+            lexicographically by the other coordinates).
+        sort_consistent: SortFlow only (``None`` = ``True`` for sort, ``False`` for stochastic).
+            ``True``: an :class:`OrderedIncrements` layer after the input scaling maps the sorted
+            key coordinate to (first value, log gaps), so the latent is ordered by construction
+            and the density is normalised over sets; ``False``: the paper's SortFlow, whose
+            density integrates to P(sorted) < 1 (see :func:`setflow.transforms.sorted_fraction`).
+        sort_min_gap: with ``sort_consistent``, gaps in the key below this (in scaled units,
+            ``x * input_scale + shift``) are clamped to it (exact ties otherwise give -inf);
+            ``None`` makes ties an error instead.
         conditioner: equivariant net of the coordinate-wise coupling: ``transformer``,
             ``deepsets`` or ``edgeconv`` (kNN graph + PyG EdgeConv).
         input_scale, input_shift: the fixed affine pre-processing ``x * scale + shift``.
@@ -111,6 +145,12 @@ def build_set_flow(
         raise ValueError(f"permutation must be 'sort' or 'stochastic', got {permutation!r}")
     if conditioner not in CONDITIONERS:
         raise ValueError(f"unknown conditioner {conditioner!r}; expected one of {sorted(CONDITIONERS)}")
+    if sort_consistent is None:
+        sort_consistent = permutation == "sort"
+    if sort_consistent and permutation != "sort":
+        raise ValueError("sort_consistent=true needs the SortFlow (permutation='sort'); PermuteFlow has no sort")
+    if sort_consistent and not input_scale > 0:
+        raise ValueError(f"sort_consistent needs input_scale > 0 (the scaling must keep the order), got {input_scale}")
     if dim < 2 or num_points < 2:
         raise ValueError(f"set flows need D >= 2 coordinates and N >= 2 points, got N={num_points}, D={dim}")
     g_state = torch.random.get_rng_state()
@@ -122,6 +162,12 @@ def build_set_flow(
         n_a, n_b = num_points - num_points // 2, num_points // 2
         first = SortSurjection(dim=1, key=sort_key) if permutation == "sort" else StochasticPermutation(dim=1)
         layers: list = [first, ScalarAffine(shift=input_shift, scale=input_scale)]
+        if sort_consistent:
+            key = first.key_index(dim)
+            if key is None:
+                raise ValueError(f"sort_consistent needs a coordinate sort key (an int or 'x'/'y'/'z'), got {sort_key!r}")
+            # scaled coordinates span about 1, so gaps are about 1/N: log(N * gap) is near 0
+            layers.append(OrderedIncrements(coord=key, gap_scale=1.0 / num_points, min_gap=sort_min_gap))
         for k in range(num_steps):
             coord_net = CONDITIONERS[conditioner](d_a, 2 * d_b, positional=False, max_len=None, **tkw)
             point_net = _FirstPoints(_transformer(dim, 2 * dim, positional=True, max_len=n_a, **tkw), n_b)
@@ -133,7 +179,7 @@ def build_set_flow(
                 mix,
                 ActNorm(dim, feature_dim=-1),
             ]
-        return SetFlow(StandardNormal((num_points, dim)), layers, num_points, dim)
+        return SetFlow(StandardNormal((num_points, dim)), layers, num_points, dim, sort_consistent=sort_consistent)
     finally:
         torch.random.set_rng_state(g_state)
 

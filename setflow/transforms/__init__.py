@@ -15,6 +15,7 @@ from setflow.transforms.normalization import ActNorm
 from setflow.transforms.reshape import PermuteAxes, Reshape, Squeeze2d, Unsqueeze2d
 from setflow.transforms.augment import Augment
 from setflow.transforms.dequantization import UniformDequantization, VariationalDequantization
+from setflow.transforms.ordered import OrderedIncrements, sorted_fraction
 from setflow.transforms.permutation_utils import inverse_permutation, permute_along, random_permutations
 from setflow.transforms.stochastic import VAE, StochasticPermutation
 from setflow.transforms.surjections import AbsSurjection, MaxPool2dSurjection, Slice, SortSurjection
@@ -45,6 +46,8 @@ __all__ = [
     "AbsSurjection",
     "MaxPool2dSurjection",
     "Slice",
+    "OrderedIncrements",
+    "sorted_fraction",
     "Augment",
     "UniformDequantization",
     "VariationalDequantization",

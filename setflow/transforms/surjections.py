@@ -39,10 +39,16 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 class SortSurjection(Surjection):
     r"""Sort the points of a set: the density becomes permutation invariant, exactly.
 
-    ``forward`` stably sorts the ``N`` points (along ``dim``) by a score and returns
+    ``forward`` sorts the ``N`` points (along ``dim``) in a total order and returns
     ``ldj = -log N!`` (``-lgamma(N + 1)``) for every set: the sorted set has
     ``N!`` preimages, each equally likely under ``p(x | z)``. ``inverse`` applies a
     fresh uniform random permutation to each set.
+
+    The order is lexicographic: by the key first, ties in the key broken by the
+    remaining coordinates in index order (for an ``int`` key, every other coordinate;
+    for ``"norm"`` or a function, all coordinates). Points equal in the key and in
+    every coordinate are identical, so the sorted tuple, hence ``log_prob``, is the
+    same for every permutation of the input, ties and duplicates included.
 
     Args:
         dim: the points dimension (``1`` for ``(B, N, D)``).
@@ -109,15 +115,48 @@ class SortSurjection(Surjection):
         dt = like.dtype if like.is_floating_point() else torch.get_default_dtype()
         return torch.lgamma(torch.tensor(n + 1.0, dtype=dt, device=like.device))
 
+    def key_index(self, num_coords: int) -> Optional[int]:
+        """The coordinate the key reads (``0 <= index < num_coords``), or ``None`` for ``"norm"`` / a function."""
+        if not isinstance(self.key, (int, str)) or self.key == "norm":
+            return None
+        idx = _NAMED_KEYS[self.key] if isinstance(self.key, str) else self.key
+        return idx % num_coords if -num_coords <= idx < num_coords else None
+
+    def sort_permutation(self, x: Tensor) -> Tensor:
+        """``(B, N)`` indices that put the points of ``x`` in lexicographic order (key, then coordinates).
+
+        One stable sort per criterion, from the last tie-breaker to the key: a loop over the
+        ``D`` coordinates, never over points.
+        """
+        s = self.scores(x)
+        if x.dim() == 2:
+            return torch.sort(s, dim=1, stable=True).indices
+        num_coords = x.shape[-1]
+        key = self.key_index(num_coords)
+        perm = torch.arange(s.shape[1], device=x.device).expand(s.shape[0], -1)
+        for c in reversed([c for c in range(num_coords) if c != key]):
+            v = torch.gather(x.select(-1, c), 1, perm)
+            perm = torch.gather(perm, 1, torch.sort(v, dim=1, stable=True).indices)
+        v = torch.gather(s, 1, perm)
+        return torch.gather(perm, 1, torch.sort(v, dim=1, stable=True).indices)
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        perm = torch.sort(self.scores(x), dim=1, stable=True).indices
-        z = permute_along(x, perm, self.dim)
+        z = permute_along(x, self.sort_permutation(x), self.dim)
         ldj = -self.log_num_orderings(x.shape[self.dim], x).expand(x.shape[0])
         return z, ldj
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         perm = random_permutations(z.shape[0], z.shape[self.dim], device=z.device)
         return permute_along(z, perm, self.dim)
+
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """``(x, +log N!)``: a random permutation of ``z`` and minus this layer's ``ldj`` (sampling direction).
+
+        ``log p(x) = log p(z) - inverse ldj`` holds when ``z`` is already sorted (the latent of a
+        sort-consistent flow); otherwise ``sort(x) != z`` and the carried value is not ``log_prob(x)``.
+        """
+        x = self.inverse(z, context)
+        return x, self.log_num_orderings(z.shape[self.dim], z).expand(z.shape[0])
 
     def extra_repr(self) -> str:
         key = self.key if isinstance(self.key, (int, str)) else getattr(self.key, "__name__", repr(self.key))
