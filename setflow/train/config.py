@@ -8,12 +8,14 @@ YAML scalars; values under ``train`` and ``eval`` must keep the type of their de
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import yaml
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config"]
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "resolve_device",
+           "check_positive", "config_path"]
 
 
 class ConfigError(ValueError):
@@ -97,14 +99,79 @@ def _typed(value: Any, default: Any, where: str) -> Any:
     return value
 
 
+_INT, _NUM = (int,), (int, float)
+# key -> (types allowed besides None-when-default-is-None, test, what the test means)
+_RANGES: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "train.lr": (_NUM, lambda v: v > 0, "> 0"),
+    "train.batch_size": (_INT, lambda v: v >= 1, ">= 1"),
+    "train.epochs": (_INT, lambda v: v >= 1, ">= 1"),
+    "train.max_steps": (_INT, lambda v: v >= 0, "an integer >= 0 (or null)"),
+    "train.max_minutes": (_NUM, lambda v: v > 0, "a number > 0 (or null)"),
+    "train.warmup_steps": (_INT, lambda v: v >= 0, ">= 0"),
+    "train.lr_decay": (_NUM, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "train.grad_clip": (_NUM, lambda v: v > 0, "a number > 0 (or null)"),
+    "train.weight_decay": (_NUM, lambda v: v >= 0, ">= 0"),
+    "train.eval_every": (_INT, lambda v: v >= 1, ">= 1"),
+    "train.ckpt_every": (_INT, lambda v: v >= 1, ">= 1"),
+    "train.log_every": (_INT, lambda v: v >= 1, ">= 1"),
+    "train.seed": (_INT, lambda v: v >= 0, ">= 0"),
+    "train.num_threads": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
+    "train.optimizer": ((str,), lambda v: v in ("adam", "adamax", "adamw"), "one of adam, adamax, adamw"),
+    "train.dtype": ((str,), lambda v: v in ("float32", "float64"), "float32 or float64"),
+    "train.device": ((str,), lambda v: _DEVICE.fullmatch(v) is not None, "cpu, cuda or cuda:N"),
+    "eval.batch_size": (_INT, lambda v: v >= 1, ">= 1"),
+    "eval.iwbo_k": (_INT, lambda v: v >= 1, ">= 1"),
+    "eval.iwbo_chunk": (_INT, lambda v: v >= 1, ">= 1"),
+    "eval.max_examples": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
+    "eval.split": ((str,), lambda v: v in ("train", "valid", "test"), "train, valid or test"),
+}
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def _check_ranges(cfg: dict) -> None:
+    for key, (types, ok, what) in _RANGES.items():
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if value is None and DEFAULTS[section][name] is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types) or not ok(value):
+            raise ConfigError(f"config key {key!r} must be {what}, got {value!r}")
+
+
+def check_positive(value: Optional[int], option: str) -> Optional[int]:
+    """``value`` when it is ``None`` or >= 1, else a one-line :class:`ConfigError` naming ``option``."""
+    if value is not None and value < 1:
+        raise ConfigError(f"{option} must be >= 1, got {value}")
+    return value
+
+
+def resolve_device(name: Optional[str], what: str = "--device") -> str:
+    """Check a device name (``cpu``, ``cuda``, ``cuda:N``) and that it exists; the one device
+    error every command gives."""
+    import torch
+
+    name = "cpu" if name is None else str(name).strip()
+    if _DEVICE.fullmatch(name) is None:
+        raise ConfigError(f"{what}: unknown device {name!r}; expected cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what}={name} but no CUDA device is available; use cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{what}={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return name
+
+
 def validate_config(cfg: dict) -> dict:
-    """Merge ``cfg`` over :data:`DEFAULTS`, checking every key and type."""
+    """Merge ``cfg`` over :data:`DEFAULTS`, checking every key, type and value range."""
     if not isinstance(cfg, dict):
         raise ConfigError(f"a config must be a mapping at the top level, got {type(cfg).__name__}")
     out = _merge(DEFAULTS, cfg, "")
     for required in ("model", "data"):
         if not out[required]:
             raise ConfigError(f"config needs a {required!r} entry")
+    _check_ranges(out)
     return out
 
 
@@ -129,8 +196,26 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return validate_config(raw)
 
 
-def load_config(path: Union[str, Path], overrides: Optional[Iterable[str]] = None) -> dict:
+_REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # configs/ of a checkout
+_PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # configs shipped inside the package
+
+
+def config_path(path: Union[str, Path]) -> Path:
+    """``path`` as given when it exists; else a relative ``configs/...`` path resolved against the
+    checkout (or the package's shipped copy), so bundled configs work from any directory."""
     path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts and path.parts[0] == "configs" else path.parts
+    for base in (_REPO_CONFIGS, _PACKAGE_CONFIGS):
+        candidate = base.joinpath(*parts) if parts else base
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def load_config(path: Union[str, Path], overrides: Optional[Iterable[str]] = None) -> dict:
+    path = config_path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     with open(path) as f:

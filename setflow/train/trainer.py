@@ -9,7 +9,9 @@ written atomically and carry config, weights, optimiser, schedule, step and RNG 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,10 +22,13 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from setflow.evaluate import evaluate, format_metrics, loss_scale
-from setflow.train.checkpoint import build_from_config, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from setflow.models.build import build_from_config, check_model_args
+from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
+                                      save_checkpoint, set_rng_state)
+from setflow.train.config import resolve_device
 from setflow.train.data import ExperimentData, load_data
 
-__all__ = ["Trainer", "TrainingError", "train"]
+__all__ = ["Trainer", "TrainingError", "Interrupted", "train"]
 
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW}
 
@@ -44,6 +49,54 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> t
 
 class TrainingError(RuntimeError):
     """Training stopped (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM stopped training; a checkpoint of ``step`` was written first."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(f"interrupted at step {step}; continue with --resume")
+        self.step = step
+        self.signum = signum
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
+
+
+class _StopSignals:
+    """While active, SIGINT / SIGTERM only set ``signum`` (the loop stops after the current step);
+    a second signal stops at once. Does nothing outside the main thread."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # second signal: the default behaviour
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def _config_changes(old: dict, new: dict, prefix: str = "", limit: int = 8) -> list[str]:
+    """``key: old -> new`` lines for the model entries that differ (at most ``limit``)."""
+    lines = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += _config_changes(a, b, f"{prefix}{key}.", limit)
+        elif a != b:
+            lines.append(f"  {prefix}{key}: {a!r} in the checkpoint, {b!r} now")
+    return lines[:limit] + ([f"  ... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
 class _Index(torch.utils.data.Dataset):
@@ -75,22 +128,26 @@ def setup_distributed(device: str) -> bool:
 
 
 class Trainer:
-    """Train ``config`` into ``out_dir``; ``resume=True`` continues from ``out_dir/last.pt``."""
+    """Train ``config`` into ``out_dir``; ``resume=True`` continues from ``out_dir/last.pt``.
+
+    A folder that already holds ``last.pt`` is refused unless ``resume`` (continue it) or
+    ``overwrite`` (start over) is given. Model arguments are checked before data loads.
+    """
 
     def __init__(self, config: dict, out_dir: str, resume: bool = False, data: Optional[ExperimentData] = None,
-                 data_root: Optional[str] = None, log=print) -> None:
+                 data_root: Optional[str] = None, log=print, overwrite: bool = False) -> None:
         self.cfg = config
         self.tc = config["train"]
         self.out = Path(out_dir)
         self.log = log
         self.rank, self.world = _dist_info()
         self.is_main = self.rank == 0
-        device = self.tc["device"]
-        if device.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise TrainingError("train.device=cuda but no CUDA device is available; use train.device=cpu")
-            if self.world > 1:
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        device = resolve_device(self.tc["device"], "train.device")
+        if device.startswith("cuda") and self.world > 1:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        check_model_args(config)
+        if self.is_main:
+            self._check_run_folder(resume, overwrite)
         self.device = torch.device(device)
         if self.tc["num_threads"]:
             torch.set_num_threads(int(self.tc["num_threads"]))
@@ -131,6 +188,19 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
+    def _check_run_folder(self, resume: bool, overwrite: bool) -> None:
+        if resume and overwrite:
+            raise TrainingError("give either --resume or --overwrite, not both")
+        if self.out.is_dir():
+            for tmp in clean_stale_temp_files(self.out):
+                self.log(f"removed {tmp.name}, left by an interrupted save")
+        last = self.out / "last.pt"
+        if resume and not last.is_file():
+            raise TrainingError(f"--resume: no checkpoint {last} to continue")
+        if last.is_file() and not resume and not overwrite:
+            raise TrainingError(f"{self.out} already holds a checkpoint (last.pt); continue it with --resume "
+                                f"or start over with --overwrite")
+
     # ----------------------------------------------------------------- schedule
     def lr_at(self, step: int) -> float:
         warm = self.tc["warmup_steps"]
@@ -166,7 +236,16 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(ckpt["model"])
+        old = ckpt["config"]
+        changes = _config_changes({"model": old.get("model"), "model_args": old.get("model_args", {})},
+                                  {"model": self.cfg["model"], "model_args": self.cfg["model_args"]})
+        if changes:
+            raise TrainingError(f"--resume: the model config differs from the checkpoint {path}:\n"
+                                + "\n".join(changes) + "\nrestore these values, or start over with --overwrite")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not fit this model ({str(e).splitlines()[0]})") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step = int(ckpt["step"])
         self.best = ckpt.get("best")
@@ -192,7 +271,8 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                writer = SummaryWriter(str(self.out / "tb"))
+                run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+                writer = SummaryWriter(str(self.out / "tb" / run_id))  # one folder per run (or resumption)
             except Exception:  # tensorboard missing or broken: training goes on
                 writer = None
         bar = None
@@ -202,12 +282,37 @@ class Trainer:
 
             bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         self.model.train()
-        cached_epoch, order = -1, None
-        t0, seen = time.perf_counter(), 0
         stopped = "done"
-        while self.step < total:
+        signals = _StopSignals().__enter__()
+        try:
+            self._loop(total, deadline, writer, bar, log_lines, signals)
+        finally:
+            signals.__exit__()
+            if bar is not None:
+                bar.close()
+        if signals.signum is not None:
+            self.save()
+            if writer is not None:
+                writer.close()
+            raise Interrupted(self.step, signals.signum)
+        if self._timed_out:
+            stopped = "time budget reached"
+        self.save()
+        if writer is not None:
+            writer.close()
+        elapsed = time.perf_counter() - self._t0
+        return {"step": self.step, "stopped": stopped, "seconds": elapsed,
+                "examples_per_s": self._seen / max(elapsed, 1e-9), "checkpoint": str(self.out / "last.pt")}
+
+    def _loop(self, total: int, deadline: Optional[float], writer, bar, log_lines: bool, signals: _StopSignals) -> None:
+        tc = self.tc
+        cached_epoch, order = -1, None
+        self._t0, self._seen, self._timed_out = time.perf_counter(), 0, False
+        t0 = self._t0
+        seen = 0
+        while self.step < total and signals.signum is None:
             if deadline is not None and time.monotonic() > deadline:
-                stopped = "time budget reached"
+                self._timed_out = True
                 break
             epoch, i = divmod(self.step, self.steps_per_epoch)
             if epoch != cached_epoch:
@@ -224,8 +329,6 @@ class Trainer:
             if not torch.isfinite(loss):
                 msg = (f"loss became {loss.item()} at step {self.step}; stopping. "
                        f"The last good checkpoint is kept at {self.out / 'last.pt'}")
-                if bar is not None:
-                    bar.close()
                 raise TrainingError(msg)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -234,6 +337,7 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             seen += x.shape[0] * self.world
+            self._seen = seen
             if self.is_main:
                 if writer is not None and self.step % tc["log_every"] == 0:
                     writer.add_scalar("train/loss", loss.item(), self.step)
@@ -253,18 +357,11 @@ class Trainer:
                     self.log(f"step {self.step}: " + format_metrics(res, "valid"))
             if self.step % tc["ckpt_every"] == 0:
                 self.save()
-        if bar is not None:
-            bar.close()
-        self.save()
-        if writer is not None:
-            writer.close()
-        elapsed = time.perf_counter() - t0
-        return {"step": self.step, "stopped": stopped, "seconds": elapsed,
-                "examples_per_s": seen / max(elapsed, 1e-9), "checkpoint": str(self.out / "last.pt")}
 
 
-def train(config: dict, out_dir: str, resume: bool = False, data_root: Optional[str] = None, log=print) -> dict:
+def train(config: dict, out_dir: str, resume: bool = False, data_root: Optional[str] = None, log=print,
+          overwrite: bool = False) -> dict:
     """Train (joining a torchrun process group if launched by one) and return a summary."""
     setup_distributed(config["train"]["device"])
-    trainer = Trainer(config, out_dir, resume=resume, data_root=data_root, log=log)
+    trainer = Trainer(config, out_dir, resume=resume, data_root=data_root, log=log, overwrite=overwrite)
     return trainer.fit()
