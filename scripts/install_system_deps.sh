@@ -12,6 +12,23 @@ fi
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# CGAL's sample meshes (bunny, armadillo, dragon, animals; CC0) for the offline 3-D data: the
+# libcgal-demo .deb is only unpacked (apt-get download + dpkg-deb -x), none of its dependencies.
+cgal_dir=/opt/setflow/libcgal-demo
+if [ ! -f "$cgal_dir/usr/share/doc/libcgal-dev/data.tar.gz" ] && [ ! -f /usr/share/doc/libcgal-dev/data.tar.gz ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    tmp=$(mktemp -d)
+    if (cd "$tmp" && apt-get update -qq && apt-get download libcgal-demo && mkdir -p "$cgal_dir" \
+        && dpkg-deb -x libcgal-demo_*.deb "$cgal_dir") >/dev/null 2>&1; then
+      echo "system deps: unpacked libcgal-demo meshes into $cgal_dir"
+    else
+      echo "system deps: could not fetch libcgal-demo; 3-D data falls back to the procedural shapes"
+    fi
+    rm -rf "$tmp"
+  else
+    echo "system deps: for CGAL meshes run as root:  bash scripts/install_system_deps.sh"
+  fi
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   echo "system deps: installing ${missing[*]}"
