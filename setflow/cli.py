@@ -21,11 +21,37 @@ _PLUGINS = ("setflow.coding.cli",)
 def _add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None,
                    help="folder holding the data sets (default: $SETFLOW_DATA or ./datasets)")
+    p.add_argument("--offline", action="store_true", help="never try to download (same as SETFLOW_OFFLINE=1)")
 
 
 # --------------------------------------------------------------------------- handlers
+def _cmd_pointclouds(args: argparse.Namespace) -> int:
+    """``setflow data shapes|cgal|meshes DIR|modelnet10|modelnet40|shapenet``: sample, report, save .npz."""
+    import numpy as np
+
+    from setflow.data.common import resolve_data_root
+    from setflow.data.pointclouds import load_pointclouds
+
+    if (args.dataset == "meshes") != (args.path is not None):
+        raise ValueError("`setflow data meshes DIR` needs a folder; only 'meshes' takes one")
+    d = load_pointclouds(args.dataset, data_root=args.data_root, num_points=args.num_points,
+                         per_class=args.per_class, seed=args.seed, normalize=args.normalize, path=args.path,
+                         download=not getattr(args, "offline", False), verbose=False)
+    print("data: " + d.source)
+    out = Path(args.output or resolve_data_root(args.data_root) / "pointclouds" / f"{args.dataset}_{args.num_points}.npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **{k: getattr(d, k) for k in ("train", "valid", "test", "train_labels", "valid_labels",
+                                                "test_labels")}, classes=np.asarray(d.classes), source=d.source)
+    print(f"{args.dataset}: {len(d.classes)} classes; train {len(d.train)}, valid {len(d.valid)}, test {len(d.test)} "
+          f"clouds of {args.num_points} points; wrote {out}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from setflow.data import load_spatial_mnist
+
+    if args.dataset != "spatial-mnist":
+        return _cmd_pointclouds(args)
 
     d = load_spatial_mnist(data_root=args.data_root, fashion=args.fashion, seed=args.seed,
                            download=not args.offline, verbose=False)
@@ -39,12 +65,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from setflow.train.config import load_config
     from setflow.train.trainer import train
 
+    from setflow.train.config import resolve_device
+
     overrides = list(args.overrides)
     if args.device:
-        overrides.append(f"train.device={args.device}")
+        overrides.append(f"train.device={resolve_device(args.device)}")
     cfg = load_config(args.config, overrides)
     out = args.out or str(Path("runs") / cfg["name"])
-    summary = train(cfg, out, resume=args.resume, data_root=args.data_root)
+    summary = train(cfg, out, resume=args.resume, data_root=args.data_root, overwrite=args.overwrite)
     print(f"trained {summary['step']} steps ({summary['stopped']}) in {summary['seconds']:.0f} s, "
           f"{summary['examples_per_s']:.1f} examples/s; checkpoint {summary['checkpoint']}")
     return 0
@@ -52,20 +80,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     from setflow.train.checkpoint import load_model
+    from setflow.train.config import resolve_device
 
-    return load_model(args.ckpt, device=getattr(args, "device", None) or "cpu")
+    args.device = resolve_device(getattr(args, "device", None))
+    return load_model(args.ckpt, device=args.device)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from setflow.evaluate import evaluate, format_metrics
+    from setflow.train.config import check_positive
     from setflow.train.data import load_data
 
+    for value, option in ((args.batch_size, "--batch-size"), (args.iwbo_k, "--iwbo-k"),
+                          (args.max_examples, "--max-examples")):
+        check_positive(value, option)
     model, cfg = _load(args)
     data = load_data(cfg, args.data_root)
     print(data.source)
     ec = cfg["eval"]
-    res = evaluate(model, data.split(args.split), data.unit, batch_size=args.batch_size or ec["batch_size"],
-                   iwbo_k=args.iwbo_k or ec["iwbo_k"], iwbo_chunk=ec["iwbo_chunk"], device=args.device or "cpu",
+    res = evaluate(model, data.split(args.split), data.unit,
+                   batch_size=ec["batch_size"] if args.batch_size is None else args.batch_size,
+                   iwbo_k=ec["iwbo_k"] if args.iwbo_k is None else args.iwbo_k, iwbo_chunk=ec["iwbo_chunk"],
+                   device=args.device,
                    max_examples=args.max_examples)
     print(format_metrics(res, args.split))
     return 0
@@ -75,6 +111,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from setflow.train.config import check_positive
+
+    check_positive(args.num, "-n/--num")
     model, cfg = _load(args)
     torch.manual_seed(args.seed)
     x = model.sample(args.num).cpu().numpy()
@@ -108,7 +147,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     overrides = [f"train.max_minutes={args.minutes}"] + list(args.overrides)
     cfg = load_config(args.config, overrides)
     data = load_data(cfg, args.data_root)
-    trainer = Trainer(cfg, args.out, resume=args.resume and (Path(args.out) / "last.pt").exists(), data=data)
+    trainer = Trainer(cfg, args.out, resume=args.resume and (Path(args.out) / "last.pt").exists(), data=data,
+                      overwrite=args.overwrite)
     summary = trainer.fit()
     print(f"trained {summary['step']} steps ({summary['stopped']}) in {summary['seconds']:.0f} s")
     model = trainer.model.eval()
@@ -133,11 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"setflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("data", help="prepare a data set (spatial-mnist)")
-    p.add_argument("dataset", choices=["spatial-mnist"])
+    p = sub.add_parser("data", help="prepare a data set (spatial-mnist; 3-D: shapes, cgal, meshes DIR, modelnet10/40, "
+                                    "shapenet)")
+    p.add_argument("dataset", choices=["spatial-mnist", "shapes", "cgal", "meshes", "modelnet10", "modelnet40",
+                                       "shapenet"])
+    p.add_argument("path", nargs="?", default=None, help="with 'meshes': folder of OFF/PLY/OBJ/STL, a class per sub-folder")
+    p.add_argument("--num-points", type=int, default=2048, help="3-D: points sampled per surface")
+    p.add_argument("--per-class", type=int, default=64, help="3-D: shapes per class (shapes), clouds per mesh (cgal, meshes)")
+    p.add_argument("--normalize", default="shape", choices=["shape", "global", "none"],
+                   help="3-D: per-shape unit box, or per-cloud mean 0 and one global std (PointFlow)")
+    p.add_argument("-o", "--output", default=None, help="3-D: .npz to write (default <data-root>/pointclouds/NAME_N.npz)")
     p.add_argument("--fashion", action="store_true", help="Spatial Fashion-MNIST instead of MNIST")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--offline", action="store_true", help="never try to download")
     _add_data_root(p)
     p.set_defaults(func=_cmd_data)
 
@@ -146,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 model_args.num_steps=4")
     p.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in an OUT that already holds a checkpoint")
     p.add_argument("--device", default=None, help="cpu or cuda (overrides train.device)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_train)
@@ -156,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwbo-k", type=int, default=None, help="importance samples for bound models (default 10)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -165,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, default=64)
     p.add_argument("-o", "--output", default="samples.npz")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("plot", help="plot samples.npz, a checkpoint, or 'data' as a grid")
@@ -183,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     p.add_argument("--samples", default="samples.png", help="where to write the picture")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="start over in an OUT that already holds a checkpoint")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     _add_data_root(p)
     p.set_defaults(func=_cmd_demo)
@@ -216,16 +265,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     import warnings
 
+    import os
+
     from setflow.train.checkpoint import CheckpointError
     from setflow.train.config import ConfigError
+    from setflow.train.trainer import Interrupted
 
     warnings.formatwarning = _one_line_warning
-
+    offline_env = os.environ.get("SETFLOW_OFFLINE")
+    if getattr(args, "offline", False):
+        os.environ["SETFLOW_OFFLINE"] = "1"
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except Interrupted as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"setflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, CheckpointError, ValueError, OSError, RuntimeError) as e:
         print(f"setflow {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if offline_env is None:
+            os.environ.pop("SETFLOW_OFFLINE", None)
+        else:
+            os.environ["SETFLOW_OFFLINE"] = offline_env
 
 
 if __name__ == "__main__":  # pragma: no cover

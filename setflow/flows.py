@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from setflow.distributions.base import Distribution
 from setflow.transforms.base import CompositeTransform, Transform
 
-__all__ = ["Flow", "check_input"]
+__all__ = ["Flow", "check_input", "LabelContext", "VectorContext"]
 
 
 def check_input(
@@ -51,6 +51,66 @@ def check_input(
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); clean the input before log_prob")
 
 
+class LabelContext(nn.Module):
+    """Context of a class-conditional flow: integer labels ``(B,)`` -> a learned embedding ``(B, dim)``.
+
+    Rejects with a ``ValueError`` a context that is not an integer tensor of shape ``(B,)``
+    with values in ``0..num_classes-1``.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"LabelContext needs num_classes >= 1 and dim >= 1, got {num_classes}, {dim}")
+        self.num_classes = num_classes
+        self.dim = dim
+        self.embedding = nn.Embedding(num_classes, dim)
+
+    @property
+    def expects(self) -> str:
+        return f"integer class labels of shape (B,) in 0..{self.num_classes - 1}"
+
+    def forward(self, labels: Tensor, batch: Optional[int] = None) -> Tensor:
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"context must be a torch.Tensor of {self.expects}, got {type(labels).__name__}")
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"context must hold {self.expects}; got dtype {labels.dtype}")
+        if labels.dim() != 1 or (batch is not None and labels.shape[0] != batch):
+            want = "(B,)" if batch is None else f"({batch},)"
+            raise ValueError(f"context must have shape {want} ({self.expects}), got {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"context labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}.."
+                             f"{int(labels.max())}")
+        return self.embedding(labels.to(self.embedding.weight.device))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, dim={self.dim}"
+
+
+class VectorContext(nn.Module):
+    """Context given as float vectors ``(B, features)``, passed on unchanged after checking."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+
+    @property
+    def expects(self) -> str:
+        return f"a float tensor of shape (B, {self.features})"
+
+    def forward(self, context: Tensor, batch: Optional[int] = None) -> Tensor:
+        if not isinstance(context, Tensor) or not context.is_floating_point():
+            got = context.dtype if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"context must be {self.expects}; got {got}")
+        if context.dim() != 2 or context.shape[1] != self.features or (batch is not None and context.shape[0] != batch):
+            raise ValueError(f"context must be {self.expects}" + ("" if batch is None else f" with B={batch}")
+                             + f", got shape {tuple(context.shape)}")
+        return context
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}"
+
+
 class Flow(nn.Module):
     """A normalizing flow (in the SurVAE sense): ``log p(x) = log p_base(z) + sum ldj``.
 
@@ -62,6 +122,9 @@ class Flow(nn.Module):
         discrete: inputs are integers (integer discrete flows); they are cast to the
             module's float dtype.
         layout: a label for error messages, e.g. ``"(B, N, D)"``.
+        context_encoder: for a conditional flow, the module that checks a ``context`` and maps
+            it to what the layers take (:class:`LabelContext`, :class:`VectorContext`). A flow
+            built without one rejects any context; a conditional flow rejects ``context=None``.
 
     Example:
         >>> from setflow.distributions import StandardNormal
@@ -80,8 +143,10 @@ class Flow(nn.Module):
         event_shape: Optional[Sequence[Optional[int]]] = None,
         discrete: bool = False,
         layout: str = "",
+        context_encoder: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
+        self.context_encoder = context_encoder
         self.base = base
         self.transform = transforms if isinstance(transforms, CompositeTransform) else CompositeTransform(transforms)
         self.event_shape = None if event_shape is None else tuple(event_shape)
@@ -110,7 +175,30 @@ class Flow(nn.Module):
         check_input(x, self.event_shape, discrete=self.discrete, layout=self.layout)
         if self.discrete and not x.is_floating_point():
             x = x.to(self._param_dtype())
+        ref = next((t for t in self.parameters() if t.is_floating_point()), None)
+        if ref is not None and x.dtype != ref.dtype:
+            raise ValueError(f"x has dtype {x.dtype} but the model's parameters are {ref.dtype}; "
+                             f"convert the data with x.to({ref.dtype}) or the model with model.to({x.dtype})")
+        if ref is not None and x.device != ref.device:
+            raise ValueError(f"x is on device {x.device} but the model is on {ref.device}; move one of them")
         return x
+
+    @property
+    def conditional(self) -> bool:
+        """True when the flow was built with a context (it then needs one on every call)."""
+        return self.context_encoder is not None
+
+    def _context(self, context: Optional[Tensor], batch: Optional[int]) -> Optional[Tensor]:
+        """Check ``context`` against how the flow was built and encode it (labels -> embeddings)."""
+        if self.context_encoder is None:
+            if context is not None:
+                shape = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+                raise ValueError(f"this flow was built without a context but got one ({shape}); pass context=None "
+                                 "or build a conditional model (model_args.conditional=true)")
+            return None
+        if context is None:
+            raise ValueError(f"this conditional flow needs a context: {self.context_encoder.expects}")
+        return self.context_encoder(context, batch)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         return self.log_prob(x, context)
@@ -118,19 +206,22 @@ class Flow(nn.Module):
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Log-density (nats) of each datum, shape ``(B,)``. A lower bound when ``not is_exact``."""
         x = self._prepare(x)
+        context = self._context(context, x.shape[0])
         z, ldj = self.transform(x, context)
         return self.base.log_prob(z, context) + ldj
 
     def encode(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """The latent ``z`` of ``x`` (one draw when a layer is stochastic)."""
-        return self.transform(self._prepare(x), context)[0]
+        x = self._prepare(x)
+        return self.transform(x, self._context(context, x.shape[0]))[0]
 
     def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.transform.inverse(z, context)
+        return self.transform.inverse(z, self._context(context, z.shape[0]))
 
     @torch.no_grad()
     def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
-        """Draw samples on the module's device and in its dtype."""
+        """Draw samples on the module's device and in its dtype (one per context row if conditional)."""
+        context = self._context(context, num_samples)
         z = self.base.sample(num_samples, context)
         return self.transform.inverse(z, context)
 
@@ -148,6 +239,7 @@ class Flow(nn.Module):
         """
         if not self.is_exact:
             raise ValueError("sample_and_log_prob needs an exact flow (no stochastic forward layer); use sample()")
+        context = self._context(context, num_samples)
         z = self.base.sample(num_samples, context)
         log_p = self.base.log_prob(z, context)
         x, inv_ldj = _inverse_with_ldj(self.transform, z, context)
@@ -166,6 +258,7 @@ class Flow(nn.Module):
             return self.log_prob(x, context)
         chunk = k if chunk is None else max(1, min(int(chunk), k))
         b = x.shape[0]
+        context = self._context(context, b)
         weights = []
         done = 0
         while done < k:

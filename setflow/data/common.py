@@ -4,12 +4,13 @@ Every loader in :mod:`setflow.data` resolves its files under one *data root*:
 
 1. the ``data_root`` argument when given,
 2. else the environment variable ``SETFLOW_DATA``,
-3. else ``<checkout>/datasets`` (the folder next to the ``setflow`` package when it runs
-   from a source checkout or an editable install),
-4. else ``~/.cache/setflow/datasets`` (an installed, read-only package).
+3. else ``./datasets``: the folder ``datasets`` of the current working directory (in a
+   checkout that is the repository's ``datasets/``; run elsewhere, nothing is written into
+   the package's folder).
 
 Downloads are skipped when ``download=False`` or the environment sets
-``SETFLOW_OFFLINE=1``.
+``SETFLOW_OFFLINE=1`` (the CLI's ``--offline``). A failed download is remembered for a day
+in the target folder (see :mod:`setflow.data.download`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once, so written files get normal permissions
-_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # .../setflow
-_CHECKOUT_DIR = _PACKAGE_DIR.parent
 
 
 class DataError(ValueError):
@@ -67,10 +66,7 @@ def default_data_root() -> Path:
     env = os.environ.get("SETFLOW_DATA", "").strip()
     if env:
         return Path(env).expanduser()
-    checkout_root = _CHECKOUT_DIR / "datasets"
-    if checkout_root.is_dir() or (_CHECKOUT_DIR / "pyproject.toml").is_file():
-        return checkout_root
-    return Path.home() / ".cache" / "setflow" / "datasets"
+    return Path.cwd() / "datasets"
 
 
 def resolve_data_root(data_root: Optional[PathLike] = None) -> Path:

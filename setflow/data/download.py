@@ -3,6 +3,9 @@
 A :class:`RemoteFile` names a file, its mirrors and its checksum. :func:`fetch` streams it
 into a temp file next to the destination while hashing, checks the digest, and only then
 renames it into place, so an interrupted or tampered download never looks like a good file.
+When every mirror is unreachable (network errors, not checksum mismatches), a marker ``.<name>.download-failed`` (holding the time and the error)
+is left in the target folder; for :data:`RETRY_AFTER` seconds later calls fail at once with a
+one-line :class:`DataError` instead of trying the network again. Delete the marker to retry.
 Tests never reach this code with a real network: callers check
 :func:`setflow.data.common.downloads_allowed` first.
 """
@@ -10,6 +13,8 @@ Tests never reach this code with a real network: callers check
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +22,12 @@ from typing import Optional, Sequence
 
 from .common import DataError, PathLike, atomic_write, file_digest
 
-__all__ = ["RemoteFile", "fetch", "DEFAULT_TIMEOUT"]
+__all__ = ["RemoteFile", "fetch", "failure_marker", "DEFAULT_TIMEOUT", "RETRY_AFTER"]
 
 #: Seconds a mirror may stay silent (connect or read) before the next one is tried.
 DEFAULT_TIMEOUT = 30.0
+#: Seconds a failed download is remembered (no new attempt in that time): one day.
+RETRY_AFTER = 24 * 3600.0
 _USER_AGENT = "setflow-data/0.1 (python urllib)"
 
 
@@ -77,6 +84,25 @@ def _download_one(url: str, dest: Path, remote: RemoteFile, timeout: float) -> N
     atomic_write(dest, write)
 
 
+def failure_marker(remote: RemoteFile, folder: PathLike) -> Path:
+    """The file that records a failed download of ``remote`` into ``folder``."""
+    return Path(folder) / f".{remote.name}.download-failed"
+
+
+def _recent_failure(marker: Path) -> Optional[str]:
+    """A one-line reason when ``marker`` records a failure less than :data:`RETRY_AFTER` ago."""
+    try:
+        info = json.loads(marker.read_text())
+        age = time.time() - float(info["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not 0 <= age < RETRY_AFTER:
+        return None
+    hours = (RETRY_AFTER - age) / 3600
+    return (f"download of {marker.name[1:-len('.download-failed')]} failed {age / 60:.0f} min ago "
+            f"({info.get('error', '?')}); not retried for {hours:.1f} h (delete {marker} to retry now)")
+
+
 def fetch(remote: RemoteFile, folder: PathLike, timeout: float = DEFAULT_TIMEOUT) -> tuple[Path, str]:
     """Make sure ``folder/remote.name`` exists with the right checksum, downloading it if needed.
 
@@ -90,12 +116,24 @@ def fetch(remote: RemoteFile, folder: PathLike, timeout: float = DEFAULT_TIMEOUT
     dest = folder / remote.name
     if dest.is_file() and remote.verify(dest):
         return dest, "cached"
+    marker = failure_marker(remote, folder)
+    recent = _recent_failure(marker)
+    if recent is not None:
+        raise DataError(recent)
     folder.mkdir(parents=True, exist_ok=True)
-    errors = []
+    errors, unreachable = [], True
     for url in remote.urls():
         try:
             _download_one(url, dest, remote, timeout)
+            marker.unlink(missing_ok=True)
             return dest, url
         except (OSError, DataError, ValueError) as exc:  # URLError, timeouts, HTTP errors
             errors.append(f"{url}: {exc}")
+            unreachable = unreachable and isinstance(exc, OSError)
+    if unreachable and errors:
+        text = json.dumps({"time": time.time(), "error": errors[-1]})
+        try:
+            atomic_write(marker, lambda f: f.write(text.encode()))
+        except OSError:  # a read-only folder: the failure is simply not remembered
+            pass
     raise DataError(f"could not download {remote.name} into {folder}:\n  " + "\n  ".join(errors))

@@ -95,8 +95,19 @@ class _Coupling(Bijection):
             )
         return self.split_sizes
 
-    def _condition(self, x_a: Tensor, context: Optional[Tensor]) -> Tensor:
-        return self.conditioner(x_a) if context is None else self.conditioner(x_a, context)
+    def _condition(self, x_a: Tensor, context: Optional[Tensor], x_b: Tensor, factor: int) -> Tensor:
+        """The conditioner's output, checked to have ``x_b``'s shape with ``params_dim`` times ``factor``."""
+        params = self.conditioner(x_a) if context is None else self.conditioner(x_a, context)
+        want = list(x_b.shape)
+        want[self.params_dim] *= factor
+        if list(params.shape) != want:
+            what = "(shift, scale) pairs" if factor == 2 else "shifts"
+            raise ValueError(
+                f"{type(self).__name__}: the conditioner {type(self.conditioner).__name__} returned shape "
+                f"{tuple(params.shape)}, but {what} for x_b of shape {tuple(x_b.shape)} need shape {tuple(want)} "
+                f"(dim {self.params_dim} = {factor} x {x_b.shape[self.params_dim]}); fix the conditioner's output width"
+            )
+        return params
 
     def extra_repr(self) -> str:
         return f"split_dim={self.split_dim}, split_sizes={self.split_sizes}, params_dim={self.params_dim}"
@@ -139,21 +150,21 @@ class AffineCoupling(_Coupling):
             raise ValueError(f"unknown scale_fn {scale_fn!r}; expected one of {sorted(SCALE_FNS)}")
         self.scale_fn = scale_fn
 
-    def _params(self, x_a: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        params = self._condition(x_a, context)
+    def _params(self, x_a: Tensor, x_b: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        params = self._condition(x_a, context, x_b, 2)
         shift, raw = params.chunk(2, dim=self.params_dim)
         scale, log_scale = SCALE_FNS[self.scale_fn](raw)
         return shift, scale, log_scale
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = x.split(self._sizes(x), dim=self.split_dim)
-        shift, scale, log_scale = self._params(x_a, context)
+        shift, scale, log_scale = self._params(x_a, x_b, context)
         z_b = x_b * scale + shift
         return torch.cat([x_a, z_b], dim=self.split_dim), sum_except_batch(log_scale)
 
     def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         z_a, z_b = z.split(self._sizes(z), dim=self.split_dim)
-        shift, scale, log_scale = self._params(z_a, context)
+        shift, scale, log_scale = self._params(z_a, z_b, context)
         x_b = (z_b - shift) / scale
         return torch.cat([z_a, x_b], dim=self.split_dim), -sum_except_batch(log_scale)
 
@@ -186,18 +197,18 @@ class AdditiveCoupling(_Coupling):
         super().__init__(conditioner, split_dim, split_sizes)
         self.rounding = rounding
 
-    def _shift(self, x_a: Tensor, context: Optional[Tensor]) -> Tensor:
-        t = self._condition(x_a, context)
+    def _shift(self, x_a: Tensor, x_b: Tensor, context: Optional[Tensor]) -> Tensor:
+        t = self._condition(x_a, context, x_b, 1)
         return round_ste(t) if self.rounding else t
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = x.split(self._sizes(x), dim=self.split_dim)
-        z_b = x_b + self._shift(x_a, context)
+        z_b = x_b + self._shift(x_a, x_b, context)
         return torch.cat([x_a, z_b], dim=self.split_dim), x.new_zeros(x.shape[0])
 
     def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         z_a, z_b = z.split(self._sizes(z), dim=self.split_dim)
-        x_b = z_b - self._shift(z_a, context)
+        x_b = z_b - self._shift(z_a, z_b, context)
         return torch.cat([z_a, x_b], dim=self.split_dim), z.new_zeros(z.shape[0])
 
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
