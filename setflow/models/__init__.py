@@ -11,7 +11,7 @@ __all__ = ["MODELS", "register_model", "build_model"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
-_FAMILIES = ("set_flows", "idf", "image_flows", "toy")
+_FAMILIES = ("set_flows", "idf", "image_flows", "toy", "set_codec")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:

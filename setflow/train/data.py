@@ -17,6 +17,9 @@ class ExperimentData:
 
     ``unit`` says how the trainer reports likelihoods: ``"nats_per_point"`` (sets, PPLL),
     ``"bits_per_dim"`` (images) or ``"nats"`` (toy 2-D). ``kind`` picks the plotter.
+    ``labels``: split -> int64 ``(N,)`` class labels where the data has them (conditional
+    models). ``train_epoch``: optional ``epoch -> training tensor`` (e.g. SpatialMNIST points
+    redrawn every epoch); the trainer uses it instead of ``train`` when set.
     """
 
     train: Tensor
@@ -25,6 +28,14 @@ class ExperimentData:
     source: str
     unit: str
     kind: str
+    labels: Optional[dict] = None
+    train_epoch: Optional[Callable[[int], Tensor]] = None
+
+    def split_labels(self, name: str) -> Tensor:
+        self.split(name)
+        if self.labels is None:
+            raise ValueError("this data set has no class labels; a conditional model needs labelled data")
+        return self.labels[name]
 
     def split(self, name: str) -> Tensor:
         if name not in ("train", "valid", "test"):
@@ -49,14 +60,22 @@ def register_dataset(name: str):
 
 @register_dataset("spatial_mnist")
 def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed: int = 0, download: bool = True,
-                   limit: Optional[int] = None) -> ExperimentData:
+                   limit: Optional[int] = None, redraw: bool = False) -> ExperimentData:
     from setflow.data import load_spatial_mnist
 
     d = load_spatial_mnist(data_root=data_root, fashion=fashion, seed=seed, download=download, verbose=False)
     tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
+    labels = dict(d.labels)
     if limit is not None:
         tr, va, te = tr[:limit], va[:limit], te[:limit]
-    return ExperimentData(tr, va, te, "data: " + d.source, "nats_per_point", "sets")
+        labels = {k: v[:limit] for k, v in labels.items()}
+    hook, source = None, "data: " + d.source
+    if redraw:  # fresh training points every epoch; valid/test stay the fixed draw
+        from setflow.data.spatial_mnist import train_redraw
+
+        hook = train_redraw(data_root, fashion, seed, download, num_points=tr.shape[1], limit=limit)
+        source += "; training points redrawn every epoch"
+    return ExperimentData(tr, va, te, source, "nats_per_point", "sets", labels=labels, train_epoch=hook)
 
 
 def _image_loader(name: str) -> Callable[..., ExperimentData]:
@@ -72,6 +91,17 @@ def _image_loader(name: str) -> Callable[..., ExperimentData]:
 
 for _name in ("mnist", "fashion_mnist", "cifar10", "imagenet32", "imagenet64"):
     DATASETS[_name] = _image_loader(_name)
+
+
+@register_dataset("spatial_mnist_pixels")
+def _spatial_mnist_pixels(data_root: Optional[str] = None, seed: int = 0, download: bool = True, draws: int = 1,
+                          limit: Optional[int] = None) -> ExperimentData:
+    """SpatialMNIST as sorted int64 pixel indices ``(M, 50)`` (see :mod:`setflow.data.pixel_sets`)."""
+    from setflow.data.pixel_sets import pixel_set_splits
+
+    sets, source = pixel_set_splits(data_root, seed=seed, download=download, draws=draws)
+    tr, va, te = (torch.from_numpy(sets[s][:limit]) for s in ("train", "valid", "test"))
+    return ExperimentData(tr, va, te, "data: " + source, "nats_per_point", "pixel_sets")
 
 
 @register_dataset("toy2d")
