@@ -67,8 +67,28 @@ def _edgeconv(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d
     return EdgeConvNet(d_in, d_out, hidden=d_model, k=k, num_layers=num_layers)
 
 
-#: permutation-equivariant conditioners for the coordinate-wise coupling
-CONDITIONERS = {"transformer": _transformer, "deepsets": _deepsets, "edgeconv": _edgeconv}
+def _isab(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64, num_heads: int = 8,
+          num_layers: int = 2, dim_feedforward: int = 256, dropout: float = 0.0, num_inducing: int = 32,
+          context_features: Optional[int] = None, **_) -> nn.Module:
+    from setflow.nn.isab import ISABNet
+
+    return ISABNet(d_in, d_out, d_model=d_model, num_heads=num_heads, num_layers=num_layers, num_inducing=num_inducing,
+                   dim_feedforward=dim_feedforward, dropout=dropout, positional=positional, max_len=max_len,
+                   context_features=context_features)
+
+
+def _knn(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64, num_layers: int = 2,
+         k: int = 8, context_features: Optional[int] = None, **_) -> nn.Module:
+    from setflow.nn.knn import KNNEdgeConvNet
+
+    return KNNEdgeConvNet(d_in, d_out, hidden=d_model, k=k, num_layers=num_layers, positional=positional,
+                          max_len=max_len, context_features=context_features)
+
+
+#: set conditioners by name (``isab``, ``knn`` scale as O(N m), O(N k); with ``positional`` they
+#: also serve the point-wise coupling)
+CONDITIONERS = {"transformer": _transformer, "deepsets": _deepsets, "edgeconv": _edgeconv, "isab": _isab,
+                "knn": _knn}
 
 
 class SetFlow(Flow):
@@ -114,6 +134,9 @@ def build_set_flow(
     sort_consistent: Optional[bool] = None,
     sort_min_gap: Optional[float] = 1e-6,
     conditioner: str = "transformer",
+    point_conditioner: str = "transformer",
+    num_inducing: int = 32,
+    knn_k: int = 8,
     input_scale: float = 1.0 / 28.0,
     input_shift: float = -0.5,
     seed: int = 0,
@@ -137,7 +160,10 @@ def build_set_flow(
             ``x * input_scale + shift``) are clamped to it (exact ties otherwise give -inf);
             ``None`` makes ties an error instead.
         conditioner: equivariant net of the coordinate-wise coupling: ``transformer``,
-            ``deepsets`` or ``edgeconv`` (kNN graph + PyG EdgeConv).
+            ``deepsets``, ``edgeconv`` (kNN graph + PyG EdgeConv), ``isab`` (induced attention,
+            ``num_inducing`` points) or ``knn`` (chunked kNN + dense EdgeConv, ``knn_k`` neighbours).
+        point_conditioner: net of the point-wise coupling, with learned positions where it has
+            them (``transformer``, ``isab``, ``knn``); ``isab`` / ``knn`` keep a step O(N).
         input_scale, input_shift: the fixed affine pre-processing ``x * scale + shift``.
         seed: seed of the fixed shuffles and 1x1 initialisations (reproducible builds).
     """
@@ -145,6 +171,8 @@ def build_set_flow(
         raise ValueError(f"permutation must be 'sort' or 'stochastic', got {permutation!r}")
     if conditioner not in CONDITIONERS:
         raise ValueError(f"unknown conditioner {conditioner!r}; expected one of {sorted(CONDITIONERS)}")
+    if point_conditioner not in CONDITIONERS:
+        raise ValueError(f"unknown point_conditioner {point_conditioner!r}; expected one of {sorted(CONDITIONERS)}")
     if sort_consistent is None:
         sort_consistent = permutation == "sort"
     if sort_consistent and permutation != "sort":
@@ -169,8 +197,11 @@ def build_set_flow(
             # scaled coordinates span about 1, so gaps are about 1/N: log(N * gap) is near 0
             layers.append(OrderedIncrements(coord=key, gap_scale=1.0 / num_points, min_gap=sort_min_gap))
         for k in range(num_steps):
-            coord_net = CONDITIONERS[conditioner](d_a, 2 * d_b, positional=False, max_len=None, **tkw)
-            point_net = _FirstPoints(_transformer(dim, 2 * dim, positional=True, max_len=n_a, **tkw), n_b)
+            ckw = {**tkw, "num_inducing": num_inducing, "k": knn_k}
+            coord_net = CONDITIONERS[conditioner](d_a, 2 * d_b, positional=False, max_len=None,
+                                                  **(tkw if conditioner == "transformer" else ckw))
+            point_net = _FirstPoints(CONDITIONERS[point_conditioner](
+                dim, 2 * dim, positional=True, max_len=n_a, **(tkw if point_conditioner == "transformer" else ckw)), n_b)
             mix = Shuffle(num_points, dim=1, seed=seed * 1000 + k) if permutation == "sort" else StochasticPermutation(1)
             layers += [
                 AffineCoupling(coord_net, split_dim=-1, split_sizes=(d_a, d_b), scale_fn=scale_fn),

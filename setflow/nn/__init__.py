@@ -2,7 +2,8 @@
 
 Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant:
 :class:`SetTransformer` (without positional embedding), :class:`DeepSets`,
-:class:`EdgeConvNet` on a :func:`knn_graph`. Images ``(B, C, H, W)``:
+:class:`EdgeConvNet` on a :func:`knn_graph`, :class:`ISABNet` (induced attention, O(N m)),
+:class:`KNNEdgeConvNet` on the chunked :func:`knn_neighbors` (O(N k)). Images ``(B, C, H, W)``:
 :class:`DenseNet`. Every network takes ``forward(x, context=None)`` and, by
 default for the set and image networks, starts at an exactly zero output.
 """
@@ -13,6 +14,8 @@ from setflow.nn.deepsets import DeepSets, DeepSetsLayer
 from setflow.nn.densenet import DenseBlock, DenseLayer, DenseNet
 from setflow.nn.fused import set_fused
 from setflow.nn.graph import EdgeConvNet, knn_graph
+from setflow.nn.isab import ISAB, PMA, ISABNet
+from setflow.nn.knn import KNNEdgeConvNet, knn_edge_index, knn_neighbors
 from setflow.nn.mlp import ACTIVATIONS, MLP, get_activation
 from setflow.nn.set_transformer import SetTransformer, SetTransformerBlock
 
@@ -25,11 +28,17 @@ __all__ = [
     "DenseLayer",
     "DenseNet",
     "EdgeConvNet",
+    "ISAB",
+    "ISABNet",
+    "KNNEdgeConvNet",
+    "PMA",
     "MLP",
     "SetTransformer",
     "SetTransformerBlock",
     "get_activation",
+    "knn_edge_index",
     "knn_graph",
+    "knn_neighbors",
     "self_attention",
     "set_fused",
     "split_batch_backward",

@@ -1,0 +1,147 @@
+"""Induced set attention (ISAB) and pooling by attention (PMA), Lee et al. 2019 ("Set Transformer").
+
+ISAB replaces self-attention over ``N`` points by two attentions through ``m`` learned
+inducing points, ``H = MAB(I, X)`` then ``MAB(X, H)``, so time and memory are ``O(N m)``
+instead of ``O(N^2)``. It is permutation-equivariant; PMA (``k`` learned seeds attending to
+the set) is permutation-invariant. Both take a boolean ``mask`` ``(B, N)`` (True = a point):
+masked points are never attended to, and their outputs are meaningless but finite.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from setflow.nn.mlp import get_activation
+
+__all__ = ["MAB", "ISAB", "PMA", "ISABNet"]
+
+
+class MAB(nn.Module):
+    r"""Pre-norm multihead attention block: ``H = q + Attn(LN(q), LN(kv))``, ``H + FF(LN(H))``.
+
+    Shapes:
+        - q: ``(B, M, d)``, kv: ``(B, N, d)``, mask: ``(B, N)`` bool (True = attend), optional
+        - output: ``(B, M, d)``
+    """
+
+    def __init__(self, d_model: int, num_heads: int = 4, dim_feedforward: int = 256, dropout: float = 0.0,
+                 activation: str = "gelu") -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(d_model, dim_feedforward), get_activation(activation),
+                                nn.Linear(dim_feedforward, d_model))
+
+    def forward(self, q: Tensor, kv: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        kv_n = self.norm_kv(kv)
+        pad = None if mask is None else ~mask
+        h = q + self.attn(self.norm_q(q), kv_n, kv_n, key_padding_mask=pad, need_weights=False)[0]
+        return h + self.ff(self.norm_ff(h))
+
+
+class ISAB(nn.Module):
+    r"""Induced set attention block with ``num_inducing`` learned inducing points (equivariant).
+
+    Shapes:
+        - x: ``(B, N, d)``, mask: ``(B, N)`` bool, optional
+        - output: ``(B, N, d)``
+    """
+
+    def __init__(self, d_model: int, num_inducing: int = 32, num_heads: int = 4, dim_feedforward: int = 256,
+                 dropout: float = 0.0, activation: str = "gelu") -> None:
+        super().__init__()
+        if num_inducing < 1:
+            raise ValueError(f"num_inducing must be >= 1; got {num_inducing}")
+        self.num_inducing = num_inducing
+        self.inducing = nn.Parameter(torch.empty(num_inducing, d_model))
+        nn.init.xavier_uniform_(self.inducing)
+        self.mab_in = MAB(d_model, num_heads, dim_feedforward, dropout, activation)
+        self.mab_out = MAB(d_model, num_heads, dim_feedforward, dropout, activation)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        h = self.mab_in(self.inducing.expand(x.shape[0], -1, -1), x, mask)
+        return self.mab_out(x, h)
+
+
+class PMA(nn.Module):
+    r"""Pooling by multihead attention: ``num_seeds`` learned seeds attend to the set (invariant).
+
+    Shapes:
+        - x: ``(B, N, d)``, mask: ``(B, N)`` bool, optional
+        - output: ``(B, num_seeds, d)``
+    """
+
+    def __init__(self, d_model: int, num_seeds: int = 1, num_heads: int = 4, dim_feedforward: int = 256,
+                 dropout: float = 0.0, activation: str = "gelu") -> None:
+        super().__init__()
+        self.seeds = nn.Parameter(torch.empty(num_seeds, d_model))
+        nn.init.xavier_uniform_(self.seeds)
+        self.mab = MAB(d_model, num_heads, dim_feedforward, dropout, activation)
+
+    def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        return self.mab(self.seeds.expand(x.shape[0], -1, -1), x, mask)
+
+
+class ISABNet(nn.Module):
+    r"""Set network of ISAB blocks: linear embedding, ``num_layers`` ISABs, LayerNorm, linear read-out.
+
+    Without ``positional`` it is permutation-equivariant (for the coordinate-wise coupling);
+    with it a learned embedding of each point's index (``max_len`` positions) is added, for
+    the point-wise coupling of sorted sets. The read-out starts at exactly 0 (``zero_init``).
+    A context ``(B, C)`` is projected and added to the embedding when ``context_features``
+    is set; ``context=None`` always works.
+
+    Shapes:
+        - x: ``(B, N, in_features)``, mask: ``(B, N)`` bool, optional
+        - output: ``(B, N, out_features)``
+
+    Example:
+        >>> ISABNet(3, 4, d_model=16, num_heads=2, num_inducing=8)(torch.randn(2, 100, 3)).shape
+        torch.Size([2, 100, 4])
+    """
+
+    def __init__(self, in_features: int, out_features: int, d_model: int = 64, num_heads: int = 4,
+                 num_layers: int = 2, num_inducing: int = 32, dim_feedforward: int = 256, dropout: float = 0.0,
+                 positional: bool = False, max_len: Optional[int] = None, zero_init: bool = True,
+                 context_features: Optional[int] = None, activation: str = "gelu") -> None:
+        super().__init__()
+        if positional and not max_len:
+            raise ValueError("positional=True needs max_len (the number of positions)")
+        self.in_features, self.out_features = in_features, out_features
+        self.d_model, self.num_layers, self.num_inducing = d_model, num_layers, num_inducing
+        self.positional, self.max_len = positional, max_len
+        self.embed = nn.Linear(in_features, d_model)
+        self.pos = nn.Parameter(torch.zeros(max_len, d_model)) if positional else None
+        if self.pos is not None:
+            nn.init.normal_(self.pos, std=0.02)
+        self.context_proj = nn.Linear(context_features, d_model, bias=False) if context_features else None
+        self.blocks = nn.ModuleList(ISAB(d_model, num_inducing, num_heads, dim_feedforward, dropout, activation)
+                                    for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(d_model, out_features)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.in_features:
+            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
+        h = self.embed(x)
+        if self.pos is not None:
+            if x.shape[1] > self.max_len:
+                raise ValueError(f"got N={x.shape[1]} points but the positional embedding has max_len={self.max_len}")
+            h = h + self.pos[: x.shape[1]]
+        if context is not None and self.context_proj is not None:
+            h = h + self.context_proj(context).unsqueeze(1)
+        for blk in self.blocks:
+            h = blk(h, mask)
+        return self.out(self.norm(h))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, d_model={self.d_model}, "
+                f"num_layers={self.num_layers}, num_inducing={self.num_inducing}, positional={self.positional}")

@@ -1,0 +1,172 @@
+"""Chunked k-nearest neighbours (no full-row sort) and a dense EdgeConv set network.
+
+:func:`knn_neighbors` finds each point's ``k`` nearest points with ``torch.topk`` on
+``torch.cdist`` blocks of ``chunk`` query rows, so the transient distance block is
+``B x chunk x N`` and what is kept is ``(B, N, k)``: memory ``O(N k)`` per set for a fixed
+chunk. It takes dense ``(B, N, D)`` sets (with an optional mask) or PyG-style
+``(num_nodes, D)`` points with a ``batch`` vector. :func:`knn_edge_index` returns the PyG
+``edge_index`` (named so as not to clash with ``torch_geometric.nn.knn_graph``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from setflow.nn.mlp import get_activation
+
+__all__ = ["knn_neighbors", "knn_edge_index", "KNNEdgeConv", "KNNEdgeConvNet"]
+
+_CHUNK_ELEMENTS = 1 << 22  # distance entries per block (16 MiB in float32)
+
+
+def knn_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = False,
+                  chunk: Optional[int] = None) -> Tensor:
+    r"""Indices of the ``k`` nearest points of every point of every set (Euclidean).
+
+    Args:
+        x: ``(B, N, D)`` points.
+        k: neighbours per point; ``1 <= k < N`` (``<= N`` with ``loop``).
+        mask: ``(B, N)`` bool, True = a point; padded points are never neighbours (a set
+            needs more than ``k`` real points for its real points' rows to be all real).
+        loop: whether a point is its own neighbour.
+        chunk: query rows per ``cdist`` block (default: about 4M distances per block).
+
+    Returns:
+        ``(B, N, k)`` long, nearest first. Ties are broken by ``torch.topk``.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"expected points of shape (B, N, D); got {tuple(x.shape)}")
+    B, N, _ = x.shape
+    k_max = N if loop else N - 1
+    if not 1 <= k <= k_max:
+        raise ValueError(f"k={k} neighbours is impossible for sets of N={N} points (need 1 <= k <= {k_max})")
+    if mask is not None and mask.shape != (B, N):
+        raise ValueError(f"expected mask of shape {(B, N)}; got {tuple(mask.shape)}")
+    chunk = chunk or max(1, _CHUNK_ELEMENTS // max(1, B * N))
+    out = torch.empty(B, N, k, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        xd = x.detach()
+        cols = torch.arange(N, device=x.device)
+        for i0 in range(0, N, chunk):
+            i1 = min(N, i0 + chunk)
+            d = torch.cdist(xd[:, i0:i1], xd, compute_mode="donot_use_mm_for_euclid_dist")  # (B, c, N)
+            if not loop:
+                d[:, cols[i0:i1] - i0, cols[i0:i1]] = float("inf")
+            if mask is not None:
+                d.masked_fill_(~mask[:, None, :], float("inf"))
+            out[:, i0:i1] = d.topk(k, dim=-1, largest=False, sorted=True).indices
+    return out
+
+
+def knn_edge_index(x: Tensor, k: int, batch: Optional[Tensor] = None, loop: bool = False,
+                   chunk: Optional[int] = None) -> Tensor:
+    r"""kNN graph as a PyG ``edge_index`` ``(2, E)``: row 0 the neighbour, row 1 the centre.
+
+    Accepts dense ``x (B, N, D)`` (node ``b * N + i``) or PyG-style ``x (num_nodes, D)`` with
+    ``batch (num_nodes,)`` (sorted graph ids; ``None`` = one graph). Every point of a graph
+    with more than ``k`` points gets ``k`` incoming edges; edges never cross graphs.
+    """
+    if x.dim() == 3:
+        B, N, _ = x.shape
+        nbr = knn_neighbors(x, k, loop=loop, chunk=chunk)
+        src = (nbr + torch.arange(B, device=x.device).view(B, 1, 1) * N).reshape(-1)
+        tgt = torch.arange(B * N, device=x.device).repeat_interleave(k)
+        return torch.stack([src, tgt])
+    if x.dim() != 2:
+        raise ValueError(f"expected x of shape (B, N, D) or (num_nodes, D); got {tuple(x.shape)}")
+    from torch_geometric.utils import to_dense_batch
+
+    dense, mask = to_dense_batch(x, batch)
+    counts = mask.sum(1)
+    if int(counts.min()) <= k - int(loop):
+        raise ValueError(f"k={k} needs every graph to have more than {k - int(loop)} nodes; "
+                         f"the smallest has {int(counts.min())}")
+    nbr = knn_neighbors(dense, k, mask=mask, loop=loop, chunk=chunk)  # (G, Nmax, k) local indices
+    start = torch.cumsum(counts, 0) - counts
+    src = (nbr + start.view(-1, 1, 1))[mask].reshape(-1)
+    tgt = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)
+    return torch.stack([src, tgt])
+
+
+class KNNEdgeConv(nn.Module):
+    r"""EdgeConv on a precomputed neighbour table: ``h_i' = max_j W2 act(W1 [h_i, h_j - h_i])``.
+
+    The first linear is split as ``(W_a - W_b) h_i + W_b h_j`` so only a ``(B, N, k, H)``
+    tensor of edge features is formed.
+
+    Shapes:
+        - h: ``(B, N, F)``, nbr: ``(B, N, k)`` long -> ``(B, N, H)``
+    """
+
+    def __init__(self, in_features: int, out_features: int, activation: str = "relu") -> None:
+        super().__init__()
+        self.lin_centre = nn.Linear(in_features, out_features)
+        self.lin_nbr = nn.Linear(in_features, out_features, bias=False)
+        self.act = get_activation(activation)
+        self.lin2 = nn.Linear(out_features, out_features)
+
+    def forward(self, h: Tensor, nbr: Tensor) -> Tensor:
+        B, N, k = nbr.shape
+        a = self.lin_centre(h) - self.lin_nbr(h)  # (W_a - W_b) h_i + b
+        b = self.lin_nbr(h)
+        hj = torch.gather(b, 1, nbr.reshape(B, N * k, 1).expand(-1, -1, b.shape[-1])).view(B, N, k, -1)
+        return self.lin2(self.act(a.unsqueeze(2) + hj)).amax(dim=2)
+
+
+class KNNEdgeConvNet(nn.Module):
+    r"""EdgeConv layers on the kNN graph of the input coordinates (built once per call).
+
+    Permutation-equivariant without ``positional``; with it a learned per-index embedding is
+    added (point-wise coupling of sorted sets). Zero-initialised read-out by default.
+
+    Shapes:
+        - x: ``(B, N, in_features)``, context ``(B, C)`` optional, mask ``(B, N)`` optional
+        - output: ``(B, N, out_features)``
+
+    Example:
+        >>> KNNEdgeConvNet(3, 6, hidden=16, k=4)(torch.randn(2, 50, 3)).shape
+        torch.Size([2, 50, 6])
+    """
+
+    def __init__(self, in_features: int, out_features: int, hidden: int = 64, k: int = 8, num_layers: int = 2,
+                 positional: bool = False, max_len: Optional[int] = None, zero_init: bool = True,
+                 context_features: Optional[int] = None, activation: str = "relu",
+                 chunk: Optional[int] = None) -> None:
+        super().__init__()
+        if num_layers < 1 or k < 1:
+            raise ValueError(f"need num_layers >= 1 and k >= 1; got {num_layers}, {k}")
+        if positional and not max_len:
+            raise ValueError("positional=True needs max_len (the number of positions)")
+        self.in_features, self.out_features, self.hidden, self.k = in_features, out_features, hidden, k
+        self.num_layers, self.positional, self.max_len, self.chunk = num_layers, positional, max_len, chunk
+        self.embed = nn.Linear(in_features, hidden)
+        self.pos = nn.Parameter(torch.randn(max_len, hidden) * 0.02) if positional else None
+        self.context_proj = nn.Linear(context_features, hidden, bias=False) if context_features else None
+        self.convs = nn.ModuleList(KNNEdgeConv(hidden, hidden, activation) for _ in range(num_layers))
+        self.act = get_activation(activation)
+        self.out = nn.Linear(hidden, out_features)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.in_features:
+            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
+        nbr = knn_neighbors(x, min(self.k, x.shape[1] - 1), mask=mask, chunk=self.chunk)
+        h = self.embed(x)
+        if self.pos is not None:
+            if x.shape[1] > self.max_len:
+                raise ValueError(f"got N={x.shape[1]} points but the positional embedding has max_len={self.max_len}")
+            h = h + self.pos[: x.shape[1]]
+        if context is not None and self.context_proj is not None:
+            h = h + self.context_proj(context).unsqueeze(1)
+        for conv in self.convs:
+            h = h + self.act(conv(h, nbr))
+        return self.out(h)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, hidden={self.hidden}, "
+                f"k={self.k}, num_layers={self.num_layers}, positional={self.positional}")
