@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from setflow.nn.mlp import get_activation
 
-__all__ = ["MAB", "ISAB", "PMA", "ISABNet"]
+__all__ = ["MAB", "ISAB", "PMA", "ISABNet", "PointEmbedding"]
 
 
 class MAB(nn.Module):
@@ -87,6 +87,37 @@ class PMA(nn.Module):
         return self.mab(self.seeds.expand(x.shape[0], -1, -1), x, mask)
 
 
+class PointEmbedding(nn.Module):
+    r"""Linear point embedding, plus a learned per-index embedding (``positional``, ``max_len``
+    positions) and a projected context ``(B, C)`` (``context_features``) when configured.
+
+    Shapes:
+        - x: ``(B, N, in_features)``, context ``(B, C)`` optional -> ``(B, N, d_model)``
+    """
+
+    def __init__(self, in_features: int, d_model: int, positional: bool = False, max_len: Optional[int] = None,
+                 context_features: Optional[int] = None) -> None:
+        super().__init__()
+        if positional and not max_len:
+            raise ValueError("positional=True needs max_len (the number of positions)")
+        self.in_features, self.max_len = in_features, max_len
+        self.linear = nn.Linear(in_features, d_model)
+        self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02) if positional else None
+        self.context_proj = nn.Linear(context_features, d_model, bias=False) if context_features else None
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.in_features:
+            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
+        h = self.linear(x)
+        if self.pos is not None:
+            if x.shape[1] > self.max_len:
+                raise ValueError(f"got N={x.shape[1]} points but the positional embedding has max_len={self.max_len}")
+            h = h + self.pos[: x.shape[1]]
+        if context is not None and self.context_proj is not None:
+            h = h + self.context_proj(context).unsqueeze(1)
+        return h
+
+
 class ISABNet(nn.Module):
     r"""Set network of ISAB blocks: linear embedding, ``num_layers`` ISABs, LayerNorm, linear read-out.
 
@@ -110,16 +141,10 @@ class ISABNet(nn.Module):
                  positional: bool = False, max_len: Optional[int] = None, zero_init: bool = True,
                  context_features: Optional[int] = None, activation: str = "gelu") -> None:
         super().__init__()
-        if positional and not max_len:
-            raise ValueError("positional=True needs max_len (the number of positions)")
         self.in_features, self.out_features = in_features, out_features
         self.d_model, self.num_layers, self.num_inducing = d_model, num_layers, num_inducing
         self.positional, self.max_len = positional, max_len
-        self.embed = nn.Linear(in_features, d_model)
-        self.pos = nn.Parameter(torch.zeros(max_len, d_model)) if positional else None
-        if self.pos is not None:
-            nn.init.normal_(self.pos, std=0.02)
-        self.context_proj = nn.Linear(context_features, d_model, bias=False) if context_features else None
+        self.embed = PointEmbedding(in_features, d_model, positional, max_len, context_features)
         self.blocks = nn.ModuleList(ISAB(d_model, num_inducing, num_heads, dim_feedforward, dropout, activation)
                                     for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
@@ -129,15 +154,7 @@ class ISABNet(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.in_features:
-            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
-        h = self.embed(x)
-        if self.pos is not None:
-            if x.shape[1] > self.max_len:
-                raise ValueError(f"got N={x.shape[1]} points but the positional embedding has max_len={self.max_len}")
-            h = h + self.pos[: x.shape[1]]
-        if context is not None and self.context_proj is not None:
-            h = h + self.context_proj(context).unsqueeze(1)
+        h = self.embed(x, context)
         for blk in self.blocks:
             h = blk(h, mask)
         return self.out(self.norm(h))

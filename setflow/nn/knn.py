@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from setflow.nn.isab import PointEmbedding
 from setflow.nn.mlp import get_activation
 
 __all__ = ["knn_neighbors", "knn_edge_index", "KNNEdgeConv", "KNNEdgeConvNet"]
@@ -138,13 +139,9 @@ class KNNEdgeConvNet(nn.Module):
         super().__init__()
         if num_layers < 1 or k < 1:
             raise ValueError(f"need num_layers >= 1 and k >= 1; got {num_layers}, {k}")
-        if positional and not max_len:
-            raise ValueError("positional=True needs max_len (the number of positions)")
         self.in_features, self.out_features, self.hidden, self.k = in_features, out_features, hidden, k
         self.num_layers, self.positional, self.max_len, self.chunk = num_layers, positional, max_len, chunk
-        self.embed = nn.Linear(in_features, hidden)
-        self.pos = nn.Parameter(torch.randn(max_len, hidden) * 0.02) if positional else None
-        self.context_proj = nn.Linear(context_features, hidden, bias=False) if context_features else None
+        self.embed = PointEmbedding(in_features, hidden, positional, max_len, context_features)
         self.convs = nn.ModuleList(KNNEdgeConv(hidden, hidden, activation) for _ in range(num_layers))
         self.act = get_activation(activation)
         self.out = nn.Linear(hidden, out_features)
@@ -153,16 +150,8 @@ class KNNEdgeConvNet(nn.Module):
             nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.in_features:
-            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
+        h = self.embed(x, context)
         nbr = knn_neighbors(x, min(self.k, x.shape[1] - 1), mask=mask, chunk=self.chunk)
-        h = self.embed(x)
-        if self.pos is not None:
-            if x.shape[1] > self.max_len:
-                raise ValueError(f"got N={x.shape[1]} points but the positional embedding has max_len={self.max_len}")
-            h = h + self.pos[: x.shape[1]]
-        if context is not None and self.context_proj is not None:
-            h = h + self.context_proj(context).unsqueeze(1)
         for conv in self.convs:
             h = h + self.act(conv(h, nbr))
         return self.out(h)
