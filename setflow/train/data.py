@@ -116,6 +116,20 @@ def _toy2d(name: str = "checkerboard", n_train: int = 20000, n_valid: int = 2000
     return ExperimentData(tr, va, te, f"data: toy 2-D '{name}' (generated, seed {seed})", "nats", "toy2d")
 
 
+@register_dataset("pointclouds")
+def _pointclouds(source: str = "shapes", data_root: Optional[str] = None, num_points: int = 512, per_class: int = 64,
+                 seed: int = 0, normalize: str = "shape", path: Optional[str] = None, categories=None,
+                 download: bool = True) -> ExperimentData:
+    """3-D clouds ``(M, N, 3)`` from :func:`setflow.data.pointclouds.load_pointclouds`, with class labels."""
+    from setflow.data.pointclouds import load_pointclouds
+
+    d = load_pointclouds(source, data_root=data_root, num_points=num_points, per_class=per_class, seed=seed,
+                         normalize=normalize, path=path, categories=categories, download=download, verbose=False)
+    tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
+    labels = {k: torch.as_tensor(getattr(d, f"{k}_labels")) for k in ("train", "valid", "test")}
+    return ExperimentData(tr, va, te, "data: " + d.source, "nats_per_point", "pointclouds", labels=labels)
+
+
 def load_data(config: dict, data_root: Optional[str] = None) -> ExperimentData:
     name = config["data"]
     if name not in DATASETS:
