@@ -94,16 +94,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for value, option in ((args.batch_size, "--batch-size"), (args.iwbo_k, "--iwbo-k"),
                           (args.max_examples, "--max-examples")):
         check_positive(value, option)
+    check_positive(args.samples, "--samples")
     model, cfg = _load(args)
     data = load_data(cfg, args.data_root)
     print(data.source)
     ec = cfg["eval"]
-    res = evaluate(model, data.split(args.split), data.unit,
+    conditional = bool(getattr(model, "conditional", False))
+    labels = data.split_labels(args.split) if conditional else None
+    res = evaluate(model, data.split(args.split), data.unit, labels=labels,
                    batch_size=ec["batch_size"] if args.batch_size is None else args.batch_size,
                    iwbo_k=ec["iwbo_k"] if args.iwbo_k is None else args.iwbo_k, iwbo_chunk=ec["iwbo_chunk"],
                    device=args.device,
                    max_examples=args.max_examples)
-    print(format_metrics(res, args.split))
+    print(format_metrics(res, args.split) + (" [conditional on the class label]" if conditional else ""))
+    if args.samples:
+        from setflow.evaluate import format_sample_quality, sample_quality
+
+        if data.kind != "sets":
+            raise ValueError(f"--samples measures point sets; {cfg['data']} is {data.kind}")
+        other = "train" if args.split != "train" else "valid"
+        q = sample_quality(model, data.split(args.split), data.split(other), args.samples, seed=args.seed,
+                           device=args.device or "cpu", ref_labels=labels,
+                           other_labels=data.split_labels(other) if conditional else None)
+        if q["num"] < args.samples:
+            print(f"note: {q['num']} samples (the size of the smaller split), not {args.samples}")
+        print(format_sample_quality(q, args.split, other))
     return 0
 
 
@@ -116,10 +131,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     check_positive(args.num, "-n/--num")
     model, cfg = _load(args)
     torch.manual_seed(args.seed)
-    x = model.sample(args.num).cpu().numpy()
+    conditional = bool(getattr(model, "conditional", False))
+    if args.label is not None and not conditional:
+        raise ValueError(f"--label needs a conditional checkpoint; {args.ckpt} was trained without labels")
+    if conditional and args.label is None:
+        raise ValueError(f"{args.ckpt} is class-conditional: choose the class with --label "
+                         f"(0..{model.context_encoder.num_classes - 1})")
+    labels = None if args.label is None else torch.full((args.num,), args.label, dtype=torch.long)
+    device = next(model.parameters()).device
+    x = model.sample(args.num, context=None if labels is None else labels.to(device)).cpu().numpy()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, samples=x, model=cfg["model"], data=cfg["data"])
+    extra = {} if labels is None else {"labels": labels.numpy()}
+    np.savez(out, samples=x, model=cfg["model"], data=cfg["data"], **extra)
     print(f"wrote {x.shape[0]} samples of shape {tuple(x.shape[1:])} to {out}")
     return 0
 
@@ -204,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwbo-k", type=int, default=None, help="importance samples for bound models (default 10)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--samples", type=int, default=None,
+                   help="also MMD / COV / 1-NNA (CD, EMD) of this many samples against the split, beside real "
+                        "sets of another split (train, or valid for --split train) against the same reference")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and reference subsets")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_eval)
@@ -213,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, default=64)
     p.add_argument("-o", "--output", default="samples.npz")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", type=int, default=None, help="class to draw from (conditional checkpoints)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=_cmd_sample)
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["evaluate", "format_metrics", "loss_scale"]
+__all__ = ["evaluate", "format_metrics", "loss_scale", "draw_samples", "sample_quality", "format_sample_quality"]
 
 
 def loss_scale(unit: str, event_shape: tuple[int, ...]) -> float:
@@ -37,12 +37,14 @@ def evaluate(
     iwbo_chunk: Optional[int] = 10,
     device: str = "cpu",
     max_examples: Optional[int] = None,
+    labels: Optional[Tensor] = None,
 ) -> dict:
     """Average log-likelihood of ``data`` under ``model``.
 
     Exact models use ``log_prob``; models with a stochastic forward layer use the
     importance-weighted bound with ``iwbo_k`` samples (``iwbo_chunk`` at a time) and also report
-    the ELBO. Under ``torch.distributed`` each rank evaluates its shard and the sums are reduced.
+    the ELBO. ``labels`` ``(N,)`` are the contexts of a conditional model (the conditional
+    likelihood ``log p(x | label)``). Under ``torch.distributed`` each rank evaluates its shard and the sums are reduced.
 
     Returns a dict with ``ll`` (mean nats per datum), ``metric`` (in ``unit``; for
     ``nats_per_point`` the PPLL, higher is better; for ``bits_per_dim`` lower is better),
@@ -53,8 +55,10 @@ def evaluate(
     m.eval()
     if max_examples is not None:
         data = data[:max_examples]
+        labels = None if labels is None else labels[:max_examples]
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     shard = data[rank::world]
+    shard_labels = None if labels is None else labels[rank::world]
     exact = bool(getattr(m, "is_exact", True))
     dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
     sums = torch.zeros(3, dtype=torch.float64)  # [sum ll (iwbo or exact), sum elbo, count]
@@ -62,8 +66,9 @@ def evaluate(
         x = shard[i : i + batch_size].to(device)
         if x.is_floating_point():
             x = x.to(dtype)
-        elbo = m.log_prob(x)
-        ll = elbo if exact else m.iwbo(x, k=iwbo_k, chunk=iwbo_chunk)
+        ctx = None if shard_labels is None else shard_labels[i : i + batch_size].to(device)
+        elbo = m.log_prob(x, ctx)
+        ll = elbo if exact else m.iwbo(x, k=iwbo_k, chunk=iwbo_chunk, context=ctx)
         sums += torch.stack([ll.double().sum().cpu(), elbo.double().sum().cpu(), torch.tensor(float(x.shape[0]))])
     if world > 1:
         dist.all_reduce(sums)
@@ -93,3 +98,81 @@ def format_metrics(res: dict, split: str = "test") -> str:
     if not res["exact"]:
         s += f"; ELBO {res['elbo_metric']:.4f}"
     return s + f", {res['count']} examples)"
+
+
+@torch.no_grad()
+def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Optional[Tensor] = None,
+                 device: str = "cpu") -> Tensor:
+    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 conditions a conditional model."""
+    m = _bare(model)
+    was_training = m.training
+    m.eval()
+    out = []
+    for i in range(0, num, batch_size):
+        b = min(batch_size, num - i)
+        if labels is None:
+            out.append(m.sample(b).cpu())
+        else:
+            out.append(m.sample(b, context=labels[i:i + b].to(device)).cpu())
+    m.train(was_training)
+    return torch.cat(out)
+
+
+def _subset(x: Tensor, n: int, seed: int) -> Tensor:
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return idx.sort().values
+
+
+def sample_quality(model: nn.Module, ref: Tensor, other: Tensor, num: int, seed: int = 0, batch_size: int = 500,
+                   device: str = "cpu", progress: Optional[bool] = None, ref_labels: Optional[Tensor] = None,
+                   other_labels: Optional[Tensor] = None) -> dict:
+    """Sample metrics (:func:`setflow.metrics.sample_metrics`) of ``model`` and of real sets.
+
+    ``n = min(num, len(ref), len(other))`` reference sets are a seeded subset of ``ref``; the
+    model draws ``n`` samples; the real-vs-real line compares ``n`` sets of ``other`` (another
+    split) with the same reference sets. With ``ref_labels`` (conditional model) the samples
+    carry the reference sets' labels and the metrics are also reported per class, against the
+    ``other`` sets of the same class (``other_labels``).
+
+    Returns ``{"num", "model": metrics, "real": metrics, "per_class": {label: {"model", "real"}}}``.
+    """
+    from setflow.metrics import sample_metrics
+
+    n = min(num, ref.shape[0], other.shape[0])
+    ir, io = _subset(ref, n, seed), _subset(other, n, seed + 1)
+    r, o = ref[ir], other[io]
+    labels = None if ref_labels is None else ref_labels[ir]
+    torch.manual_seed(seed)
+    gen = draw_samples(model, n, batch_size, labels=labels, device=device).to(r.dtype)
+    out = {"num": n, "model": sample_metrics(gen, r, progress=progress),
+           "real": sample_metrics(o, r, progress=progress)}
+    if labels is not None:
+        if other_labels is None:
+            raise ValueError("per-class metrics need other_labels beside ref_labels")
+        ol = other_labels[io]
+        out["per_class"] = {}
+        for c in labels.unique().tolist():
+            sel, osel = labels == c, ol == c
+            if int(sel.sum()) < 2 or int(osel.sum()) < 2:
+                continue
+            out["per_class"][int(c)] = {"model": sample_metrics(gen[sel], r[sel], progress=False),
+                                        "real": sample_metrics(o[osel], r[sel], progress=False)}
+    return out
+
+
+def format_sample_quality(res: dict, split: str = "test", other: str = "train") -> str:
+    """Lines: the model's samples vs ``split`` and the real-vs-real reference (``other`` vs ``split``)."""
+    from setflow.metrics import format_sample_metrics
+
+    lines = [format_sample_metrics(res["model"], f"{split} samples vs {split}"),
+             format_sample_metrics(res["real"], f"{split} reference: real {other} sets vs {split}")]
+    if res.get("per_class"):
+        lines.append("per class (CD 1-NNA / COV, EMD 1-NNA / COV): samples vs real " + other)
+
+    def short(m: dict) -> str:
+        return (f"{100 * m['cd']['1nna']:.0f}% / {100 * m['cd']['cov']:.0f}%, "
+                f"{100 * m['emd']['1nna']:.0f}% / {100 * m['emd']['cov']:.0f}%")
+
+    for c, v in res.get("per_class", {}).items():
+        lines.append(f"  class {c} ({v['model']['num_ref']} sets): {short(v['model'])}   real: {short(v['real'])}")
+    return "\n".join(lines)

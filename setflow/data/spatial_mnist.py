@@ -39,6 +39,8 @@ __all__ = [
     "build_spatial_splits",
     "spatial_mnist_splits",
     "load_spatial_mnist",
+    "TrainRedraw",
+    "train_redraw",
 ]
 
 NUM_POINTS = 50
@@ -242,3 +244,42 @@ def load_spatial_mnist(
     tensors = {s: torch.from_numpy(np.ascontiguousarray(arrays[s], dtype=np.float32)) for s in SPLITS}
     labels = {s: torch.from_numpy(np.asarray(arrays[f"{s}_labels"], dtype=np.int64)) for s in SPLITS}
     return SpatialMNIST(tensors["train"], tensors["valid"], tensors["test"], labels, source, path)
+
+
+class TrainRedraw:
+    """Fresh point sets of the training digits for every epoch (the 50 points redrawn from
+    each digit's intensity), seeded by ``(seed, epoch)`` so a run reproduces.
+
+    ``redraw(epoch)`` -> float32 ``(M, num_points, 2)`` in the order of the training split.
+    Validation and test sets stay the fixed (cached) draw. ``images`` may be a callable that
+    returns them, called on first use (evaluation never loads the raw digits).
+    """
+
+    def __init__(self, images, seed: int = 0, num_points: int = NUM_POINTS) -> None:
+        self._images = images
+        self.seed = int(seed)
+        self.num_points = num_points
+
+    @property
+    def images(self) -> np.ndarray:
+        if callable(self._images):
+            self._images = np.asarray(self._images())
+        return np.asarray(self._images)
+
+    def __call__(self, epoch: int) -> Tensor:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        rng = np.random.default_rng([self.seed, 1 + int(epoch)])  # never the stream of the fixed draw
+        return torch.from_numpy(sample_spatial_points(self.images, self.num_points, rng))
+
+
+def train_redraw(data_root: Optional[PathLike] = None, fashion: bool = False, seed: int = 0, download: bool = True,
+                 num_points: int = NUM_POINTS, limit: Optional[int] = None) -> TrainRedraw:
+    """A :class:`TrainRedraw` over the training digits of the source :func:`load_spatial_mnist` uses."""
+    name, title = ("fashion_mnist", "Spatial Fashion-MNIST") if fashion else ("mnist", "SpatialMNIST")
+
+    def images() -> np.ndarray:
+        train = load_digit_splits(name, resolve_data_root(data_root), download, target=title).images["train"]
+        return train if limit is None else train[:limit]
+
+    return TrainRedraw(images, seed, num_points)

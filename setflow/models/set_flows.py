@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
-from setflow.flows import Flow
+from setflow.flows import Flow, LabelContext
 from setflow.models import register_model
 from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
@@ -54,17 +54,17 @@ def _transformer(d_in: int, d_out: int, positional: bool, max_len: Optional[int]
 
 
 def _deepsets(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64,
-              num_layers: int = 2, **_) -> nn.Module:
+              num_layers: int = 2, context_features: Optional[int] = None, **_) -> nn.Module:
     from setflow.nn import DeepSets
 
-    return DeepSets(d_in, d_out, hidden=d_model, num_layers=num_layers)
+    return DeepSets(d_in, d_out, hidden=d_model, num_layers=num_layers, context_features=context_features)
 
 
 def _edgeconv(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64,
-              num_layers: int = 2, k: int = 8, **_) -> nn.Module:
+              num_layers: int = 2, k: int = 8, context_features: Optional[int] = None, **_) -> nn.Module:
     from setflow.nn import EdgeConvNet
 
-    return EdgeConvNet(d_in, d_out, hidden=d_model, k=k, num_layers=num_layers)
+    return EdgeConvNet(d_in, d_out, hidden=d_model, k=k, num_layers=num_layers, context_features=context_features)
 
 
 def _isab(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64, num_heads: int = 8,
@@ -99,8 +99,10 @@ class SetFlow(Flow):
     option) is the paper SortFlow: loading one drops the layer, so the model scores as trained.
     """
 
-    def __init__(self, base, transforms, num_points: int, dim: int, sort_consistent: bool = False) -> None:
-        super().__init__(base, transforms, event_shape=(num_points, dim), layout="(B, N, D) = (batch, points, coordinates)")
+    def __init__(self, base, transforms, num_points: int, dim: int, sort_consistent: bool = False,
+                 context_encoder: Optional[nn.Module] = None) -> None:
+        super().__init__(base, transforms, event_shape=(num_points, dim), layout="(B, N, D) = (batch, points, coordinates)",
+                         context_encoder=context_encoder)
         self.num_points = num_points
         self.dim = dim
         self.register_buffer("sort_consistent", torch.tensor(bool(sort_consistent)))
@@ -139,6 +141,9 @@ def build_set_flow(
     knn_k: int = 8,
     input_scale: float = 1.0 / 28.0,
     input_shift: float = -0.5,
+    conditional: bool = False,
+    num_classes: int = 10,
+    context_dim: int = 32,
     seed: int = 0,
 ) -> SetFlow:
     """Build a SortFlow (``permutation="sort"``) or a PermuteFlow (``permutation="stochastic"``).
@@ -165,6 +170,9 @@ def build_set_flow(
         point_conditioner: net of the point-wise coupling, with learned positions where it has
             them (``transformer``, ``isab``, ``knn``); ``isab`` / ``knn`` keep a step O(N).
         input_scale, input_shift: the fixed affine pre-processing ``x * scale + shift``.
+        conditional: class-conditional flow: a learned embedding (:class:`~setflow.flows.LabelContext`,
+            ``num_classes`` labels -> ``context_dim`` features) of the integer label ``(B,)`` is fed
+            to every conditioner; ``log_prob``, ``iwbo`` and ``sample`` then need ``context=labels``.
         seed: seed of the fixed shuffles and 1x1 initialisations (reproducible builds).
     """
     if permutation not in ("sort", "stochastic"):
@@ -185,7 +193,8 @@ def build_set_flow(
     torch.manual_seed(seed)
     try:
         tkw = dict(d_model=d_model, num_heads=num_heads, num_layers=num_layers, dim_feedforward=dim_feedforward,
-                   dropout=dropout)
+                   dropout=dropout, context_features=context_dim if conditional else None)
+        encoder = LabelContext(num_classes, context_dim) if conditional else None
         d_a, d_b = dim - dim // 2, dim // 2
         n_a, n_b = num_points - num_points // 2, num_points // 2
         first = SortSurjection(dim=1, key=sort_key) if permutation == "sort" else StochasticPermutation(dim=1)
@@ -210,7 +219,8 @@ def build_set_flow(
                 mix,
                 ActNorm(dim, feature_dim=-1),
             ]
-        return SetFlow(StandardNormal((num_points, dim)), layers, num_points, dim, sort_consistent=sort_consistent)
+        return SetFlow(StandardNormal((num_points, dim)), layers, num_points, dim, sort_consistent=sort_consistent,
+                       context_encoder=encoder)
     finally:
         torch.random.set_rng_state(g_state)
 

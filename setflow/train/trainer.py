@@ -255,11 +255,15 @@ class Trainer:
             self.log(f"resumed from {path} at step {self.step}")
 
     # ----------------------------------------------------------------- loop
+    def _labels(self, split: str):
+        """Class labels of ``split`` for a conditional model, else ``None``."""
+        return self.data.split_labels(split) if getattr(self.model, "conditional", False) else None
+
     def validate(self, split: str = "valid") -> dict:
         ec = self.cfg["eval"]
         return evaluate(self.net, self.data.split(split), self.data.unit, batch_size=ec["batch_size"],
                         iwbo_k=ec["iwbo_k"], iwbo_chunk=ec["iwbo_chunk"], device=str(self.device),
-                        max_examples=ec["max_examples"])
+                        max_examples=ec["max_examples"], labels=self._labels(split))
 
     def fit(self) -> dict:
         tc = self.tc
@@ -319,13 +323,17 @@ class Trainer:
                 self.sampler.set_epoch(epoch)
                 order = torch.as_tensor(list(iter(self.sampler)))
                 cached_epoch = epoch
+                # data_args.redraw: fresh training points per epoch (seeded by the epoch)
+                train_x = self.data.train if self.data.train_epoch is None else self.data.train_epoch(epoch)
             idx = order[i * self.local_bs : (i + 1) * self.local_bs]
-            x = self.data.train[idx].to(self.device)
+            x = train_x[idx].to(self.device)
+            labels = self._labels("train")
+            ctx = None if labels is None else labels[idx].to(self.device)
             if x.is_floating_point():
                 x = x.to(self.dtype)
             for g in self.optimizer.param_groups:
                 g["lr"] = self.lr_at(self.step)
-            loss = -self.net(x).mean() / self.scale
+            loss = -(self.net(x) if ctx is None else self.net(x, ctx)).mean() / self.scale
             if not torch.isfinite(loss):
                 msg = (f"loss became {loss.item()} at step {self.step}; stopping. "
                        f"The last good checkpoint is kept at {self.out / 'last.pt'}")

@@ -8,7 +8,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["plot_sets_grid", "save_ply", "render_sets_open3d", "plot_checkpoint"]
+__all__ = ["plot_sets_grid", "plot_sets_by_class", "save_ply", "render_sets_open3d", "plot_checkpoint"]
 
 
 def _np(x) -> np.ndarray:
@@ -22,6 +22,20 @@ def _draw(ax, pts: np.ndarray, color: str, frame: float) -> None:
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _save(fig, out_path: Union[str, Path], title: str) -> Path:
+    """Title, lay out, write the PNG (creating its folder) and close ``fig``."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
 
 
 def plot_sets_grid(data: Optional[Union[torch.Tensor, np.ndarray]], samples: Optional[Union[torch.Tensor, np.ndarray]],
@@ -54,14 +68,43 @@ def plot_sets_grid(data: Optional[Union[torch.Tensor, np.ndarray]], samples: Opt
             ax.axis("on")
             _draw(ax, pts, color, frame)
         axes[0, c0].set_title(name, loc="left", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out_path, title)
+
+
+def plot_sets_by_class(data, data_labels, samples, sample_labels, out_path: Union[str, Path], per_class: int = 4,
+                       frame: float = 28.0, title: str = "") -> Path:
+    """One row per class: ``per_class`` data sets (black) of that class, then as many samples (blue).
+
+    ``data`` (n, N, 2) with ``data_labels`` (n,), ``samples`` (m, N, 2) with ``sample_labels`` (m,);
+    the classes are the union of both label sets, in increasing order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data, samples = _np(data), _np(samples)
+    dl, sl = _np(data_labels).astype(np.int64), _np(sample_labels).astype(np.int64)
+    if len(dl) != len(data) or len(sl) != len(samples):
+        raise ValueError(f"labels must match the sets: {len(data)} data sets with {len(dl)} labels, "
+                         f"{len(samples)} samples with {len(sl)} labels")
+    classes = sorted(set(dl.tolist()) | set(sl.tolist()))
+    cols = 2 * per_class + 1
+    fig, axes = plt.subplots(len(classes), cols, figsize=(1.1 * cols, 1.1 * len(classes) + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for r, c in enumerate(classes):
+        for k, pts in enumerate(data[dl == c][:per_class]):
+            axes[r, k].axis("on")
+            _draw(axes[r, k], pts, "black", frame)
+        for k, pts in enumerate(samples[sl == c][:per_class]):
+            ax = axes[r, per_class + 1 + k]
+            ax.axis("on")
+            _draw(ax, pts, "tab:blue", frame)
+        axes[r, 0].set_ylabel(str(c), rotation=0, labelpad=10)
+    axes[0, 0].set_title("data", loc="left", fontsize=9)
+    axes[0, per_class + 1].set_title("samples", loc="left", fontsize=9)
+    return _save(fig, out_path, title)
 
 
 def _point_cloud(points: np.ndarray):
@@ -116,6 +159,15 @@ def render_sets_open3d(sets, out_path: Union[str, Path], width: int = 640, heigh
 
 
 def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> None:
-    """Data (test split) beside model samples."""
+    """Data (test split) beside model samples; for a conditional model one row per class."""
+    if getattr(model, "conditional", False):
+        num_classes = model.context_encoder.num_classes
+        per_class = max(1, min(8, n // num_classes))
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        device = next(model.parameters()).device
+        samples = model.sample(len(labels), context=labels.to(device)).cpu()
+        plot_sets_by_class(data.test, data.split_labels("test"), samples, labels, out_path, per_class=per_class,
+                           title=f"{config['model']} (conditional): data vs samples, one row per class")
+        return
     samples = model.sample(n).cpu()
     plot_sets_grid(data.test[:n], samples, out_path, title=f"{config['model']}: data vs samples")
