@@ -145,11 +145,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     extra = {} if labels is None else {"labels": labels.numpy()}
     np.savez(out, samples=x, model=cfg["model"], data=cfg["data"], **extra)
     print(f"wrote {x.shape[0]} samples of shape {tuple(x.shape[1:])} to {out}")
+    if args.ply:
+        from setflow.viz.pointclouds import save_clouds_ply
+
+        if x.ndim != 3 or x.shape[-1] not in (2, 3):
+            raise ValueError(f"--ply needs point sets (n, N, 2|3); the samples have shape {x.shape}")
+        pts = x if x.shape[-1] == 3 else np.concatenate([x, np.zeros(x.shape[:2] + (1,), x.dtype)], -1)
+        paths = save_clouds_ply(pts, args.ply)
+        print(f"wrote {len(paths)} PLY files to {args.ply}/")
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from setflow.viz import plot_source
+
+    if args.open3d:
+        from setflow.viz.pointclouds import render_source_open3d
+
+        render_source_open3d(args.source, args.output, n=args.num, seed=args.seed)
+        print(f"wrote {args.output}")
+        return 0
 
     plot_source(args.source, args.output, n=args.num, data_root=args.data_root, fashion=args.fashion,
                 seed=args.seed)
@@ -243,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label", type=int, default=None, help="class to draw from (conditional checkpoints)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--ply", default=None, metavar="DIR", help="also write each sample as DIR/sample_NNNN.ply")
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("plot", help="plot samples.npz, a checkpoint, or 'data' as a grid")
@@ -251,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, default=32)
     p.add_argument("--fashion", action="store_true", help="with 'data': Spatial Fashion-MNIST")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--open3d", action="store_true",
+                   help="3-D: render a samples .npz / checkpoint offscreen with open3d (perspective camera)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_plot)
 

@@ -13,6 +13,7 @@ PLOTTERS: dict[str, str] = {
     "sets": "setflow.viz.sets:plot_checkpoint",
     "images": "setflow.viz.images:plot_checkpoint",
     "toy2d": "setflow.viz.toy:plot_checkpoint",
+    "pointclouds": "setflow.viz.pointclouds:plot_checkpoint",
 }
 
 
@@ -46,7 +47,11 @@ def plot_source(source: str, out_path: str, n: int = 32, data_root: Optional[str
             if "samples" not in f:
                 raise ValueError(f"{path}: no 'samples' array (write it with `setflow sample`)")
             x = f["samples"]
-        if x.ndim == 3:
+        if x.ndim == 3 and x.shape[-1] == 3:
+            from setflow.viz.pointclouds import plot_clouds_3d
+
+            plot_clouds_3d(None, x[: min(n, 8)], out_path, title=path.name)
+        elif x.ndim == 3:
             plot_sets_grid(None, x[:n], out_path, title=path.name)
         else:
             from setflow.viz.images import image_grid

@@ -1,0 +1,147 @@
+"""3-D data: surface sampling (uniform by area), procedural shapes, mesh folders, normalisation,
+the pointclouds data kind, PLY / 3-D plots, and the CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+from setflow.data.common import DataError
+from setflow.data.pointclouds import (SHAPE_CLASSES, find_cgal_archive, load_pointclouds, normalize_clouds,
+                                      procedural_shapes, read_mesh, sample_surface)
+
+# two triangles of a 3 x 1 rectangle split unevenly: areas 3 * 1 / 2 each, but make one 3x larger
+V = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [4, 0, 0], [4, 1, 0], [1, 1, 0]], dtype=float)
+
+
+def test_sample_surface_is_area_weighted_and_on_the_faces():
+    # face 0: (0,0)-(1,0)-(0,1), area 0.5; face 1: (1,0)-(4,0)-(4,1), area 1.5
+    f = np.array([[0, 1, 2], [1, 3, 4]])
+    pts = sample_surface(V, f, 40000, rng=0)
+    in_f1 = pts[:, 0] > 1
+    assert abs(in_f1.mean() - 0.75) < 0.01
+    a = pts[~in_f1]
+    assert (a[:, 0] + a[:, 1] <= 1 + 1e-6).all() and (a >= -1e-6).all() and np.allclose(pts[:, 2], 0)
+    # uniform inside a triangle: mean is the centroid
+    np.testing.assert_allclose(a[:, :2].mean(0), [1 / 3, 1 / 3], atol=0.01)
+    assert np.array_equal(sample_surface(V, f, 10, rng=3), sample_surface(V, f, 10, rng=3))
+    assert sample_surface(V, f, 7, rng=0, num_clouds=5).shape == (5, 7, 3)
+
+
+def test_sample_surface_bad_input():
+    with pytest.raises(DataError, match="faces must index"):
+        sample_surface(V, np.array([[0, 1, 9]]), 5)
+    with pytest.raises(DataError, match="zero surface area"):
+        sample_surface(V, np.array([[0, 0, 0]]), 5)
+    with pytest.raises(DataError, match=r"\(V, 3\)"):
+        sample_surface(V[:, :2], np.array([[0, 1, 2]]), 5)
+
+
+def test_procedural_shapes_geometry():
+    clouds, labels = procedural_shapes(2, 300, seed=1)
+    assert clouds.shape == (2 * len(SHAPE_CLASSES), 300, 3) and clouds.dtype == np.float32
+    assert np.array_equal(np.bincount(labels), [2] * len(SHAPE_CLASSES))
+    sphere = clouds[SHAPE_CLASSES.index("sphere") * 2]
+    np.testing.assert_allclose(np.linalg.norm(sphere, axis=1), 1.0, atol=0.01)  # on the unit sphere
+    again, _ = procedural_shapes(2, 300, seed=1)
+    assert np.array_equal(clouds, again)
+    assert not np.array_equal(clouds, procedural_shapes(2, 300, seed=2)[0])
+
+
+def test_normalisations():
+    x = np.random.default_rng(0).normal(size=(4, 50, 3)) * 7 + 3
+    s, _ = normalize_clouds(x, "shape")
+    np.testing.assert_allclose((s.max(1) - s.min(1)).max(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose((s.max(1) + s.min(1)) / 2, 0.0, atol=1e-5)
+    g, scale = normalize_clouds(x, "global")
+    np.testing.assert_allclose(g.mean(1), 0.0, atol=1e-5)
+    assert abs(g.std() - 1) < 1e-5 and scale > 1
+    g2, _ = normalize_clouds(x, "global", scale=2 * scale)
+    np.testing.assert_allclose(g2, g / 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="normalize must be"):
+        normalize_clouds(x, "unit")
+
+
+def _write_off(path, v, f):
+    path.write_text("OFF\n%d %d 0\n" % (len(v), len(f)) + "".join("%g %g %g\n" % tuple(p) for p in v)
+                    + "".join("3 %d %d %d\n" % tuple(t) for t in f))
+
+
+TETRA_V = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+TETRA_F = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+
+
+def test_mesh_folder_classes_and_reader(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            _write_off(tmp_path / cls / f"m{i}.off", TETRA_V * (1 + i), TETRA_F)
+    v, f = read_mesh(tmp_path / "a" / "m0.off")
+    assert v.shape == (4, 3) and f.shape == (4, 3)
+    d = load_pointclouds("meshes", path=str(tmp_path), num_points=64, per_class=4, verbose=False)
+    assert d.classes == ["a", "b"] and d.train.shape[1:] == (64, 3)
+    assert len(d.train) + len(d.valid) + len(d.test) == 2 * 3 * 4
+    assert "meshes in" in d.source and "per-shape unit box" in d.source
+    with pytest.raises(DataError, match="expected a folder"):
+        load_pointclouds("meshes", path=str(tmp_path / "missing"), num_points=8, verbose=False)
+
+
+def test_mesh_folder_empty_and_bad_file(tmp_path):
+    with pytest.raises(DataError, match="no OFF/PLY/OBJ/STL"):
+        load_pointclouds("meshes", path=str(tmp_path), verbose=False)
+    with pytest.raises(DataError, match="expected a mesh file"):
+        read_mesh(tmp_path / "x.txt")
+
+
+def test_offline_pyg_sources_fail_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    with pytest.raises(DataError, match="downloads are off"):
+        load_pointclouds("modelnet10", data_root=tmp_path, verbose=False)
+    with pytest.raises(ValueError, match="unknown point-cloud source"):
+        load_pointclouds("bunnies", verbose=False)
+
+
+@pytest.mark.skipif(find_cgal_archive() is None, reason="libcgal-demo not unpacked (scripts/install_system_deps.sh)")
+def test_cgal_meshes(tmp_path):
+    from setflow.data.pointclouds import load_cgal_meshes
+
+    (name, v, f), = load_cgal_meshes(tmp_path, names=("pig",))
+    assert name == "pig" and len(v) > 100 and (tmp_path / "cgal_meshes" / "pig.off").is_file()
+
+
+def test_pointclouds_data_kind_and_sortflow_step():
+    from setflow.models.set_flows import build_set_flow
+    from setflow.train.data import load_data
+
+    d = load_data({"data": "pointclouds", "data_args": {"num_points": 64, "per_class": 4}})
+    assert d.kind == "pointclouds" and d.train.shape == (4 * len(SHAPE_CLASSES), 64, 3)
+    assert d.labels["train"].shape == (len(d.train),) and d.source.startswith("data: procedural shapes")
+    flow = build_set_flow(num_points=64, dim=3, num_steps=2, d_model=16, num_heads=2, conditioner="isab",
+                          point_conditioner="knn", num_inducing=4, knn_k=4, input_scale=1.0, input_shift=0.0)
+    loss = -flow.log_prob(d.train[:8]).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in flow.parameters() if p.requires_grad)
+
+
+def test_plots_and_ply(tmp_path):
+    import open3d as o3d
+
+    from setflow.viz.pointclouds import cloud_frame, plot_clouds_3d, save_clouds_ply
+
+    clouds, _ = procedural_shapes(1, 200, seed=0)
+    out = plot_clouds_3d(clouds[:2] * 100, clouds[2:4], tmp_path / "p.png")
+    assert out.stat().st_size > 5000
+    centre, half = cloud_frame(clouds[:1] * 100 + 50)
+    assert np.allclose(centre, 50, atol=60) and half > 90  # framed from the data, not a fixed box
+    paths = save_clouds_ply(clouds[:2], tmp_path / "ply")
+    back = np.asarray(o3d.io.read_point_cloud(str(paths[1])).points)
+    np.testing.assert_allclose(back, clouds[1], rtol=1e-6, atol=1e-6)
+
+
+def test_cli_data_shapes(tmp_path):
+    from setflow.cli import main
+
+    assert main(["data", "shapes", "--num-points", "32", "--per-class", "2", "-o", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["train"].shape == (2 * len(SHAPE_CLASSES), 32, 3)
+    assert main(["data", "meshes"]) == 2  # needs a folder: one-line error
