@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from setflow.coding import IDFCodec  # noqa: E402
-from setflow.coding.cli import load_idf  # noqa: E402
+from setflow.coding.codec import load_idf  # noqa: E402
 from setflow.coding.format import unpack  # noqa: E402
 
 Encode = Callable[[np.ndarray], bytes]

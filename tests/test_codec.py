@@ -243,3 +243,17 @@ def test_progressive_decoding(model, images, ckpt, tmp_path):
     out = tmp_path / "fig.png"
     assert main(["progressive", ckpt, str(tmp_path / "imgs.npy"), "-o", str(out)]) == 0
     assert out.stat().st_size > 1000 and imagecodecs.png_decode(out.read_bytes()).ndim == 3
+
+
+def test_zero_valued_last_escape_bits_decode_from_an_empty_stack():
+    """A genuine stream can be empty before its last escape chunks (zeros cost no bits): the
+    run-dry check must not refuse it, and leftover/phantom checks still hold."""
+    params = (torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1))
+    table = make_table(params, TableSpec())
+    z = np.array([table.lo[0] + 2**20])  # zigzag 2^21: every chunk below the leading one is 0
+    coder = constriction.stream.stack.AnsCoder()
+    encode_group(coder, z, table)
+    dec = constriction.stream.stack.AnsCoder(coder.get_compressed())
+    assert np.array_equal(decode_group(dec, table), z) and dec.is_empty()
+    with pytest.raises(CorruptFileError, match="ran out"):
+        decode_group(dec, table)  # a second, phantom group from the empty stack

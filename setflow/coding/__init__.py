@@ -4,7 +4,7 @@ See :mod:`setflow.coding.codec` (the coding path and its determinism), :mod:`set
 (categorical rows with an escape, ``constriction`` ANS) and :mod:`setflow.coding.format` (the file).
 """
 
-from setflow.coding.codec import IDFCodec, deterministic_cpu, model_fingerprint
+from setflow.coding.codec import IDFCodec, deterministic_cpu, load_idf, model_fingerprint
 from setflow.coding.format import (
     CodecError,
     CorruptFileError,
@@ -21,6 +21,7 @@ __all__ = [
     "Header",
     "deterministic_cpu",
     "model_fingerprint",
+    "load_idf",
     "CodecError",
     "FormatError",
     "CorruptFileError",

@@ -17,30 +17,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from setflow.coding.codec import IDFCodec, load_idf, to_model_layout
 from setflow.coding.format import SOURCE_PNG
 from setflow.coding.io import IMAGE_SUFFIXES, collect_files, output_paths, read_image, write_image
 
-__all__ = ["register", "run_compress", "run_decompress", "run_progressive", "load_idf"]
+__all__ = ["register", "run_compress", "run_decompress", "run_progressive"]
 
 
-def load_idf(ckpt: str):
-    """``(model, config)`` from a checkpoint; raises ``ValueError`` unless it holds an IDF."""
-    from setflow.train.checkpoint import load_model
-
-    model, cfg = load_model(ckpt, device="cpu")
-    if not hasattr(model, "split_latents"):
-        raise ValueError(f"{ckpt} holds a {cfg.get('model')!r} model; compression needs an 'idf' checkpoint")
-    return model, cfg
-
-
-def _codec(ckpt: str):
-    from setflow.coding.codec import IDFCodec
-
+def _codec(ckpt: str) -> IDFCodec:
     model, _ = load_idf(ckpt)
     return IDFCodec(model)
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    from setflow.coding.sets import cli_compress_sets, holds_set_codec
+
+    if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
+        return cli_compress_sets(args)
     codec = _codec(args.ckpt)
     inputs = collect_files(args.inputs, IMAGE_SUFFIXES)
     outputs = output_paths(inputs, args.output, lambda p: ".idf")
@@ -62,8 +55,10 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_decompress(args: argparse.Namespace) -> int:
-    from setflow.coding.codec import IDFCodec
+    from setflow.coding.sets import cli_decompress_sets, holds_set_codec
 
+    if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
+        return cli_decompress_sets(args)
     codec = _codec(args.ckpt)
     inputs = collect_files(args.inputs, (".idf",))
     headers = {}
@@ -87,7 +82,6 @@ def run_decompress(args: argparse.Namespace) -> int:
 
 
 def run_progressive(args: argparse.Namespace) -> int:
-    from setflow.coding.codec import to_model_layout
     from setflow.coding.progressive import plot_progressive, progressive_decode
 
     model, cfg = load_idf(args.ckpt)

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import math
 from typing import Iterator, Optional, Union
 
 import constriction
@@ -39,21 +40,35 @@ from setflow.coding.format import (
     FORMAT_VERSION,
     LAYOUT_CHANNELS_LAST,
     LAYOUT_PLAIN,
+    MAX_ELEMENTS,
     SOURCE_ARRAY,
     CorruptFileError,
     DecodeMismatchError,
     Header,
     ModelMismatchError,
+    check_payload_bits,
+    checked_product,
+    codec_errors,
     dtype_code,
     image_crc,
     pack,
     unpack,
 )
-from setflow.coding.tables import TableSpec, decode_group, encode_group, log2_prob, make_table
+from setflow.coding.tables import TableSpec, decode_group, encode_group, log2_prob, make_table, open_decoder
 
-__all__ = ["IDFCodec", "deterministic_cpu", "model_fingerprint", "to_model_layout", "from_model_layout"]
+__all__ = ["IDFCodec", "deterministic_cpu", "model_fingerprint", "to_model_layout", "from_model_layout", "load_idf"]
 
 ArrayLike = Union[np.ndarray, Tensor]
+
+
+def load_idf(ckpt: str):
+    """``(model, config)`` from a checkpoint; raises ``ValueError`` unless it holds an IDF."""
+    from setflow.train.checkpoint import load_model
+
+    model, cfg = load_model(ckpt, device="cpu")
+    if not hasattr(model, "split_latents"):
+        raise ValueError(f"{ckpt} holds a {cfg.get('model')!r} model; compression needs an 'idf' checkpoint")
+    return model, cfg
 
 
 @contextlib.contextmanager
@@ -111,7 +126,7 @@ def from_model_layout(x: np.ndarray, shape: tuple[int, ...], layout: int) -> np.
         x = np.moveaxis(x, 1, -1)
     elif layout != LAYOUT_PLAIN:
         raise CorruptFileError(f"unknown layout code {layout}")
-    if x.size != int(np.prod(shape)):
+    if x.size != checked_product(shape, MAX_ELEMENTS):
         raise CorruptFileError("decoded size does not match the header shape")
     return x.reshape(shape)
 
@@ -148,8 +163,6 @@ class IDFCodec:
     @classmethod
     def from_checkpoint(cls, path: str, spec: Optional[TableSpec] = None) -> "IDFCodec":
         """The codec of an IDF checkpoint written by the trainer (``setflow train``)."""
-        from setflow.coding.cli import load_idf
-
         return cls(load_idf(path)[0], spec)
 
     # ------------------------------------------------------------------ per image (the coding path)
@@ -215,18 +228,22 @@ class IDFCodec:
                 "this file was compressed with a different model or codec settings "
                 f"(file fingerprint {header.fingerprint.hex()}, model {self.fingerprint.hex()})"
             )
-        n = int(np.prod(header.shape)) // int(np.prod(self.input_shape)) if header.shape else 0
-        if n < 1 or n * int(np.prod(self.input_shape)) != int(np.prod(header.shape)):
+        total = checked_product(header.shape, MAX_ELEMENTS)  # Python ints: no wrap-around
+        per_image = math.prod(self.input_shape)
+        if total % per_image:
             raise CorruptFileError(f"header shape {header.shape} does not fit the model input {self.input_shape}")
-        with deterministic_cpu():
-            try:
-                coder = constriction.stream.stack.AnsCoder(words)
-            except Exception as e:  # e.g. a zero last word
-                raise CorruptFileError(f"the compressed stream is damaged ({e})") from e
-            xs = [self._decode_image(coder) for _ in range(n)]
+        n = total // per_image
+        check_payload_bits(total, 32 * int(words.size), "latent values")  # e.g. 10^9 images in 200 bytes
+        with deterministic_cpu(), codec_errors():
+            coder = open_decoder(words)
+            xs = []
+            for i in range(n):
+                if coder.is_empty():
+                    raise CorruptFileError(f"the compressed stream ends after {i} of the {n} images in the header")
+                xs.append(self._decode_image(coder))
             if not coder.is_empty():
                 raise CorruptFileError("data left over after decoding: the stream does not fit this model")
-        out = from_model_layout(np.stack(xs), header.shape, header.layout)
+            out = from_model_layout(np.stack(xs), header.shape, header.layout)
         if image_crc(out) != header.image_crc:
             raise DecodeMismatchError("decoded image fails its checksum (encoder/decoder disagree); refusing it")
         out = out.astype(header.dtype)

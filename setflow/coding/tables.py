@@ -38,7 +38,8 @@ from torch import Tensor
 from setflow.distributions import MIN_LOG_SCALE, discretized_logistic_mixture_log_prob, logistic_cdf
 from setflow.coding.format import CorruptFileError
 
-__all__ = ["TableSpec", "Table", "make_table", "encode_group", "decode_group", "log2_prob"]
+__all__ = ["TableSpec", "Table", "make_table", "encode_group", "decode_group", "log2_prob", "open_decoder",
+           "require_data"]
 
 _NB_SIZE = 33  # bit lengths 0..32 of a zigzagged 32-bit offset
 _CHUNK = 16
@@ -221,13 +222,32 @@ def encode_group(coder, z: np.ndarray, table: Table) -> None:
         coder.encode_reverse(sym[idx], constriction.stream.model.Categorical(perfect=False), probs)
 
 
+def open_decoder(words: np.ndarray):
+    """An ANS decoder over a payload of ``uint32`` words; :class:`CorruptFileError` if it is malformed."""
+    try:
+        return constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+    except Exception as e:  # e.g. a zero last word
+        raise CorruptFileError(f"the compressed stream is damaged ({e})") from e
+
+
+def require_data(coder, what: str = "symbols") -> None:
+    """Raise :class:`CorruptFileError` if the coder is empty while ``what`` remain to be decoded.
+
+    (``constriction``'s ``AnsCoder`` pops from an empty stack without raising: every decoder
+    calls this before each batch of symbols.)
+    """
+    if coder.is_empty():
+        raise CorruptFileError(f"the compressed stream ran out while {what} remained to be decoded")
+
+
 def _decode_escapes(coder, count: int) -> np.ndarray:
+    require_data(coder, "escaped values")
     nb = np.asarray(coder.decode(constriction.stream.model.Uniform(), np.full(count, _NB_SIZE, dtype=np.int32)),
                     dtype=np.int64)
     bits = _chunk_sizes(nb)
     sizes = np.concatenate(bits + [np.zeros(0, dtype=np.int64)])
     chunks = np.zeros(0, dtype=np.int64)
-    if sizes.size:
+    if sizes.size:  # (no emptiness check here: zero-valued last chunks cost no bits, the stack may be empty)
         chunks = np.asarray(coder.decode(constriction.stream.model.Uniform(), (1 << sizes).astype(np.int32)),
                             dtype=np.int64)
     v = np.zeros(count, dtype=np.int64)
@@ -248,11 +268,17 @@ def decode_group(coder, table: Table) -> np.ndarray:
     z = np.zeros(table.lo.shape[0], dtype=np.int64)
     try:
         for idx, probs in table.blocks:
+            require_data(coder, "latent values")
             sym = np.asarray(coder.decode(constriction.stream.model.Categorical(perfect=False), probs), dtype=np.int64)
             z[idx] = table.lo[idx] + sym - 1
             esc = idx[sym == 0]
             if esc.size:
-                z[esc] = table.lo[esc] + _decode_escapes(coder, esc.size)
-    except (ValueError, RuntimeError, AssertionError) as e:  # constriction on a damaged stream
+                off = _decode_escapes(coder, esc.size)
+                if np.any((off >= 0) & (off < table.width[esc])):  # the encoder never escapes those
+                    raise CorruptFileError("the compressed stream is damaged (an escaped value inside its window)")
+                z[esc] = table.lo[esc] + off
+    except CorruptFileError:
+        raise
+    except (ValueError, RuntimeError, AssertionError, OverflowError, IndexError) as e:  # constriction on a damaged stream
         raise CorruptFileError(f"the compressed stream is damaged ({e})") from e
     return z

@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["PLOTTERS", "plot_source", "get_plotter"]
+__all__ = ["PLOTTERS", "plot_source", "get_plotter", "load_samples_npz"]
 
 #: data kind -> "module:function" with signature plot_checkpoint(model, config, data, out_path, n)
 PLOTTERS: dict[str, str] = {
@@ -22,6 +22,16 @@ def get_plotter(kind: str) -> Callable:
         raise ValueError(f"no plotter for data kind {kind!r}; known kinds: {sorted(PLOTTERS)}")
     mod, fn = PLOTTERS[kind].split(":")
     return getattr(importlib.import_module(mod), fn)
+
+
+def load_samples_npz(path) -> "np.ndarray":
+    """The ``samples`` array of a ``setflow sample`` .npz (clear error when it has none)."""
+    import numpy as np
+
+    with np.load(path) as f:
+        if "samples" not in f:
+            raise ValueError(f"{path}: no 'samples' array (write it with `setflow sample`)")
+        return f["samples"]
 
 
 def plot_source(source: str, out_path: str, n: int = 32, data_root: Optional[str] = None, fashion: bool = False,
@@ -43,10 +53,7 @@ def plot_source(source: str, out_path: str, n: int = 32, data_root: Optional[str
     if not path.is_file():
         raise FileNotFoundError(f"{source}: not a file (expected a samples .npz, a checkpoint .pt, or 'data')")
     if path.suffix == ".npz":
-        with np.load(path) as f:
-            if "samples" not in f:
-                raise ValueError(f"{path}: no 'samples' array (write it with `setflow sample`)")
-            x = f["samples"]
+        x = load_samples_npz(path)
         if x.ndim == 3 and x.shape[-1] == 3:
             from setflow.viz.pointclouds import plot_clouds_3d
 

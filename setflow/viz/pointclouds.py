@@ -76,14 +76,9 @@ def plot_clouds_3d(data, samples, out_path: Union[str, Path], views: Sequence[tu
                     ax.set_title(f"{name} ({elev:.0f}, {azim:.0f})", fontsize=8)
         if row_labels is not None and r < len(row_labels):
             fig.text(0.005, 1 - (r + 0.5) / rows * (1 - 0.4 / (2.2 * rows + 0.4)), str(row_labels[r]), fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    from setflow.viz.sets import _save
+
+    return _save(fig, out_path, title)
 
 
 def point_size_for(points: np.ndarray, width: int, fov_deg: float = 60.0, distance: float = 2.2) -> float:
@@ -156,10 +151,9 @@ def render_source_open3d(source: Union[str, Path], out_path: Union[str, Path], n
     if not path.is_file():
         raise FileNotFoundError(f"{source}: not a file (expected a samples .npz or a checkpoint .pt)")
     if path.suffix == ".npz":
-        with np.load(path) as f:
-            if "samples" not in f:
-                raise ValueError(f"{path}: no 'samples' array (write it with `setflow sample`)")
-            x = f["samples"][:n]
+        from setflow.viz import load_samples_npz
+
+        x = load_samples_npz(path)[:n]
     else:
         from setflow.train.checkpoint import load_model
 
