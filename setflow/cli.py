@@ -47,9 +47,28 @@ def _cmd_pointclouds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pixel_sets(args: argparse.Namespace) -> int:
+    """``setflow data spatial-mnist-pixels [-o sets.npz]``: integer pixel multisets for the set codec."""
+    import numpy as np
+
+    from setflow.data.common import resolve_data_root
+    from setflow.data.pixel_sets import pixel_set_splits
+
+    sets, source = pixel_set_splits(args.data_root, seed=args.seed, download=not args.offline)
+    out = Path(args.output or resolve_data_root(args.data_root) / "spatial_mnist" / f"pixel_sets_seed{args.seed}.npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **sets)
+    print("data: " + source)
+    print(f"pixel sets: {', '.join(f'{k} {v.shape}' for k, v in sets.items())} (sorted int64 indices row*28+col); "
+          f"wrote {out} (code one split with `setflow compress CKPT {out.name} --split test -o test.sfs`)")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from setflow.data import load_spatial_mnist
 
+    if args.dataset == "spatial-mnist-pixels":
+        return _cmd_pixel_sets(args)
     if args.dataset != "spatial-mnist":
         return _cmd_pointclouds(args)
 
@@ -214,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="prepare a data set (spatial-mnist; 3-D: shapes, cgal, meshes DIR, modelnet10/40, "
                                     "shapenet)")
-    p.add_argument("dataset", choices=["spatial-mnist", "shapes", "cgal", "meshes", "modelnet10", "modelnet40",
+    p.add_argument("dataset", choices=["spatial-mnist", "spatial-mnist-pixels", "shapes", "cgal", "meshes", "modelnet10", "modelnet40",
                                        "shapenet"])
     p.add_argument("path", nargs="?", default=None, help="with 'meshes': folder of OFF/PLY/OBJ/STL, a class per sub-folder")
     p.add_argument("--num-points", type=int, default=2048, help="3-D: points sampled per surface")

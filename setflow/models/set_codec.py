@@ -6,14 +6,14 @@ sorted tuples). The model factorises
 
     p(idx_1, ..., idx_N) = prod_i p(idx_i | idx_<i),   support of step i: {idx_{i-1}, ..., G^2 - 1}
 
-(``idx_0 = 0``), a categorical whose logits are masked to ``-inf`` below the previous index,
-so no unsorted tuple has any mass and ``sum over sorted tuples = 1`` exactly (tested by
+(``idx_0 = 0``), a categorical over the gap ``g = idx_i - idx_{i-1} >= 0`` (masked to ``-inf``
+where ``idx_{i-1} + g`` leaves the grid), so no unsorted tuple has any mass and ``sum over sorted tuples = 1`` exactly (tested by
 enumeration on a tiny grid). ``log_prob`` is therefore the log-probability of the *set*.
 
 Network: step ``i`` reads the embedding of the previous index (its row, column and linear
 index, a start token for ``i = 1``) plus a position embedding, through a causal pre-norm
-transformer; the head gives ``G^2`` logits plus a learned bias on the gap
-``j - idx_{i-1}``. It fits the trainer's contract: ``forward(x) = log_prob(x)``, per-set nats.
+transformer; the head gives ``G^2`` gap logits (plus a learned gap bias); gaps are
+mostly small (the next lit pixel in raster order), so the relative parametrisation learns fast. It fits the trainer's contract: ``forward(x) = log_prob(x)``, per-set nats.
 
 Shapes:
     x: ``(B, N)`` int64 sorted indices in ``0..G^2 - 1``  ->  ``log_prob``: ``(B,)`` float.
@@ -81,26 +81,26 @@ class SortedSetAR(nn.Module):
         return x
 
     def step_log_probs(self, prefix: Tensor) -> Tensor:
-        """Log-probabilities of the next index after each prefix position.
+        """Log-probabilities of the next *gap* after each prefix position.
 
         ``prefix`` ``(B, L)``: the first ``L`` indices (``L = 0`` allowed). Returns ``(B, L + 1, G^2)``:
-        row ``i`` is ``log p(idx_{i+1} = . | idx_<=i)`` (``-inf`` below ``idx_i``).
+        row ``i`` is ``log p(idx_{i+1} - idx_i = g | idx_<=i)`` for ``g = 0..G^2 - 1`` (``idx_0 = 0``),
+        ``-inf`` where ``idx_i + g > G^2 - 1``. The next index is ``idx_i + g``.
         """
         b, length = prefix.shape
         start = torch.full((b, 1), self.cells, dtype=torch.long, device=prefix.device)
         prev = torch.cat([start, prefix.long()], 1)  # (B, L + 1)
         g = self.grid
-        row = torch.where(prev == self.cells, g, prev // g)
-        col = torch.where(prev == self.cells, g, prev % g)
+        first = prev == self.cells
+        row = torch.where(first, g, prev // g)
+        col = torch.where(first, g, prev % g)
         pos = torch.arange(length + 1, device=prefix.device)
         h = self.tok(prev) + self.row(row) + self.col(col) + self.pos(pos)[None]
         mask = torch.triu(torch.full((length + 1, length + 1), float("-inf"), dtype=h.dtype, device=h.device), 1)
         h = self.norm(self.body(h, mask=mask))
-        last = torch.where(prev == self.cells, 0, prev)  # support starts at the previous index
-        j = torch.arange(self.cells, device=prefix.device)
-        gap = j[None, None] - last[..., None]  # (B, L + 1, G^2)
-        logits = self.head(h) + self.gap_bias[gap.clamp(min=0)]
-        logits = logits.masked_fill(gap < 0, float("-inf"))
+        room = self.cells - 1 - torch.where(first, 0, prev)  # largest gap that stays on the grid
+        gap = torch.arange(self.cells, device=prefix.device)
+        logits = (self.head(h) + self.gap_bias).masked_fill(gap > room[..., None], float("-inf"))
         return torch.log_softmax(logits, -1)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -112,7 +112,8 @@ class SortedSetAR(nn.Module):
             raise ValueError("the set codec model takes no context (class-conditional coding is not supported)")
         x = self.check(x)
         lp = self.step_log_probs(x[:, :-1])
-        return lp.gather(-1, x[..., None]).squeeze(-1).sum(1)
+        gaps = torch.diff(x, dim=1, prepend=torch.zeros_like(x[:, :1]))
+        return lp.gather(-1, gaps[..., None]).squeeze(-1).sum(1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return self.log_prob(x, context)
@@ -123,7 +124,8 @@ class SortedSetAR(nn.Module):
         out = torch.empty(n, 0, dtype=torch.long, device=self.head.weight.device)
         for _ in range(self.num_points):
             p = self.step_log_probs(out)[:, -1].exp()
-            out = torch.cat([out, torch.multinomial(p, 1, generator=generator)], 1)
+            last = out[:, -1:] if out.shape[1] else torch.zeros_like(out[:, :1].expand(n, 1))
+            out = torch.cat([out, last + torch.multinomial(p, 1, generator=generator)], 1)
         return out
 
 
