@@ -204,9 +204,9 @@ def test_cli_compress_decompress_png_npy_and_folders(ckpt, images, tmp_path):
     src.mkdir()
     (src / "a.png").write_bytes(imagecodecs.png_encode(np.ascontiguousarray(np.moveaxis(images[0], 0, -1))))
     np.save(src / "b.npy", images[1:4])
-    assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "z")]) == 0
+    assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "z") + "/"]) == 0
     assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["a.idf", "b.idf"]
-    assert main(["decompress", ckpt, str(tmp_path / "z"), "-o", str(tmp_path / "out")]) == 0
+    assert main(["decompress", ckpt, str(tmp_path / "z"), "-o", str(tmp_path / "out") + "/"]) == 0
     png = imagecodecs.png_decode((tmp_path / "out" / "a.png").read_bytes())
     assert np.array_equal(png, np.moveaxis(images[0], 0, -1))
     assert np.array_equal(np.load(tmp_path / "out" / "b.npy"), images[1:4])
@@ -257,3 +257,72 @@ def test_zero_valued_last_escape_bits_decode_from_an_empty_stack():
     assert np.array_equal(decode_group(dec, table), z) and dec.is_empty()
     with pytest.raises(CorruptFileError, match="ran out"):
         decode_group(dec, table)  # a second, phantom group from the empty stack
+
+
+@pytest.fixture(scope="module")
+def grey_ckpt(tmp_path_factory):
+    from setflow.train.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("grey") / "idf.pt"
+    config = {"model": "idf", "model_args": dict(input_shape=[1, 8, 8], **ARGS), "train": {"dtype": "float32"}}
+    save_checkpoint(path, {"config": config, "model": _model((1, 8, 8)).state_dict()})
+    return str(path)
+
+
+def test_cli_grey_model_reads_equal_channel_rgb_and_grey_palette_pngs(grey_ckpt, tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    from setflow.cli import main
+
+    grey = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
+    (tmp_path / "rgb.png").write_bytes(imagecodecs.png_encode(np.repeat(grey[..., None], 3, axis=-1)))
+    buf = io.BytesIO()
+    Image.fromarray(grey).convert("P").save(buf, "PNG")  # a palette PNG with a grey palette
+    (tmp_path / "pal.png").write_bytes(buf.getvalue())
+    for name in ("rgb", "pal"):
+        assert main(["compress", grey_ckpt, str(tmp_path / f"{name}.png"), "-o", str(tmp_path / f"{name}.idf")]) == 0
+        assert "read as greyscale" in capsys.readouterr().out
+        assert main(["decompress", grey_ckpt, str(tmp_path / f"{name}.idf"), "-o", str(tmp_path / f"{name}_out.png")]) == 0
+        assert np.array_equal(imagecodecs.png_decode((tmp_path / f"{name}_out.png").read_bytes()), grey)
+    colour = np.repeat(grey[..., None], 3, axis=-1)
+    colour[0, 0, 1] ^= 1
+    (tmp_path / "colour.png").write_bytes(imagecodecs.png_encode(colour))
+    assert main(["compress", grey_ckpt, str(tmp_path / "colour.png"), "-o", str(tmp_path / "c.idf")]) == 2
+    assert "convert it to greyscale first" in capsys.readouterr().err and not (tmp_path / "c.idf").exists()
+
+
+def test_cli_folder_with_a_bad_file_writes_nothing_unless_skip_errors(ckpt, images, tmp_path, capsys):
+    from setflow.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "a.npy", images[0])
+    np.save(src / "b.npy", np.zeros((4, 4), np.uint8))  # does not fit the model
+    np.save(src / "c.npy", images[1])
+    assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "z") + "/"]) == 2
+    assert "b.npy" in capsys.readouterr().err and not (tmp_path / "z").exists()
+    assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "z") + "/", "--skip-errors"]) == 0
+    assert "skipped 1 of 3 inputs" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "z").iterdir()) == ["a.idf", "c.idf"]
+    (tmp_path / "z" / "c.idf").write_bytes(b"\x89IDF" + bytes(40))  # a damaged file among good ones
+    assert main(["decompress", ckpt, str(tmp_path / "z"), "-o", str(tmp_path / "out") + "/"]) == 2
+    assert not (tmp_path / "out").exists()
+    assert main(["decompress", ckpt, str(tmp_path / "z"), "-o", str(tmp_path / "out") + "/", "--skip-errors"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.npy"]
+    assert np.array_equal(np.load(tmp_path / "out" / "a.npy"), images[0])
+
+
+def test_cli_several_inputs_need_an_existing_or_explicit_folder(ckpt, images, tmp_path, capsys):
+    from setflow.cli import main
+
+    np.save(tmp_path / "a.npy", images[0])
+    np.save(tmp_path / "b.npy", images[1])
+    both = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    assert main(["compress", ckpt, *both, "-o", str(tmp_path / "both.idf")]) == 2
+    assert "trailing '/'" in capsys.readouterr().err and not (tmp_path / "both.idf").exists()
+    assert main(["compress", ckpt, *both, "-o", str(tmp_path / "new") + "/"]) == 0
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.idf", "b.idf"]
+    assert main(["compress", ckpt, *both, "-o", str(tmp_path / "new")]) == 0  # existing folder
+    assert main(["compress", ckpt, both[0], "-o", str(tmp_path / "noext")]) == 2  # a file needs a suffix

@@ -19,7 +19,7 @@ import torch
 
 from setflow.coding.codec import IDFCodec, load_idf, to_model_layout
 from setflow.coding.format import SOURCE_PNG
-from setflow.coding.io import IMAGE_SUFFIXES, collect_files, output_paths, read_image, write_image
+from setflow.coding.io import IMAGE_SUFFIXES, collect_files, output_paths, png_layout, read_image, write_image
 
 __all__ = ["register", "run_compress", "run_decompress", "run_progressive"]
 
@@ -29,17 +29,40 @@ def _codec(ckpt: str) -> IDFCodec:
     return IDFCodec(model)
 
 
-def run_compress(args: argparse.Namespace) -> int:
-    from setflow.coding.sets import cli_compress_sets, holds_set_codec
+def _validate(items, check, skip: bool, what: str) -> list:
+    """``check(item)`` for every item before anything is written: the first failure raises
+    (``ValueError``), or with ``skip`` every failure is reported and the item dropped."""
+    good, failed = [], []
+    for item in items:
+        try:
+            good.append((item, check(item)))
+        except (ValueError, OSError) as e:  # CodecError is a ValueError
+            msg = str(e) if str(e).startswith(str(item)) else f"{item}: {e}"
+            if not skip:
+                raise ValueError(f"{msg} (nothing was written; --skip-errors skips bad inputs)") from e
+            failed.append(msg)
+    for msg in failed:
+        print(f"skipped {msg}")
+    if failed:
+        print(f"skipped {len(failed)} of {len(items)} {what} (--skip-errors)")
+    if not good:
+        raise ValueError(f"none of the {len(items)} {what} could be read")
+    return good
 
-    if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
-        return cli_compress_sets(args)
+
+def run_compress(args: argparse.Namespace) -> int:
     codec = _codec(args.ckpt)
-    inputs = collect_files(args.inputs, IMAGE_SUFFIXES)
-    outputs = output_paths(inputs, args.output, lambda p: ".idf")
+    channels = codec.input_shape[0]
+
+    def check(src: Path):
+        arr, source = read_image(src, channels=channels)
+        codec.check_image(arr)
+        return arr, source
+
+    good = _validate(collect_files(args.inputs, IMAGE_SUFFIXES), check, args.skip_errors, "inputs")
+    outputs = output_paths([src for src, _ in good], args.output, lambda p: ".idf")
     total_in = total_out = 0
-    for src, dst in zip(inputs, outputs):
-        arr, source = read_image(src)
+    for (src, (arr, source)), dst in zip(good, outputs):
         t0 = time.perf_counter()
         data = codec.compress(arr, source=source)
         dt = time.perf_counter() - t0
@@ -48,22 +71,22 @@ def run_compress(args: argparse.Namespace) -> int:
         total_in += arr.size
         total_out += len(data)
         print(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / arr.size:.3f} bits/dim, {dt:.2f} s")
-    if len(inputs) > 1:
+    if len(good) > 1:
         print(f"total: {total_out} bytes for {total_in} values, {8 * total_out / total_in:.3f} bits/dim, "
               f"ratio {total_in / total_out:.2f}")
     return 0
 
 
 def run_decompress(args: argparse.Namespace) -> int:
-    from setflow.coding.sets import cli_decompress_sets, holds_set_codec
-
-    if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
-        return cli_decompress_sets(args)
     codec = _codec(args.ckpt)
-    inputs = collect_files(args.inputs, (".idf",))
-    headers = {}
-    for p in inputs:
-        headers[p] = IDFCodec.header(p.read_bytes())
+
+    def check(src: Path):
+        data = src.read_bytes()
+        arr = codec.decompress(data)  # decoding is the only full check (fingerprint, stream, checksum)
+        return IDFCodec.header(data), arr
+
+    good = _validate(collect_files(args.inputs, (".idf",)), check, args.skip_errors, "files")
+    headers = {src: h for src, (h, _) in good}
 
     def suffix_of(p: Path) -> str:
         if args.format != "auto":
@@ -71,13 +94,13 @@ def run_decompress(args: argparse.Namespace) -> int:
         h = headers[p]
         return ".png" if h.source == SOURCE_PNG and len(h.shape) in (2, 3) else ".npy"
 
-    outputs = output_paths(inputs, args.output, suffix_of)
-    for src, dst in zip(inputs, outputs):
-        t0 = time.perf_counter()
-        arr = codec.decompress(src.read_bytes())
-        dt = time.perf_counter() - t0
+    outputs = output_paths([src for src, _ in good], args.output, suffix_of)
+    for (src, (_, arr)), dst in zip(good, outputs):
+        if dst.suffix.lower() == ".png":
+            png_layout(arr)  # raises before writing for arrays PNG cannot hold
+    for (src, (_, arr)), dst in zip(good, outputs):
         write_image(dst, arr)
-        print(f"{src} -> {dst}: shape {tuple(arr.shape)} {arr.dtype}, {dt:.2f} s")
+        print(f"{src} -> {dst}: shape {tuple(arr.shape)} {arr.dtype}")
     return 0
 
 
@@ -88,7 +111,7 @@ def run_progressive(args: argparse.Namespace) -> int:
     fractions = [float(f) for f in args.fractions.split(",")]
     images = []
     for src in collect_files(args.inputs, IMAGE_SUFFIXES):
-        arr, _ = read_image(src)
+        arr, _ = read_image(src, channels=model.input_shape[0])
         xb, _ = to_model_layout(arr, tuple(model.input_shape))
         images.append(xb)
     x = torch.from_numpy(np.concatenate(images)[: args.max_images]).to(torch.uint8)
@@ -106,13 +129,19 @@ def register(subparsers) -> None:
     p.add_argument("ckpt", help="an IDF checkpoint (.pt)")
     p.add_argument("inputs", nargs="+", metavar="IMG", help="PNG or NPY files, or folders of them")
     p.add_argument("-o", "--output", required=True,
-                   help="output file (one input, with a suffix) or folder (<stem>.idf per input)")
+                   help="output file (one input, with a suffix) or folder (<stem>.idf per input): an existing "
+                        "folder or a new one with a trailing '/'")
+    p.add_argument("--skip-errors", action="store_true",
+                   help="skip unreadable or unfitting inputs (listed at the end) instead of stopping before writing")
     p.set_defaults(func=run_compress)
 
     p = subparsers.add_parser("decompress", help="decode .idf files back to PNG/NPY, bit-exact")
     p.add_argument("ckpt", help="the IDF checkpoint used to compress")
     p.add_argument("inputs", nargs="+", metavar="FILE", help=".idf files or folders of them")
-    p.add_argument("-o", "--output", required=True, help="output file (one input, with a suffix) or folder")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (one input, with a suffix) or folder (existing, or new with a trailing '/')")
+    p.add_argument("--skip-errors", action="store_true",
+                   help="skip damaged or mismatched files (listed at the end) instead of stopping before writing")
     p.add_argument("--format", choices=["auto", "png", "npy"], default="auto",
                    help="auto: PNG for images that came from PNG, NPY otherwise")
     p.set_defaults(func=run_decompress)

@@ -204,6 +204,10 @@ class IDFCodec:
             raise ValueError("nothing to compress: the batch is empty")
         return a, xb, layout
 
+    def check_image(self, x: ArrayLike) -> None:
+        """Raise ``ValueError`` (naming what was expected) unless :meth:`compress` accepts ``x``."""
+        self._prepare(x)
+
     def compress(self, x: ArrayLike, source: int = SOURCE_ARRAY) -> bytes:
         """Compress one image or a batch (see :func:`to_model_layout` for the shapes) into bytes."""
         a, xb, layout = self._prepare(x)

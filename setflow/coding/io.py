@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import imagecodecs
 import numpy as np
 
 from setflow.coding.format import SOURCE_ARRAY, SOURCE_PNG
 
-__all__ = ["IMAGE_SUFFIXES", "collect_files", "read_image", "write_image", "output_paths"]
+__all__ = ["IMAGE_SUFFIXES", "collect_files", "read_image", "as_greyscale", "write_image", "output_paths"]
 
 IMAGE_SUFFIXES = (".png", ".npy")
 
@@ -31,8 +31,29 @@ def collect_files(paths: Iterable[str], suffixes: Sequence[str]) -> list[Path]:
     return out
 
 
-def read_image(path: Path) -> tuple[np.ndarray, int]:
-    """``(array, source kind)``; PNG gives ``(H, W)`` or ``(H, W, C)`` uint8, NPY any integer array."""
+def as_greyscale(arr: np.ndarray, path) -> np.ndarray:
+    """``(H, W, 3|4)`` with equal colour channels (and an opaque alpha) -> ``(H, W)``.
+
+    Palette PNGs arrive here expanded to RGB, so a grey palette is accepted too; a colour image
+    raises ``ValueError`` saying how to convert it.
+    """
+    rgb = arr[..., :3]
+    if arr.shape[-1] == 4 and np.any(arr[..., 3] != 255):
+        raise ValueError(f"{path}: the image has transparency but the model is greyscale; "
+                         "flatten it to a greyscale PNG first (e.g. `convert in.png -background white -flatten "
+                         "-colorspace Gray out.png`)")
+    if np.any(rgb != rgb[..., :1]):
+        raise ValueError(f"{path}: a colour (RGB/palette) image, but the model is greyscale; convert it to "
+                         "greyscale first (e.g. `convert in.png -colorspace Gray out.png`)")
+    return np.ascontiguousarray(rgb[..., 0])
+
+
+def read_image(path: Path, channels: Optional[int] = None) -> tuple[np.ndarray, int]:
+    """``(array, source kind)``; PNG gives ``(H, W)`` or ``(H, W, C)`` uint8, NPY any integer array.
+
+    With ``channels=1`` (a greyscale model) an RGB/RGBA/palette PNG whose colour channels are
+    equal is read as ``(H, W)`` greyscale (and says so on stdout); other colour PNGs are refused.
+    """
     suffix = path.suffix.lower()
     if suffix == ".png":
         try:
@@ -41,6 +62,9 @@ def read_image(path: Path) -> tuple[np.ndarray, int]:
             raise ValueError(f"{path}: not a readable PNG ({e})") from e
         if arr.dtype != np.uint8:
             raise ValueError(f"{path}: only 8-bit PNGs are supported, got {arr.dtype}")
+        if channels == 1 and arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            arr = as_greyscale(arr, path)
+            print(f"{path}: RGB/palette PNG with equal channels, read as greyscale")
         return arr, SOURCE_PNG
     if suffix == ".npy":
         try:
@@ -73,11 +97,24 @@ def png_layout(arr: np.ndarray) -> np.ndarray:
 
 
 def output_paths(inputs: Sequence[Path], out: str, suffix_of) -> list[Path]:
-    """Map inputs to outputs: ``out`` is the file itself for one input when it has a suffix and is no
-    folder; otherwise a folder receiving ``<stem><suffix>`` per input (name clashes are errors)."""
+    """Map inputs to outputs.
+
+    One input: ``out`` is the output file, unless it is an existing folder or ends with ``/``.
+    Several inputs: ``out`` must be a folder, an existing one or a new one written with a trailing
+    ``/`` (``-o out/``); it receives ``<stem><suffix>`` per input (name clashes are errors).
+    Nothing is created here.
+    """
+    explicit = out.endswith(("/", "\\"))
     o = Path(out)
-    if len(inputs) == 1 and o.suffix and not o.is_dir():
+    folder = explicit or o.is_dir()
+    if len(inputs) == 1 and not folder:
+        if not o.suffix:
+            raise ValueError(f"-o {out}: give the output file a suffix (e.g. {o.name}{suffix_of(inputs[0])}), "
+                             f"or write a folder with a trailing '/' (-o {out}/)")
         return [o]
+    if not folder:
+        raise ValueError(f"{len(inputs)} inputs need -o to be a folder: an existing one, or a new one written "
+                         f"with a trailing '/' (e.g. -o {o.with_suffix('')}/); {out} is neither")
     paths = [o / (p.stem + suffix_of(p)) for p in inputs]
     seen: dict[Path, Path] = {}
     for src, dst in zip(inputs, paths):
