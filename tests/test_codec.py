@@ -326,3 +326,15 @@ def test_cli_several_inputs_need_an_existing_or_explicit_folder(ckpt, images, tm
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.idf", "b.idf"]
     assert main(["compress", ckpt, *both, "-o", str(tmp_path / "new")]) == 0  # existing folder
     assert main(["compress", ckpt, both[0], "-o", str(tmp_path / "noext")]) == 2  # a file needs a suffix
+
+
+def test_readme_codec_examples_use_the_tools_suffix():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("setflow compress", "setflow decompress"))]
+    assert lines and not any(".sfz" in ln for ln in lines)
+    assert any(".idf" in ln for ln in lines if ln.startswith("setflow decompress"))
+    # several inputs always go to a folder written with a trailing '/'
+    assert all(" -o " in ln and ln.split(" -o ")[1].split()[0].endswith("/") for ln in lines
+               if ln.startswith("setflow compress") and len(ln.split(" -o ")[0].split()) > 4)
