@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from setflow.coding import CodecError, IDFCodec, TableSpec
+from setflow.coding import CodecError, CorruptFileError, DecodeMismatchError, IDFCodec, TableSpec
 from setflow.coding.format import MAGIC, unpack, write_varint
 from setflow.models.idf import IDF
 
@@ -144,3 +144,29 @@ def test_fuzz_decoder_never_hangs_never_lies_never_leaks_foreign_errors(tiny):
     assert outcomes["wrong"] == 0 and outcomes["hang"] == 0, outcomes
     assert outcomes["foreign"] == 0, foreign[:5]
     assert outcomes["exact"] >= len(files)  # the undamaged files (and harmless damage) decode
+
+
+def test_crafted_headers_are_refused_at_once_with_the_reason(tiny):
+    codec, files = tiny
+    fp = codec.fingerprint
+    words = unpack(files[1][1])[1].astype("<u4").tobytes()  # 3 images
+    cases = [
+        ((10**9, 1, 4, 4), "payload has only"),  # 10^9 images in ~100 bytes: before any decoding
+        ((64, 288230376151711747), r"out of range \[1, 2147483648\]"),  # the int64 product wraps
+        ((2**31,) * 8, "more than 1099511627776 elements"),
+        ((1,) * 255, r"ndim = 255 is out of range \[1, 8\]"),
+        ((), "ndim = 0"),
+        ((0, 1, 4, 4), "shape\\[0\\] = 0"),
+        ((3, 1, 4, 5), "does not fit the model input"),
+        ((4, 1, 4, 4), "ends after 3 of the 4 images"),  # the stack runs dry
+        ((2, 1, 4, 4), "left over"),
+    ]
+    for shape, msg in cases:
+        t0 = time.perf_counter()
+        with pytest.raises(CorruptFileError, match=msg):
+            codec.decompress(_header(shape, words, fp))
+        assert time.perf_counter() - t0 < TRIAL_SECONDS
+    with pytest.raises(DecodeMismatchError):  # the right stream under a header with the wrong image CRC
+        codec.decompress(_header((3, 1, 4, 4), words, fp))
+    x, data = files[1]
+    assert np.array_equal(codec.decompress(data), x)

@@ -14,6 +14,13 @@ Layout (all integers little-endian; ``varint`` = unsigned LEB128)::
     ...     4k    payload: the ANS coder's 32-bit words
     -4      4     CRC-32 of every byte before it (corruption / truncation check before decoding)
 
+Limits, checked by :func:`unpack` before anything is allocated or decoded: ``1 <= ndim <=
+MAX_NDIM``, each dimension in ``[1, MAX_DIM]``, at most ``MAX_ELEMENTS`` values (products in
+Python ints, so nothing wraps), and no more values than the payload can hold
+(:func:`check_payload_bits`). The generic pieces (:func:`check_container`, :class:`ByteReader`,
+:func:`read_shape`, :func:`checked_product`, :func:`check_payload_bits`, :func:`codec_errors`)
+serve every container of :mod:`setflow.coding`; each raises a :class:`CodecError` subclass.
+
 CRC-32 detects every error burst of up to 32 bits (so every single flipped byte) and misses
 random damage with probability 2^-32; the image CRC is a second, independent check that also
 catches a decoder that disagrees with the encoder (e.g. a different machine's floating point).
