@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from setflow.data.common import set_default_mode
+
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "rng_state",
            "set_rng_state", "clean_stale_temp_files"]
 
@@ -81,6 +83,7 @@ def save_checkpoint(path: Union[str, Path], payload: dict) -> Path:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        set_default_mode(tmp)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

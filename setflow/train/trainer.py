@@ -87,11 +87,19 @@ class _StopSignals:
         self._old = {}
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "unset"
+
+
+_UNSET = _Unset()
+
+
 def _config_changes(old: dict, new: dict, prefix: str = "", limit: int = 8) -> list[str]:
     """``key: old -> new`` lines for the model entries that differ (at most ``limit``)."""
     lines = []
     for key in sorted(set(old) | set(new), key=str):
-        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        a, b = old.get(key, _UNSET), new.get(key, _UNSET)
         if isinstance(a, dict) and isinstance(b, dict):
             lines += _config_changes(a, b, f"{prefix}{key}.", limit)
         elif a != b:
@@ -275,7 +283,11 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+                run_id = base = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+                for k in range(1, 1000):
+                    if not (self.out / "tb" / run_id).exists():
+                        break
+                    run_id = f"{base}-{k}"
                 writer = SummaryWriter(str(self.out / "tb" / run_id))  # one folder per run (or resumption)
             except Exception:  # tensorboard missing or broken: training goes on
                 writer = None
