@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from setflow.coding import CodecError, CorruptFileError, DecodeMismatchError, IDFCodec, TableSpec
-from setflow.coding.format import MAGIC, unpack, write_varint
+from setflow.coding.format import FORMAT_VERSION, MAGIC, unpack, write_varint
 from setflow.models.idf import IDF
 
 TRIAL_SECONDS = 1.0  # per-trial limit: a decode of a few 4x4 images takes milliseconds
@@ -55,7 +55,7 @@ def tiny(request):
 
 def _header(shape, payload: bytes, fingerprint: bytes, dtype_code: int = 1, layout: int = 0) -> bytes:
     """A well-formed file (valid trailer CRC) around an arbitrary shape and payload."""
-    head = bytearray(MAGIC) + bytes([1, dtype_code, layout, len(shape) & 0xFF])
+    head = bytearray(MAGIC) + bytes([FORMAT_VERSION, dtype_code, layout, len(shape) & 0xFF])
     for s in shape:
         head += write_varint(s)
     head += fingerprint + struct.pack("<I", 0) + payload
@@ -83,8 +83,9 @@ def _crafted(codec, files, rng) -> list:
         _header((3, 1, 4, 4), words[:-1], fp),  # not whole words
         _header((3, 1, 4, 4), bytes(4), fp),  # a zero last word
         _header((3, 1, 4, 4), b"\xff" * 8, fp),
-        MAGIC + bytes([1, 1, 0, 1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]) + bytes(16),
     ]
+    long_varint = MAGIC + bytes([FORMAT_VERSION, 1, 0, 1] + [0xFF] * 10 + [0x01]) + bytes(16)
+    out.append(long_varint + struct.pack("<I", zlib.crc32(long_varint) & 0xFFFFFFFF))
     for _ in range(200):  # random payloads under plausible and implausible image counts
         n = int(rng.choice([1, 2, 3, 5, 100, 10**5, 10**7]))
         payload = rng.integers(0, 2**32, int(rng.integers(1, 12)), dtype=np.uint32).tobytes()
@@ -170,3 +171,10 @@ def test_crafted_headers_are_refused_at_once_with_the_reason(tiny):
         codec.decompress(_header((3, 1, 4, 4), words, fp))
     x, data = files[1]
     assert np.array_equal(codec.decompress(data), x)
+    body = bytearray(data[:-4])  # header (3, 1, 4, 4) -> (1, 3, 4, 4) or uint8 -> uint16, trailer recomputed
+    for edits in ({8: 1, 9: 3}, {5: 2}):
+        forged = bytearray(body)
+        for pos, value in edits.items():
+            forged[pos] = value
+        with pytest.raises(DecodeMismatchError):
+            codec.decompress(bytes(forged) + struct.pack("<I", zlib.crc32(bytes(forged)) & 0xFFFFFFFF))

@@ -248,7 +248,7 @@ class IDFCodec:
             if not coder.is_empty():
                 raise CorruptFileError("data left over after decoding: the stream does not fit this model")
             out = from_model_layout(np.stack(xs), header.shape, header.layout)
-        if image_crc(out) != header.image_crc:
+        if image_crc(out, header.dtype) != header.image_crc:
             raise DecodeMismatchError("decoded image fails its checksum (encoder/decoder disagree); refusing it")
         out = out.astype(header.dtype)
         return torch.from_numpy(out) if as_tensor else out

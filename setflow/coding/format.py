@@ -10,7 +10,8 @@ Layout (all integers little-endian; ``varint`` = unsigned LEB128)::
     7       1     ndim of the original array
     8       ...   ndim varints: the original shape
     ...     8     model fingerprint (first 8 bytes of a SHA-256 over weights + config + codec settings)
-    ...     4     CRC-32 of the raw image bytes (checked after decoding: never returns a wrong image)
+    ...     4     CRC-32 of the image's dtype, shape and values (checked after decoding: never
+                  returns a wrong image)
     ...     4k    payload: the ANS coder's 32-bit words
     -4      4     CRC-32 of every byte before it (corruption / truncation check before decoding)
 
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 MAGIC = b"\x89IDF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the image CRC covers dtype and shape too
 
 #: dtype code <-> numpy dtype of the original array (values must lie in [0, 255])
 DTYPES: dict[int, np.dtype] = {
@@ -254,9 +255,15 @@ def dtype_code(dtype: np.dtype) -> int:
     return _DTYPE_CODES[dt]
 
 
-def image_crc(arr: np.ndarray) -> int:
-    """CRC-32 of the image content (as uint8 values in C order), independent of the stored dtype."""
-    return crc32(np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+def image_crc(arr: np.ndarray, dtype=None) -> int:
+    """CRC-32 of the image's dtype code, shape and content (as uint8 values in C order).
+
+    ``dtype`` (default ``arr.dtype``) is the dtype the image is returned in; with the shape in
+    the checksum, a header whose shape or dtype was changed never yields a reshaped image.
+    """
+    head = bytes([dtype_code(arr.dtype if dtype is None else dtype), arr.ndim])
+    head += b"".join(write_varint(int(s)) for s in arr.shape)
+    return crc32(head + np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
 
 
 def pack(header: Header, words: np.ndarray) -> bytes:
