@@ -129,7 +129,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.samples:
         from setflow.evaluate import format_sample_quality, sample_quality
 
-        if data.kind != "sets":
+        if data.kind not in ("sets", "pointclouds"):
             raise ValueError(f"--samples measures point sets; {cfg['data']} is {data.kind}")
         other = "train" if args.split != "train" else "valid"
         q = sample_quality(model, data.split(args.split), data.split(other), args.samples, seed=args.seed,
