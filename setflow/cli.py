@@ -71,7 +71,10 @@ def _cmd_data(args: argparse.Namespace) -> int:
         return _cmd_pixel_sets(args)
     if args.dataset != "spatial-mnist":
         return _cmd_pointclouds(args)
+    if args.seed < 0:
+        from setflow.train.config import ConfigError
 
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     d = load_spatial_mnist(data_root=args.data_root, fashion=args.fashion, seed=args.seed,
                            download=not args.offline, verbose=False)
     print("data: " + d.source)
