@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             if args.steps is not None:
                 over.append(f"train.max_steps={args.steps}")
             cfg = load_config(ROOT / "configs" / "images" / f"{kind}_mnist_cpu.yaml", over)
-            summary = train(cfg, run)
+            summary = train(cfg, run, overwrite=True)  # a study run starts over
             print(f"{kind}: {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']})", flush=True)
 
     rows = []

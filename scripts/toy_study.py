@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             if data is None:
                 data = load_data(cfg)
             t0 = time.perf_counter()
-            trainer = Trainer(cfg, str(Path(args.out_dir) / f"{ds}_{v}"), data=data, log=lambda *_: None)
+            trainer = Trainer(cfg, str(Path(args.out_dir) / f"{ds}_{v}"), data=data, log=lambda *_: None, overwrite=True)
             trainer.fit()
             res = evaluate(trainer.model, data.test, data.unit, batch_size=cfg["eval"]["batch_size"])
             nll[(ds, v)] = -res["ll"]
