@@ -437,3 +437,43 @@ def test_layers_run_on_cuda():
     x = torch.randint(0, 256, (2, 3, 4, 4), device=dev).double()
     assert torch.equal(deq.inverse(deq(x)[0]), x)
     assert StandardNormal((2,)).to(dev).sample(3).device.type == "cuda"
+
+
+def _lex_reference(x: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """Brute force: each set's points sorted as Python tuples of the coordinates in ``order``."""
+    rows = [sorted(pts, key=lambda p: tuple(p[c] for c in order)) for pts in x.tolist()]
+    return torch.tensor(rows, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("key, order", [(0, [0, 1, 2]), (1, [1, 0, 2]), ("z", [2, 0, 1])])
+def test_sort_is_lexicographic_on_integer_sets_with_ties(key, order):
+    """Integer-valued sets with many ties and duplicates: the sort matches the brute-force lexicographic order."""
+    x = torch.randint(0, 3, (16, 12, 3)).double()
+    z, _ = SortSurjection(key=key)(x)
+    assert torch.equal(z, _lex_reference(x, order))
+
+
+@pytest.mark.parametrize("key", [0, 1, "norm"])
+def test_sorted_tuple_is_identical_for_every_permutation_with_ties_and_duplicates(key):
+    x = torch.randint(0, 3, (8, 10, 2)).double()
+    x[:, 1] = x[:, 0]  # exact duplicates in every set
+    t = SortSurjection(key=key)
+    ref, ldj = t(x)
+    for _ in range(20):
+        xp = permute_along(x, random_permutations(8, 10))
+        z, l = t(xp)
+        assert torch.equal(z, ref) and torch.equal(l, ldj)
+
+
+def test_norm_key_ties_broken_by_coordinates():
+    x = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, -1.0]]])  # equal norms
+    z, _ = SortSurjection(key="norm")(x)
+    assert torch.equal(z, torch.tensor([[[0.0, -1.0], [0.0, 1.0], [1.0, 0.0]]]))
+
+
+def test_sort_inverse_with_ldj_is_minus_the_forward_constant():
+    t = SortSurjection(key=0)
+    z, ldj = t(torch.randn(4, 5, 2))
+    x, inv = t.inverse_with_ldj(z)
+    assert torch.equal(t(x)[0], z)
+    torch.testing.assert_close(inv, -ldj)
