@@ -36,7 +36,7 @@ test-slow: install
 	$(BIN)/python -m pytest -m slow -q $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/setflow demo --config $(DEMO_CONFIG) --out $(DEMO_DIR)
+	$(BIN)/setflow demo --config $(DEMO_CONFIG) --out $(DEMO_DIR) --overwrite
 
 bench: install
 	$(BIN)/python scripts/bench_setflow.py
