@@ -47,6 +47,24 @@ class _FirstPoints(nn.Module):
         return out if out.shape[1] == self.n_b else out[:, : self.n_b]
 
 
+class _ConcatContext(nn.Module):
+    """Run ``net`` on ``[x, context]``: the context ``(B, C)`` appended to every point's features.
+
+    Equal to adding a linear map of the context after the input layer, and it keeps the
+    conditioner on its fused (context-free) path.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        if context is None:
+            raise ValueError("this conditioner belongs to a conditional flow and needs its context")
+        c = context.to(x.dtype)[:, None, :].expand(x.shape[0], x.shape[1], context.shape[-1])
+        return self.net(torch.cat([x, c], dim=-1))
+
+
 def _transformer(d_in: int, d_out: int, positional: bool, max_len: Optional[int], **kw) -> nn.Module:
     from setflow.nn import SetTransformer
 
@@ -172,7 +190,8 @@ def build_set_flow(
         input_scale, input_shift: the fixed affine pre-processing ``x * scale + shift``.
         conditional: class-conditional flow: a learned embedding (:class:`~setflow.flows.LabelContext`,
             ``num_classes`` labels -> ``context_dim`` features) of the integer label ``(B,)`` is fed
-            to every conditioner; ``log_prob``, ``iwbo`` and ``sample`` then need ``context=labels``.
+            to every conditioner (appended to each point's input features, which keeps the fused
+            conditioners usable); ``log_prob``, ``iwbo`` and ``sample`` then need ``context=labels``.
         seed: seed of the fixed shuffles and 1x1 initialisations (reproducible builds).
     """
     if permutation not in ("sort", "stochastic"):
@@ -193,8 +212,13 @@ def build_set_flow(
     torch.manual_seed(seed)
     try:
         tkw = dict(d_model=d_model, num_heads=num_heads, num_layers=num_layers, dim_feedforward=dim_feedforward,
-                   dropout=dropout, context_features=context_dim if conditional else None)
+                   dropout=dropout)
         encoder = LabelContext(num_classes, context_dim) if conditional else None
+        c_in = context_dim if conditional else 0
+
+        def with_context(net: nn.Module) -> nn.Module:
+            return _ConcatContext(net) if conditional else net
+
         d_a, d_b = dim - dim // 2, dim // 2
         n_a, n_b = num_points - num_points // 2, num_points // 2
         first = SortSurjection(dim=1, key=sort_key) if permutation == "sort" else StochasticPermutation(dim=1)
@@ -207,10 +231,11 @@ def build_set_flow(
             layers.append(OrderedIncrements(coord=key, gap_scale=1.0 / num_points, min_gap=sort_min_gap))
         for k in range(num_steps):
             ckw = {**tkw, "num_inducing": num_inducing, "k": knn_k}
-            coord_net = CONDITIONERS[conditioner](d_a, 2 * d_b, positional=False, max_len=None,
-                                                  **(tkw if conditioner == "transformer" else ckw))
-            point_net = _FirstPoints(CONDITIONERS[point_conditioner](
-                dim, 2 * dim, positional=True, max_len=n_a, **(tkw if point_conditioner == "transformer" else ckw)), n_b)
+            coord_net = with_context(CONDITIONERS[conditioner](d_a + c_in, 2 * d_b, positional=False, max_len=None,
+                                                               **(tkw if conditioner == "transformer" else ckw)))
+            point_net = _FirstPoints(with_context(CONDITIONERS[point_conditioner](
+                dim + c_in, 2 * dim, positional=True, max_len=n_a, **(tkw if point_conditioner == "transformer" else ckw))),
+                n_b)
             mix = Shuffle(num_points, dim=1, seed=seed * 1000 + k) if permutation == "sort" else StochasticPermutation(1)
             layers += [
                 AffineCoupling(coord_net, split_dim=-1, split_sizes=(d_a, d_b), scale_fn=scale_fn),
