@@ -10,8 +10,8 @@ measurement just before and just after it, and the utilisation is the median of 
 ratios (on a shared machine whose speed drifts, the two halves of each ratio see the same
 conditions).
 
-On CPU the set transformers run their fused path by default (``setflow.nn.fused``: each block one
-C++ call per direction, ``setflow.nn.kernels.block``, with hash dropout; where that kernel does not
+On CPU the set transformers run their fused path by default (``setflow.nn.fast``: each block one
+C++ call per direction, ``setflow.nn.fast.kernels.block``, with hash dropout; where that kernel does not
 apply, per-block ``torch.compile``, whose first steps compile and are not timed); the FLOPs are
 always counted on the eager path, so both modes report the same architecture's count.
 
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from setflow.models import build_model  # noqa: E402
 from setflow.train.trainer import make_optimizer  # noqa: E402
 from setflow.nn import split_batch_backward, tune_cpu_allocator  # noqa: E402
-from setflow.nn.fused import set_fused  # noqa: E402
+from setflow.nn import set_fused  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                    help="train step as this many concurrent batch chunks (threads), intra-op threads "
                         "set to cores // workers; default 1 (plain step)")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                   help="time the set transformers' fused path (torch.compile, hash dropout; setflow.nn.fused); "
+                   help="time the set transformers' fused path (torch.compile, hash dropout; setflow.nn.fast); "
                         "default: on for cpu. The first steps compile (excluded from the timing)")
     p.add_argument("--no-tune", action="store_true",
                    help="skip the process-wide glibc heap setting (setflow.nn.tune_cpu_allocator)")

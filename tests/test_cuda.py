@@ -10,7 +10,7 @@ import torch
 
 from setflow.models import build_model
 from setflow.nn import SetTransformerBlock
-from setflow.nn.fused import block_core, compiled_block_core, hash_keep_mask
+from setflow.nn.fast import block_core, compiled_block_core, hash_keep_mask
 from setflow.train.config import validate_config
 from setflow.train.data import ExperimentData
 from setflow.train.trainer import Trainer

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from setflow.nn import SetTransformer
-from setflow.nn.fused import MASK_BITS, block_core, hash_dropout, hash_keep_mask, set_fused
+from setflow.nn import set_fused
+from setflow.nn.fast import MASK_BITS, block_core, hash_dropout, hash_keep_mask
 
 
 def _seed(a: int, b: int) -> torch.Tensor:
@@ -75,21 +76,19 @@ def _grads(net: SetTransformer, x: torch.Tensor, seed: int) -> tuple[torch.Tenso
 
 @pytest.fixture(params=["cpp_block", "compiled"])
 def fused_path(request, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both fused paths: the whole block in C++ (setflow.nn.kernels.block) and the torch.compile-d block_core."""
-    import setflow.nn.fused as fused
-    from setflow.nn import kernels
+    """Both fused backends: "auto" (the C++ network / blocks) and "compiled" (the torch.compile-d block_core)."""
+    from setflow.nn.fast import kernels
 
     if request.param == "cpp_block" and not kernels.block_available():
         pytest.skip("C++ block kernel unavailable")
-    monkeypatch.setattr(fused, "_BLOCK_KERNEL", request.param == "cpp_block")
-    return request.param
+    return "auto" if request.param == "cpp_block" else "compiled"
 
 
 def test_fused_train_step_matches_eager_maths_with_the_same_masks(fused_path: str) -> None:
     """Fused blocks with hash dropout == the same block_core run eagerly with the same seeds."""
     net = _net(0.2).train()
     x = torch.randn(4, 9, 2)
-    set_fused(net, True)
+    set_fused(net, True, backend=fused_path)
     assert "fused=True" in repr(net)
     y_fused, g_fused = _grads(net, x, seed=3)
 
@@ -120,7 +119,7 @@ def test_fused_eval_matches_eager_and_stays_equivariant(fused_path: str) -> None
     net = _net(0.1).eval()
     x = torch.randn(3, 7, 2)
     y_eager, g_eager = _grads(net, x, seed=0)
-    set_fused(net, True)
+    set_fused(net, True, backend=fused_path)
     y_fused, g_fused = _grads(net, x, seed=0)
     assert torch.allclose(y_fused, y_eager, atol=1e-5, rtol=1e-5)
     for a, b in zip(g_fused, g_eager):
@@ -132,16 +131,15 @@ def test_fused_eval_matches_eager_and_stays_equivariant(fused_path: str) -> None
 
 
 def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    import setflow.nn.fused as fused
+    import setflow.nn.fast.fused as fused
 
     def broken():
         raise RuntimeError("no C++ compiler here")
 
     monkeypatch.setattr(fused, "compiled_block_core", broken)
     monkeypatch.setattr(fused, "_COMPILE_FAILED", False)
-    monkeypatch.setattr(fused, "_BLOCK_KERNEL", False)  # the compiled path, not the C++ block
     net = _net(0.2).train()
-    set_fused(net, True)
+    set_fused(net, True, backend="compiled")  # the compiled path, not the C++ block
     x = torch.randn(2, 5, 2)
     torch.manual_seed(7)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):

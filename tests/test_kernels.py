@@ -1,4 +1,4 @@
-"""The run-time built C++ kernels (setflow.nn.kernels): attention, GELU and the whole block, against references."""
+"""The run-time built C++ kernels (setflow.nn.fast.kernels): attention, GELU and the whole block, against references."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from setflow.nn import kernels
+from setflow.nn.fast import kernels
 from setflow.nn.attention import self_attention
-from setflow.nn.fused import hash_dropout, hash_keep_mask
+from setflow.nn.fast import hash_dropout, hash_keep_mask
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason=f"C++ kernel not built: {kernels.last_error()}")
 
@@ -129,7 +129,7 @@ def _small_fused_net_and_output():
 
 
 def test_fused_blocks_use_the_written_out_attention_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    import setflow.nn.fused as fused
+    import setflow.nn.fast.fused as fused
 
     net, x, y = _small_fused_net_and_output()
     monkeypatch.setattr(kernels, "_LIB", None)
@@ -179,7 +179,7 @@ def test_block_matches_float64_block_core_with_the_same_masks(b: int, n: int, d:
     The shapes cover one point, N not a multiple of 16, head dims 4 / 8 / 16, and batches split
     into many chunks of whole sets (40 sets of 17 points), into a ragged last chunk (13 x 23), and
     into more chunks than one merge wave of weight-gradient partials holds (1100 x 17: 74 chunks)."""
-    from setflow.nn.fused import block_core
+    from setflow.nn.fast import block_core
 
     torch.manual_seed(b * 100 + n)
     w = _block_weights(d, heads, ff)
@@ -240,7 +240,7 @@ def test_block_gives_the_same_result_on_any_number_of_threads() -> None:
 
 @needs_block
 def test_block_counts_the_flops_of_the_eager_block() -> None:
-    from setflow.nn.fused import block_core
+    from setflow.nn.fast import block_core
 
     w = _block_weights(32, 4, 64)
     h = torch.randn(3, 10, 32, requires_grad=True)

@@ -1,4 +1,4 @@
-"""A whole set transformer in one C++ call per direction (setflow.nn.kernels.network), against references."""
+"""A whole set transformer in one C++ call per direction (setflow.nn.fast.kernels.network), against references."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from setflow.nn import kernels
-from setflow.nn.fused import block_core
+from setflow.nn.fast import kernels
+from setflow.nn.fast import block_core
 from setflow.nn.set_transformer import SetTransformer
 
 needs_block = pytest.mark.skipif(not kernels.block_available(), reason="C++ block kernel unavailable (no BLAS sgemm)")
@@ -50,7 +50,7 @@ def test_network_matches_float64_layers_with_the_same_masks(b, n, k, d, heads, f
     network in float64 with the same hash masks."""
     torch.manual_seed(b + n + layers)
     net = _net(k, o, d, heads, ff, layers, pos)
-    ws = [w.detach().clone().requires_grad_() for w in net._network_weights(n)]
+    ws = [w.detach().clone().requires_grad_() for w in net.network_weights(n)]
     x = torch.randn(b, n, k, requires_grad=True)
     seeds = torch.randint(-2**31, 2**31 - 1, (layers, 4, 2), dtype=torch.int32)
     y = kernels.network(x, ws, layers, heads, pos, p, 1e-5, 1e-5, seeds)
@@ -88,9 +88,9 @@ def test_fused_set_transformer_runs_the_network_with_the_block_by_block_masks(po
         fast = run(train)
         assert calls, "the fused network path was not taken"
         calls.clear()
-        with monkeypatch.context() as m:
-            m.setattr(SetTransformer, "_fused_network", lambda self, x: None)  # the block-by-block fused path
-            slow = run(train)
+        net.backend = "blocks"  # the block-by-block fused path (C++ blocks)
+        slow = run(train)
+        net.backend = "auto"
         assert not calls
         for a, b in zip(fast, slow):
             assert torch.allclose(a, b, atol=1e-5 * (1 + b.abs().max().item()), rtol=1e-5)
@@ -104,7 +104,7 @@ def test_fused_set_transformer_runs_the_network_with_the_block_by_block_masks(po
 def test_network_inference_keeps_nothing_and_computes_the_same() -> None:
     torch.manual_seed(4)
     net = _net(2, 4, 64, 8, 256, 2, True)
-    ws = [w.detach() for w in net._network_weights(50)]
+    ws = [w.detach() for w in net.network_weights(50)]
     x = torch.randn(9, 50, 2)
     seeds = torch.randint(-2**31, 2**31 - 1, (2, 4, 2), dtype=torch.int32)
     with torch.no_grad():
@@ -118,7 +118,7 @@ def test_network_inference_keeps_nothing_and_computes_the_same() -> None:
 def test_network_is_deterministic_and_thread_count_invariant_forward() -> None:
     torch.manual_seed(5)
     net = _net(2, 2, 32, 4, 64, 2, False)
-    ws = [w.detach().requires_grad_() for w in net._network_weights(30)]
+    ws = [w.detach().requires_grad_() for w in net.network_weights(30)]
     x = torch.randn(24, 30, 2, requires_grad=True)
     seeds = torch.randint(-2**31, 2**31 - 1, (2, 4, 2), dtype=torch.int32)
     threads = torch.get_num_threads()
@@ -168,7 +168,7 @@ def test_network_counts_the_flops_of_the_eager_set_transformer(input_grad: bool)
 @needs_block
 def test_network_rejects_bad_input_with_a_clear_message() -> None:
     net = _net(2, 4, 32, 4, 64, 2, True)
-    ws = [w.detach() for w in net._network_weights(5)]
+    ws = [w.detach() for w in net.network_weights(5)]
     x = torch.randn(2, 5, 2)
     with pytest.raises(ValueError, match="needs a seed"):
         kernels.network(x, ws, 2, 4, True, 0.1)

@@ -5,19 +5,19 @@ Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant:
 :class:`EdgeConvNet` on a :func:`knn_graph`, :class:`ISABNet` (induced attention, O(N m)),
 :class:`KNNEdgeConvNet` on the chunked :func:`knn_neighbors` (O(N k)). Images ``(B, C, H, W)``:
 :class:`DenseNet`. Every network takes ``forward(x, context=None)`` and, by
-default for the set and image networks, starts at an exactly zero output.
+default for the set and image networks, starts at an exactly zero output. The CPU fast path of
+the set transformer (C++ kernels, hash dropout, fused blocks) is :mod:`setflow.nn.fast`.
 """
 
 from setflow.nn.attention import ATTENTION_IMPLS, self_attention
 from setflow.nn.cpu import split_batch_backward, tune_cpu_allocator
 from setflow.nn.deepsets import DeepSets, DeepSetsLayer
 from setflow.nn.densenet import DenseBlock, DenseLayer, DenseNet
-from setflow.nn.fused import set_fused
 from setflow.nn.graph import EdgeConvNet, knn_graph
 from setflow.nn.isab import ISAB, PMA, ISABNet
 from setflow.nn.knn import KNNEdgeConvNet, knn_edge_index, knn_neighbors
 from setflow.nn.mlp import ACTIVATIONS, MLP, get_activation
-from setflow.nn.set_transformer import SetTransformer, SetTransformerBlock
+from setflow.nn.set_transformer import SetTransformer, SetTransformerBlock, set_fused
 
 __all__ = [
     "ACTIVATIONS",

@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import setflow.nn.fused as fused_mod
-from setflow.nn import kernels
+from setflow.nn import fast
 from setflow.nn.attention import ATTENTION_IMPLS
-from setflow.nn.fused import block_core, fused_block
+from setflow.nn.fast import block_core, fused_block
 from setflow.nn.mlp import broadcast_context
 
-__all__ = ["SetTransformer", "SetTransformerBlock"]
+__all__ = ["SetTransformer", "SetTransformerBlock", "set_fused"]
 
 
 class SetTransformerBlock(nn.Module):
@@ -75,7 +74,7 @@ class SetTransformerBlock(nn.Module):
             m.reset_parameters()
 
     def weights(self) -> list[Tensor]:
-        """The 12 weight tensors in :func:`setflow.nn.fused.block_core` order."""
+        """The 12 weight tensors in :func:`setflow.nn.fast.block_core` order."""
         return [self.norm1.weight, self.norm1.bias, self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
                 self.norm2.weight, self.norm2.bias, self.ff1.weight, self.ff1.bias, self.ff2.weight, self.ff2.bias]
 
@@ -126,12 +125,15 @@ class SetTransformer(nn.Module):
             compute the same function; ``"auto"`` is
             :func:`torch.nn.functional.scaled_dot_product_attention`.
         fused: counter-based hash dropout and fused kernels: on CPU (float32, no context) the
-            whole network is one C++ call per direction (:func:`setflow.nn.kernels.network`);
-            otherwise every block goes through :func:`setflow.nn.fused.fused_block` (one C++
-            call per block, :func:`setflow.nn.kernels.block`, else the ``torch.compile``-d
-            :func:`setflow.nn.fused.block_core`). Same maths, parameters and dropout masks on
-            every fused route, fewer memory passes; see :mod:`setflow.nn.fused`.
-            Switch later with ``net.fused = True`` or :func:`setflow.nn.fused.set_fused`.
+            whole network is one C++ call per direction (:func:`setflow.nn.fast.kernels.network`);
+            otherwise every block goes through :func:`setflow.nn.fast.fused_block` (one C++
+            call per block, :func:`setflow.nn.fast.kernels.block`, else the ``torch.compile``-d
+            :func:`setflow.nn.fast.block_core`). Same maths, parameters and dropout masks on
+            every fused route, fewer memory passes; the route is :func:`setflow.nn.fast.route`.
+            Switch later with ``net.fused = True`` or :func:`set_fused`.
+        backend: which fused route may run: ``"auto"`` (the C++ network / blocks where they
+            apply), ``"blocks"`` (C++ blocks, no whole-network call) or ``"compiled"``
+            (``torch.compile``-d blocks only); see :mod:`setflow.nn.fast.route`.
 
     Shapes:
         - x: ``(B, N, D_in)``
@@ -159,6 +161,7 @@ class SetTransformer(nn.Module):
         context_features: Optional[int] = None,
         attention: str = "auto",
         fused: bool = False,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         if positional and (max_len is None or max_len < 1):
@@ -176,6 +179,7 @@ class SetTransformer(nn.Module):
         self.context_features = context_features
         self.attention = attention
         self.fused = bool(fused)
+        self.backend = fast.check_backend(backend)
         self.embed = nn.Linear(in_features, d_model)
         self.pos_embedding = nn.Parameter(torch.empty(max_len, d_model)) if positional else None
         self.context_proj = nn.Linear(context_features, d_model) if context_features is not None else None
@@ -204,10 +208,9 @@ class SetTransformer(nn.Module):
     def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.in_features:
             raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
-        if self.fused and (context is None or self.context_proj is None):
-            y = self._fused_network(x)
-            if y is not None:
-                return y
+        route = fast.route(self, x, context)
+        if route.kind == "network":
+            return self._network(x, route.weights)
         h = F.linear(x, self.embed.weight, self.embed.bias)
         if self.pos_embedding is not None:
             n = x.shape[1]
@@ -216,16 +219,17 @@ class SetTransformer(nn.Module):
             h = h + self.pos_embedding[:n]
         if context is not None and self.context_proj is not None:
             h = h + broadcast_context(self.context_proj(context), h)
-        if self.fused:
-            h = self._fused_blocks(h)
+        if route.kind == "blocks":
+            h = self._fused_blocks(h, route.cpp_block)
         else:
             for block in self.blocks:
                 h = block(h)
         h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
         return F.linear(h, self.out.weight, self.out.bias)
 
-    def _network_weights(self, n: int) -> Optional[list[Tensor]]:
-        # the flat weight list of setflow.nn.kernels.network, or None when the blocks' eps differ
+    def network_weights(self, n: int) -> Optional[list[Tensor]]:
+        """The flat weight list of :func:`setflow.nn.fast.kernels.network` for sets of ``n`` points,
+        or ``None`` when the blocks' LayerNorm eps differ (the network kernel takes one)."""
         eps = {b.norm1.eps for b in self.blocks} | {b.norm2.eps for b in self.blocks}
         if len(eps) > 1:
             return None
@@ -236,22 +240,12 @@ class SetTransformer(nn.Module):
             ws.extend(block.weights())
         return ws + [self.norm.weight, self.norm.bias, self.out.weight, self.out.bias]
 
-    def _fused_network(self, x: Tensor) -> Optional[Tensor]:
-        """The whole network as one C++ call per direction (setflow.nn.kernels.network), or None where it
-        does not apply (then the block-by-block fused path runs). Same maths, seeds and masks as that path."""
-        n = x.shape[1]
-        if not fused_mod._BLOCK_KERNEL:  # the C++ blocks switched off (A/B, tests): the compiled blocks
-            return None
-        if self.pos_embedding is not None and n > self.pos_embedding.shape[0]:
-            return None  # the layer-by-layer path raises the clear error
-        ws = self._network_weights(n)
-        has_pos = self.pos_embedding is not None
-        if ws is None or not kernels.network_supports(x, ws, self.num_layers, has_pos, self.num_heads):
-            return None
+    def _network(self, x: Tensor, ws: list[Tensor]) -> Tensor:
+        # the whole network as one C++ call per direction; same maths, seeds and masks as the blocks route
         p = self.dropout if self.training else 0.0
         eps = self.blocks[0].norm1.eps if self.num_layers else self.norm.eps
-        return kernels.network(x, ws, self.num_layers, self.num_heads, has_pos, p, eps, self.norm.eps,
-                               self._seeds(p, x.device))
+        return fast.kernels.network(x, ws, self.num_layers, self.num_heads, self.pos_embedding is not None, p, eps,
+                                    self.norm.eps, self._seeds(p, x.device))
 
     def _seeds(self, p: float, device: torch.device) -> Optional[Tensor]:
         if p == 0.0:
@@ -259,11 +253,12 @@ class SetTransformer(nn.Module):
         # one pair of int32 words per dropout site, from the global generator (seeded, resumable)
         return torch.randint(-2**31, 2**31 - 1, (self.num_layers, 4, 2), dtype=torch.int32, device=device)
 
-    def _fused_blocks(self, h: Tensor) -> Tensor:
+    def _fused_blocks(self, h: Tensor, cpp_block: bool) -> Tensor:
         p = self.dropout if self.training else 0.0
         seeds = self._seeds(p, h.device)
         for i, block in enumerate(self.blocks):
-            h = fused_block(h, block.weights(), self.num_heads, p, block.norm1.eps, None if seeds is None else seeds[i])
+            h = fused_block(h, block.weights(), self.num_heads, p, block.norm1.eps, None if seeds is None else seeds[i],
+                            cpp_block)
         return h
 
     def extra_repr(self) -> str:
@@ -280,4 +275,25 @@ class SetTransformer(nn.Module):
             s += f", attention={self.attention!r}"
         if self.fused:
             s += ", fused=True"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
         return s + f", zero_init={self.zero_init}"
+
+
+def set_fused(module: nn.Module, enabled: bool = True, backend: Optional[str] = None) -> int:
+    """Switch every :class:`SetTransformer` inside ``module`` to the fused path (or back).
+
+    ``backend`` (one of :data:`setflow.nn.fast.BACKENDS`), when given, is set too. Returns how many networks
+    were switched. The maths and the parameters are unchanged; only dropout's random stream differs
+    (hash masks instead of ``mt19937`` draws).
+    """
+    if backend is not None:
+        fast.check_backend(backend)
+    count = 0
+    for m in module.modules():
+        if isinstance(m, SetTransformer):
+            m.fused = bool(enabled)
+            if backend is not None:
+                m.backend = backend
+            count += 1
+    return count

@@ -22,13 +22,13 @@ and checkpointed RNG states resume exactly. Eager and compiled evaluations of
 What is computed is the same architecture as :class:`~setflow.nn.SetTransformer`'s
 eager path, the same FLOPs. On CPU in float32 (``d_model`` and the feed-forward width
 multiples of 16, head dim 4, 8 or 16, a BLAS found in PyTorch) a fused set transformer
-without context is one C++ call per direction, :func:`setflow.nn.kernels.network` (input
+without context is one C++ call per direction, :func:`setflow.nn.fast.kernels.network` (input
 layer, blocks and read-out per chunk of sets in a core's cache), and a fused block on its
-own is one, :func:`setflow.nn.kernels.block` (a paper-SortFlow training step ~1.7x faster
+own is one, :func:`setflow.nn.fast.kernels.block` (a paper-SortFlow training step ~1.7x faster
 than the compiled blocks below; the whole network 6-11% faster again). Otherwise the block
 is ``torch.compile``-d, and its attention is, in order of preference:
 
-- on CPU (float32, head dim 4, 8 or 16), the C++ kernel of :mod:`setflow.nn.kernels`:
+- on CPU (float32, head dim 4, 8 or 16), the C++ kernel of :mod:`setflow.nn.fast.kernels`:
   one pass per head over the ``N x N`` weights in the L1 cache, with the same hash masks,
   forward and backward (it made a paper-SortFlow training step ~11% faster than the
   written-out attention below, and the blocks' attention ~2.5x faster);
@@ -39,7 +39,8 @@ is ``torch.compile``-d, and its attention is, in order of preference:
 
 The ``attention="bmm"`` kernel choice of a network applies to its eager path only.
 
-Use :func:`set_fused` (or ``SetTransformer(..., fused=True)``); the first call per
+Use ``SetTransformer(..., fused=True)`` (or :func:`setflow.nn.set_fused`); the route each
+forward takes is :func:`setflow.nn.fast.route`. The first call per
 input shape compiles (tens of seconds on 2 cores; Inductor caches the result on
 disk). Needs a C++ compiler, as every Inductor CPU build does.
 """
@@ -55,71 +56,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from setflow.nn import kernels
+from setflow.nn.fast import kernels
+from setflow.nn.fast.hashing import MASK_BITS, hash_dropout, hash_keep_mask
 from setflow.nn.attention import self_attention
 from setflow.nn.cpu import dropout as cpu_dropout
 
-__all__ = ["hash_keep_mask", "hash_dropout", "block_core", "compiled_block_core", "fused_block", "set_fused",
-           "MASK_BITS"]
-
-#: resolution of the keep probability: ``keep`` is rounded to a multiple of ``2**-MASK_BITS``
-MASK_BITS = 24
-# int32 constants of the hash (two's complement views of the 32-bit multipliers)
-_GOLDEN = -1640531535  # 0x9E3779B1
-_MIX1 = 0x7FEB352D  # C. Wellons' "lowbias32" multipliers
-_MIX2 = -2073254261  # 0x846CA68B
-_LOW16 = 0xFFFF
-_LOW17 = 0x1FFFF
-_LOW_MASK_BITS = (1 << MASK_BITS) - 1
-
-
-def _keep_levels(keep: float) -> int:
-    return int(round(keep * 2**MASK_BITS))
-
-
-def hash_keep_mask(shape: Sequence[int], keep: float, seed: Tensor) -> Tensor:
-    """Boolean keep mask of ``shape`` from a counter-based hash of the element index and ``seed``.
-
-    ``seed`` is an int32 tensor of two words. Element ``i`` (row-major) is kept when
-    the top ``MASK_BITS`` bits of a 32-bit hash fall below ``round(keep * 2**MASK_BITS)``:
-    ``x = (i * 0x9E3779B1 + seed[0]) ^ seed[1]``, then two xorshift-multiply rounds and a
-    final xorshift (so a change of either seed word, in any bit, reaches every output bit).
-    Arithmetic wraps modulo ``2**32`` and the shifts are made logical with masks, so
-    the result is the same in eager mode and in Inductor-generated code.
-    """
-    if seed.dtype != torch.int32 or seed.numel() != 2:
-        raise ValueError(f"seed must be an int32 tensor of 2 words, got {seed.dtype} with {seed.numel()} entries")
-    n = math.prod(shape)
-    x = torch.arange(n, dtype=torch.int32, device=seed.device).view(tuple(shape))
-    x = (x * _GOLDEN + seed[0]) ^ seed[1]
-    x = (x ^ ((x >> 16) & _LOW16)) * _MIX1
-    x = (x ^ ((x >> 15) & _LOW17)) * _MIX2
-    x = x ^ ((x >> 16) & _LOW16)
-    return ((x >> (32 - MASK_BITS)) & _LOW_MASK_BITS) < _keep_levels(keep)  # the top bits: the best mixed
-
-
-def hash_dropout(x: Tensor, p: float, seed: Tensor) -> Tensor:
-    """Inverted dropout with a :func:`hash_keep_mask`: kept entries scaled by ``1 / keep'``, unbiased."""
-    if p == 0.0:
-        return x
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    levels = _keep_levels(1.0 - p)
-    if levels >= 2**MASK_BITS:
-        return x
-    if torch.compiler.is_compiling():
-        # The multiplier as a recompute-tagged (checkpointed) region: the backward recomputes it
-        # from the seed inside its own fused loops. Untagged, the partitioner kept some masks as
-        # bool tensors for the backward, and Inductor's scalar bool conversion made each such
-        # forward loop ~10x slower (5 ms instead of 0.4 ms for a (128, 50, 64) residual dropout).
-        return x * torch.utils.checkpoint.checkpoint(_hash_multiplier, x.shape, levels, seed, use_reentrant=False)
-    return x * _hash_multiplier(x.shape, levels, seed)
-
-
-def _hash_multiplier(shape: Sequence[int], levels: int, seed: Tensor) -> Tensor:
-    """``2**MASK_BITS / levels`` where :func:`hash_keep_mask` keeps, else 0 (float32)."""
-    return torch.where(hash_keep_mask(shape, levels / 2**MASK_BITS, seed), 2**MASK_BITS / levels, 0.0)
-
+__all__ = ["hash_keep_mask", "hash_dropout", "block_core", "compiled_block_core", "fused_block", "MASK_BITS"]
 
 def _linear_unfused_bias(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     # ``x @ W^T + b`` as a GEMM plus an add that Inductor fuses into the next elementwise loop:
@@ -128,7 +70,7 @@ def _linear_unfused_bias(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
 
 
 def _attention(qkv: Tensor, num_heads: int, p: float, seed: Optional[Tensor], impl: str) -> Tensor:
-    if impl == "kernel":  # the C++ kernel (setflow.nn.kernels): same maths and masks, one pass per head
+    if impl == "kernel":  # the C++ kernel (setflow.nn.fast.kernels): same maths and masks, one pass per head
         return kernels.hash_attention(qkv, num_heads, p, seed)
     if p == 0.0 or seed is None:
         return self_attention(qkv, num_heads, p, impl)
@@ -158,7 +100,7 @@ def block_core(
 
     ``w`` is ``ln1 (w, b), qkv (w, b), proj (w, b), ln2 (w, b), ff1 (w, b), ff2 (w, b)``.
     ``attention`` is a :mod:`setflow.nn.attention` kernel name, or ``"kernel"`` for the
-    C++ kernels of :mod:`setflow.nn.kernels` (the attention, and bias + GELU + dropout of the
+    C++ kernels of :mod:`setflow.nn.fast.kernels` (the attention, and bias + GELU + dropout of the
     feed-forward layer when its width is a multiple of 16; same hash masks; the fused path
     picks them on CPU).
     Dropout (probability ``p``; pass 0 in eval mode) acts on the attention weights,
@@ -180,15 +122,13 @@ def block_core(
     a = _attention(lin(a, w[2], w[3]), num_heads, p, seed[0] if hashed else None, attention)
     h = h + drop(lin(a, w[4], w[5]), 1)
     f = F.layer_norm(h, (d,), w[6], w[7], eps)
-    if attention == "kernel" and _GELU_KERNEL and w[8].shape[0] % kernels.GELU_WIDTH_MULTIPLE == 0:  # one C++ pass
+    if attention == "kernel" and w[8].shape[0] % kernels.GELU_WIDTH_MULTIPLE == 0:  # one C++ pass
         f = kernels.bias_gelu_dropout(torch.matmul(f, w[8].t()), w[9], p, seed[2] if hashed else None)
     else:
         f = drop(F.gelu(lin(f, w[8], w[9])), 2)
     return h + drop(lin(f, w[10], w[11]), 3)
 
 
-_BLOCK_KERNEL = True  # the whole block as one C++ op (setflow.nn.kernels.block) where it applies (off: for A/B)
-_GELU_KERNEL = True  # with attention="kernel", also the C++ feed-forward kernel (off: Inductor's loops; for A/B)
 _COMPILED_BLOCK = None
 _COMPILE_FAILED = False
 
@@ -214,18 +154,18 @@ def compiled_block_core():
 
 
 def fused_block(h: Tensor, w: Sequence[Tensor], num_heads: int, p: float, eps: float,
-                seed: Optional[Tensor]) -> Tensor:
+                seed: Optional[Tensor], cpp_block: bool = True) -> Tensor:
     """:func:`block_core` with hash dropout: the C++ block where it applies, else compiled.
 
-    The C++ block (:func:`setflow.nn.kernels.block`) runs when
-    :func:`~setflow.nn.kernels.block_supports` holds and the dropout, if any, has hash seeds;
+    The C++ block (:func:`setflow.nn.fast.kernels.block`) runs when ``cpp_block`` is set,
+    :func:`~setflow.nn.fast.kernels.block_supports` holds and the dropout, if any, has hash seeds;
     otherwise :func:`compiled_block_core`, and eager ``block_core`` if compiling fails. That
     fallback (warned once; e.g. no C++ compiler for Inductor) computes exactly the same function
     with the same hash masks, only slower; a genuine error (bad shapes) is raised again by the
     eager call.
     """
     global _COMPILE_FAILED
-    if _BLOCK_KERNEL and (p == 0.0 or seed is not None) and kernels.block_supports(h, w, num_heads):
+    if cpp_block and (p == 0.0 or seed is not None) and kernels.block_supports(h, w, num_heads):
         return kernels.block(h, w, num_heads, p, eps, seed)  # the whole block in C++ (chunks of sets in cache)
     attention = "kernel" if _kernel_ok(h, num_heads) else "auto"
     if not _COMPILE_FAILED:
@@ -253,20 +193,3 @@ def _kernel_ok(h: Tensor, num_heads: int) -> bool:
 
 
 _KERNEL_WARNED = False
-
-
-def set_fused(module: torch.nn.Module, enabled: bool = True) -> int:
-    """Switch every :class:`~setflow.nn.SetTransformer` inside ``module`` to the fused path.
-
-    Returns how many networks were switched. The maths and the parameters are
-    unchanged; only dropout's random stream differs (hash masks instead of
-    ``mt19937`` draws).
-    """
-    from setflow.nn.set_transformer import SetTransformer
-
-    count = 0
-    for m in module.modules():
-        if isinstance(m, SetTransformer):
-            m.fused = bool(enabled)
-            count += 1
-    return count

@@ -1,6 +1,6 @@
 """Run-time built C++ kernels for the CPU: the fused set-transformer blocks.
 
-:func:`block` is a whole pre-norm block (:func:`setflow.nn.fused.block_core` with hash
+:func:`block` is a whole pre-norm block (:func:`setflow.nn.fast.fused.block_core` with hash
 dropout), forward and backward, in one C++ call each. The batch is cut into chunks of whole
 sets (~256 rows); each OpenMP thread takes a chunk and runs every stage of the block on it
 (LayerNorms, the four linear maps through PyTorch's own BLAS ``sgemm_`` single-threaded, the
@@ -20,7 +20,7 @@ separate memory-bound PyTorch passes and every block boundary a trip through mem
 the network call made a paper-SortFlow training step 6-11% faster than the block-by-block calls.
 
 :func:`hash_attention` computes, per head, ``(M * softmax(q k^T / sqrt(hd))) v`` from one
-fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fused.hash_keep_mask` dropout
+fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fast.hashing.hash_keep_mask` dropout
 mask of the ``(B, H, N, N)`` attention weights (bit-identical masks), and its exact
 gradient. Forward and backward are single C++ loops per head: the weights never leave the
 L1 cache, the backward recomputes them from the saved log-sum-exp, and the q/k/v head split
@@ -36,12 +36,12 @@ wheels, whose ``MKL_Set_Num_Threads_Local`` then keeps each call on its own core
 one, :func:`block_available` is ``False`` and the fused blocks use ``torch.compile`` with the
 two kernels above.
 
-The source (``setflow/nn/csrc/cpu_kernels.cpp``) is compiled on first use with the system
+The source (``setflow/nn/fast/csrc/cpu_kernels.cpp``) is compiled on first use with the system
 C++ compiler (``$CXX``, else ``g++``; ``-O3 -march=native -fopenmp``) into a cache folder
 (``$SETFLOW_CACHE/kernels``, default ``~/.cache/setflow/kernels``), keyed by the source,
 the flags, the compiler version and the CPU, and loaded with :mod:`ctypes`. When that
 fails (no compiler, unsupported platform) or ``SETFLOW_NO_KERNELS=1`` is set,
-:func:`available` is ``False`` and callers keep their PyTorch path (:mod:`setflow.nn.fused`
+:func:`available` is ``False`` and callers keep their PyTorch path (:mod:`setflow.nn.fast.fused`
 warns once). The ops are registered as ``torch.ops.setflow.*`` with fake implementations
 and autograd formulas, so ``torch.compile`` graphs call them directly; the attention also
 has FLOP formulas (the architecture's attention GEMMs) for ``FlopCounterMode``.
@@ -62,7 +62,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "hash_attention", "bias_gelu_dropout", "block", "block_available", "block_supports",
+from setflow.nn.fast.hashing import MASK_BITS, keep_levels
+
+__all__ = ["ABI_VERSION", "check_abi", "available", "hash_attention", "bias_gelu_dropout", "block", "block_available", "block_supports",
            "network", "network_supports",
            "supports", "supports_gelu", "heads_supported", "last_error", "cache_dir", "SUPPORTED_HEAD_DIMS",
            "GELU_WIDTH_MULTIPLE"]
@@ -72,7 +74,10 @@ SUPPORTED_HEAD_DIMS = (4, 8, 16)
 GELU_WIDTH_MULTIPLE = 16
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cpp"
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
-_NO_DROPOUT = 1 << 24  # ``levels`` that keeps every weight (see setflow.nn.fused.MASK_BITS)
+_NO_DROPOUT = 1 << MASK_BITS  # ``levels`` that keeps every weight
+#: the ABI version the argument lists below are written for; ``setflow_hash_attention_version()`` of the
+#: loaded library must return it (raise both, in the C++ file and here, on any change of a signature)
+ABI_VERSION = 2
 _LOCK = threading.Lock()
 _LIB: Optional[ctypes.CDLL] = None
 _ERROR: Optional[str] = None
@@ -142,6 +147,31 @@ def _build() -> Path:
     return target
 
 
+def check_abi(lib, path: Optional[Path] = None) -> None:
+    """Refuse a library whose ``setflow_hash_attention_version()`` is not :data:`ABI_VERSION`.
+
+    On a mismatch the cached file (``path``) is deleted, so the next process rebuilds it from the
+    current source, and a ``RuntimeError`` naming both versions is raised (the caller then keeps the
+    PyTorch path).
+    """
+    fn = getattr(lib, "setflow_hash_attention_version", None)
+    if fn is None:
+        found = "none (no setflow_hash_attention_version symbol)"
+    else:
+        fn.argtypes = []
+        fn.restype = ctypes.c_int
+        found = fn()
+        if found == ABI_VERSION:
+            return
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    raise RuntimeError(f"C++ kernel library {path or lib} has ABI version {found}, expected {ABI_VERSION}; "
+                       "removed it from the cache, it is rebuilt on the next start")
+
+
 def _load() -> Optional[ctypes.CDLL]:
     global _LIB, _ERROR, _TRIED
     if _TRIED:
@@ -154,7 +184,9 @@ def _load() -> Optional[ctypes.CDLL]:
                 raise RuntimeError("disabled by SETFLOW_NO_KERNELS")
             if not _HAS_CUSTOM_OP:
                 raise RuntimeError("needs PyTorch >= 2.4 (torch.library.custom_op)")
-            lib = ctypes.CDLL(str(_build()))
+            path = _build()
+            lib = ctypes.CDLL(str(path))
+            check_abi(lib, path)
             i64, i32, f32p = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
             lib.setflow_hash_attention_forward.argtypes = [f32p, f32p, f32p, i64, i64, i64, i64, i32, i32, i64,
                                                            ctypes.c_int]
@@ -419,15 +451,13 @@ _gelu_op.register_autograd(_gelu_backward, setup_context=_gelu_setup_context)
 def _levels_and_seed(p: float, seed: Optional[Tensor], words: tuple[int, ...] = (2,)) -> tuple[int, Tensor]:
     """The kernels' keep ``levels`` for dropout ``p`` and the seed to pass: zeros of shape ``words``
     when there is no dropout and no seed."""
-    from setflow.nn.fused import MASK_BITS, _keep_levels
-
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     levels = _NO_DROPOUT
     if p > 0.0:
         if seed is None:
             raise ValueError(f"dropout p > 0 needs a seed (int32, shape {words})")
-        levels = min(_keep_levels(1.0 - p), 1 << MASK_BITS)
+        levels = min(keep_levels(1.0 - p), 1 << MASK_BITS)
     if seed is None:
         seed = torch.zeros(words, dtype=torch.int32)
     return levels, seed
@@ -436,7 +466,7 @@ def _levels_and_seed(p: float, seed: Optional[Tensor], words: tuple[int, ...] = 
 def bias_gelu_dropout(u: Tensor, bias: Tensor, p: float = 0.0, seed: Optional[Tensor] = None) -> Tensor:
     """``hash_dropout(gelu(u + bias), p, seed)`` in one pass (exact-erf GELU), differentiable in ``u`` and ``bias``.
 
-    The mask is :func:`setflow.nn.fused.hash_keep_mask` of ``u``'s shape, bit for bit; the
+    The mask is :func:`setflow.nn.fast.hashing.hash_keep_mask` of ``u``'s shape, bit for bit; the
     backward recomputes it and the GELU derivative from ``u`` and sums the bias gradient
     in the same pass. CPU float32, last dimension a multiple of :data:`GELU_WIDTH_MULTIPLE`
     (see :func:`supports_gelu`).
@@ -452,7 +482,7 @@ def hash_attention(qkv: Tensor, num_heads: int, p: float = 0.0, seed: Optional[T
 
     ``qkv`` is laid out ``(B, N, 3, num_heads, head_dim)`` (as a fused ``Linear(D, 3 D)``
     gives it). With ``p > 0``, ``seed`` (int32, 2 words) selects the
-    :func:`setflow.nn.fused.hash_keep_mask` mask of the ``(B, H, N, N)`` weights and the
+    :func:`setflow.nn.fast.hashing.hash_keep_mask` mask of the ``(B, H, N, N)`` weights and the
     kept weights are scaled by ``1 / keep'``. Differentiable in ``qkv``.
     """
     levels, seed = _levels_and_seed(p, seed)
@@ -460,7 +490,7 @@ def hash_attention(qkv: Tensor, num_heads: int, p: float = 0.0, seed: Optional[T
 
 
 # ------------------------------------------------------------------------------------------------
-# the whole block (setflow.nn.fused.block_core with hash dropout) in one C++ pass per direction
+# the whole block (setflow.nn.fast.fused.block_core with hash dropout) in one C++ pass per direction
 
 _BLOCK_SAVED = ("qkv", "o", "lse", "h1", "u", "stats")
 
@@ -473,7 +503,7 @@ def block_available() -> bool:
 def block_supports(h: Tensor, weights, num_heads: int) -> bool:
     """Whether :func:`block` takes this input: CPU float32 ``(B, N, D)`` with ``D`` and the feed-forward
     width multiples of :data:`GELU_WIDTH_MULTIPLE`, head dim in :data:`SUPPORTED_HEAD_DIMS`, and CPU
-    float32 weights (the 12 of :func:`setflow.nn.fused.block_core`)."""
+    float32 weights (the 12 of :func:`setflow.nn.fast.fused.block_core`)."""
     if h.dim() != 3 or len(weights) != 12:
         return False
     D, F = h.shape[-1], weights[8].shape[0]
@@ -653,7 +683,7 @@ _register_block_flops()
 
 def block(h: Tensor, weights, num_heads: int, p: float = 0.0, eps: float = 1e-5,
           seed: Optional[Tensor] = None) -> Tensor:
-    """:func:`setflow.nn.fused.block_core` with hash dropout, forward and backward in C++ (CPU float32).
+    """:func:`setflow.nn.fast.fused.block_core` with hash dropout, forward and backward in C++ (CPU float32).
 
     ``weights`` are the block's 12 tensors in ``block_core`` order; ``seed`` (int32 ``(4, 2)``, one
     pair per dropout site) is needed when ``p > 0``. The result and the gradients equal
@@ -862,7 +892,7 @@ def network(x: Tensor, weights, num_layers: int, num_heads: int, has_pos: bool =
     """A whole :class:`setflow.nn.SetTransformer` without context, forward and backward in C++ (CPU float32).
 
     ``weights`` (flat): the input layer's weight ``(D, K)`` and bias, the positional rows ``(N, D)`` if
-    ``has_pos``, each block's 12 tensors (:func:`setflow.nn.fused.block_core` order), the final
+    ``has_pos``, each block's 12 tensors (:func:`setflow.nn.fast.fused.block_core` order), the final
     LayerNorm's weight and bias and the read-out's weight ``(O, D)`` and bias. ``seeds`` (int32
     ``(num_layers, 4, 2)``) are needed when ``p > 0``; block ``l`` uses ``seeds[l]`` exactly as
     :func:`block` would, so the result equals the block-by-block fused path with bit-identical masks.

@@ -1155,6 +1155,7 @@ NetWeights unpack_net(const float* const* w, int64_t Lb) {
 
 extern "C" {
 
+// the ABI version: equal to setflow.nn.fast.kernels.ABI_VERSION (the loader refuses a mismatch)
 int setflow_hash_attention_version() { return 2; }
 
 // returns 0 on success, 1 for an unsupported head dimension
