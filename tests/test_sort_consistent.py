@@ -224,3 +224,15 @@ def test_consistency_script_on_a_checkpoint(tmp_path, capsys):
             p, p_se = sorted_fraction(model, 5_000)
             assert 0 < p_script < 1 and abs(p_script - p) < 4 * math.hypot(se, p_se)
             assert "normalising adds" in out
+
+
+def test_evaluate_reports_both_likelihood_conventions():
+    from setflow.evaluate import evaluate, format_metrics
+
+    model = _model(SMALL, consistent=True, scale=0.1)
+    x = torch.rand(8, 10, 2) * 28
+    res = evaluate(model, x, "nats_per_point")
+    torch.testing.assert_close(torch.tensor(res["metric"]), model.log_prob(x).mean() / 10)
+    torch.testing.assert_close(torch.tensor(res["set_metric"] - res["metric"]), torch.tensor(math.lgamma(11) / 10))
+    line = format_metrics(res)
+    assert f"PPLL {res['metric']:.4f} nats/point [papers" in line and f"set {res['set_metric']:.4f} nats/point" in line
