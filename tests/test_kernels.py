@@ -301,3 +301,23 @@ def test_fused_blocks_fall_back_to_compile_without_a_blas(monkeypatch: pytest.Mo
     assert not kernels.block_supports(torch.randn(2, 6, 16), net.blocks[0].weights(), 2)
     torch.manual_seed(5)
     assert torch.allclose(net(x), y, atol=1e-5)  # the compiled block: same function, same hash masks
+
+
+def test_abi_check_refuses_a_mismatched_library_and_drops_it_from_the_cache(tmp_path) -> None:
+    import types
+
+    stale = tmp_path / "cpu_kernels-stale.so"
+    stale.write_bytes(b"")
+    lib = types.SimpleNamespace(setflow_hash_attention_version=lambda: kernels.ABI_VERSION + 1)
+    with pytest.raises(RuntimeError, match=f"ABI version {kernels.ABI_VERSION + 1}, expected {kernels.ABI_VERSION}"):
+        kernels.check_abi(lib, stale)
+    assert not stale.exists()  # the next start rebuilds it
+    lib.setflow_hash_attention_version = lambda: kernels.ABI_VERSION
+    kernels.check_abi(lib)  # accepted
+    with pytest.raises(RuntimeError, match="no setflow_hash_attention_version"):
+        kernels.check_abi(types.SimpleNamespace())
+
+
+@needs_kernel
+def test_the_built_library_reports_the_abi_version_the_loader_expects() -> None:
+    assert kernels._load().setflow_hash_attention_version() == kernels.ABI_VERSION
