@@ -11,11 +11,8 @@ Two implementations of exactly the same maths,
     A small autograd function: one copy of ``qkv`` into head-major layout, a
     ``baddbmm`` for the scores, ``softmax``, a ``bmm`` for the output, and a
     hand-written backward (four batched GEMMs and one fused softmax backward)
-    that writes the q/k/v gradients into a single buffer. On CPU at the SortFlow
-    shapes (``B*H = 1024`` heads of ``25 x 8``) PyTorch's flash kernel for CPU
-    loops over tiny per-head blocks and is about 1.5-2x slower for forward +
-    backward; this kernel is the default there. Its GEMMs are plain ``bmm`` ops,
-    so ``FlopCounterMode`` counts them (it does not count the CPU flash kernel).
+    that writes the q/k/v gradients into a single buffer. No attention dropout.
+    Its GEMMs are plain ``bmm`` ops, so ``FlopCounterMode`` counts them.
 
 ``"auto"`` is ``"sdpa"`` on every device (the conditioners' attention goes through
 ``scaled_dot_product_attention``); ``"bmm"`` stays available by name. Importing this

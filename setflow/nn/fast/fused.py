@@ -24,14 +24,12 @@ eager path, the same FLOPs. On CPU in float32 (``d_model`` and the feed-forward 
 multiples of 16, head dim 4, 8 or 16, a BLAS found in PyTorch) a fused set transformer
 without context is one C++ call per direction, :func:`setflow.nn.fast.kernels.network` (input
 layer, blocks and read-out per chunk of sets in a core's cache), and a fused block on its
-own is one, :func:`setflow.nn.fast.kernels.block` (a paper-SortFlow training step ~1.7x faster
-than the compiled blocks below; the whole network 6-11% faster again). Otherwise the block
+own is one, :func:`setflow.nn.fast.kernels.block`. Otherwise the block
 is ``torch.compile``-d, and its attention is, in order of preference:
 
 - on CPU (float32, head dim 4, 8 or 16), the C++ kernel of :mod:`setflow.nn.fast.kernels`:
   one pass per head over the ``N x N`` weights in the L1 cache, with the same hash masks,
-  forward and backward (it made a paper-SortFlow training step ~11% faster than the
-  written-out attention below, and the blocks' attention ~2.5x faster);
+  forward and backward;
 - with attention dropout, written out as ``softmax(q k^T / sqrt(hd))``, dropout, ``@ v``
   (the only way to drop attention weights with a custom mask; SDPA's own CPU dropout path
   is this same unfused maths);
@@ -137,8 +135,7 @@ def compiled_block_core():
     """The process-wide ``torch.compile``-d :func:`block_core` (compiled lazily, static shapes).
 
     One graph per block rather than per network: on CPU, Inductor's fusion across the
-    two blocks of a conditioner produced a slower attention kernel (measured 1.6x
-    slower per network at the SortFlow shapes).
+    two blocks of a conditioner produced a slower attention kernel (docs/performance.md).
     """
     global _COMPILED_BLOCK
     if _COMPILED_BLOCK is None:

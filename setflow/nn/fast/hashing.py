@@ -68,7 +68,7 @@ def hash_dropout(x: Tensor, p: float, seed: Tensor) -> Tensor:
         # The multiplier as a recompute-tagged (checkpointed) region: the backward recomputes it
         # from the seed inside its own fused loops. Untagged, the partitioner kept some masks as
         # bool tensors for the backward, and Inductor's scalar bool conversion made each such
-        # forward loop ~10x slower (5 ms instead of 0.4 ms for a (128, 50, 64) residual dropout).
+        # forward loop several times slower.
         return x * torch.utils.checkpoint.checkpoint(_hash_multiplier, x.shape, levels, seed, use_reentrant=False)
     return x * _hash_multiplier(x.shape, levels, seed)
 

@@ -16,8 +16,7 @@ the masks the eager hash masks bit for bit.
 call per direction: each chunk of sets goes through the input layer (a linear map of the points'
 1-3 coordinates, plus positional rows), every block and the read-out (final LayerNorm and the
 linear map to the coupling parameters) while in cache. Layer by layer, those skinny layers were
-separate memory-bound PyTorch passes and every block boundary a trip through memory and autograd;
-the network call made a paper-SortFlow training step 6-11% faster than the block-by-block calls.
+separate memory-bound PyTorch passes and every block boundary a trip through memory and autograd.
 
 :func:`hash_attention` computes, per head, ``(M * softmax(q k^T / sqrt(hd))) v`` from one
 fused ``qkv`` tensor, where ``M`` is the :func:`setflow.nn.fast.hashing.hash_keep_mask` dropout
