@@ -92,11 +92,17 @@ def main(argv=None) -> int:
     row(f"uniform multiset code log2 C(784+{n}-1,{n})", math.log2(math.comb(GRID * GRID + n - 1, n)) * m)
     occ = _occupancy(sets)
     k = min(args.per_set, m)
-    for name, fn in (("occupancy PNG (1-bit; 8-bit counts)", _png), ("occupancy WebP lossless", _webp),
-                     ("occupancy JPEG XL lossless", _jxl)):
-        stacked, t = _timed(fn, occ.reshape(m * GRID, GRID))  # all sets as one tall image
+    tall = occ.reshape(m * GRID, GRID)  # all sets as one tall image
+    png_dec = lambda b: np.asarray(Image.open(io.BytesIO(b))).astype(np.uint8)
+    webp_dec = lambda b: imagecodecs.webp_decode(b)[..., 0] // (255 if tall.max() <= 1 else 1)
+    for name, fn, dec in (("occupancy PNG (1-bit; 8-bit counts)", _png, png_dec),
+                          ("occupancy WebP lossless", _webp, webp_dec),
+                          ("occupancy JPEG XL lossless", _jxl, imagecodecs.jpegxl_decode)):
+        stacked, te = _timed(fn, tall)
+        back, td = _timed(dec, stacked)
+        assert np.array_equal(np.asarray(back).reshape(tall.shape), tall), name
         per = [fn(o) for o in occ[:k]]
-        row(name, 8 * len(stacked), 8 * sum(map(len, per)) / (k * n), enc=m / t)
+        row(name, 8 * len(stacked), 8 * sum(map(len, per)) / (k * n), enc=m / te, dec=m / td)
     raw = _coords(sets)
     for name, enc, dec in (("sorted (col,row) bytes + zstd -19", lambda b: imagecodecs.zstd_encode(b, level=19),
                             imagecodecs.zstd_decode),

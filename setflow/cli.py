@@ -60,7 +60,7 @@ def _cmd_pixel_sets(args: argparse.Namespace) -> int:
     np.savez(out, **sets)
     print("data: " + source)
     print(f"pixel sets: {', '.join(f'{k} {v.shape}' for k, v in sets.items())} (sorted int64 indices row*28+col); "
-          f"wrote {out} (code one split with `setflow compress CKPT {out.name} --split test -o test.sfs`)")
+          f"wrote {out} (`setflow compress CKPT {out.name} -o test.sfs` codes the test split)")
     return 0
 
 

@@ -51,6 +51,10 @@ def _validate(items, check, skip: bool, what: str) -> list:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    from setflow.coding.sets import cli_compress_sets, holds_set_codec
+
+    if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
+        return cli_compress_sets(args)
     codec = _codec(args.ckpt)
     channels = codec.input_shape[0]
 
@@ -78,6 +82,10 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_decompress(args: argparse.Namespace) -> int:
+    from setflow.coding.sets import cli_decompress_sets, holds_set_codec
+
+    if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
+        return cli_decompress_sets(args)
     codec = _codec(args.ckpt)
 
     def check(src: Path):
