@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import math
+from typing import Callable, Optional, Sequence
+
 from torch import Tensor
 
-__all__ = ["sum_except_batch"]
+__all__ = ["sum_except_batch", "bits_per_dim", "call_net"]
 
 
 def sum_except_batch(x: Tensor) -> Tensor:
     """Sum every dimension but the first: ``(B, ...) -> (B,)``."""
     return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def bits_per_dim(log_prob: Tensor, shape: Sequence[int]) -> Tensor:
+    """Per-datum log-likelihoods (nats) to bits per dimension: ``-log_prob / (prod(shape) ln 2)``.
+
+    Example:
+        >>> import torch
+        >>> bits_per_dim(torch.tensor([-8 * math.log(2.0)]), (2, 2, 2))
+        tensor([1.])
+    """
+    return -log_prob / (math.prod(shape) * math.log(2.0))
+
+
+def call_net(net: Callable, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    """Call ``net(x)`` or, when a context is given, ``net(x, context)``."""
+    return net(x) if context is None else net(x, context)

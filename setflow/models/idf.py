@@ -45,6 +45,7 @@ from setflow.distributions import ConditionalDiscretizedLogistic, DiscretizedLog
 from setflow.flows import Flow
 from setflow.transforms import AdditiveCoupling, ScalarAffine, Shuffle, Squeeze2d
 from setflow.transforms.surjections import Slice
+from setflow.utils import bits_per_dim as _bits_per_dim
 
 try:  # the registry lands with the lead's models package; keep the builder usable without it
     from setflow.models import register_model
@@ -291,7 +292,7 @@ class IDF(Flow):
 
     def bits_per_dim(self, x: Tensor) -> Tensor:
         """``-log2 P(x) / (C H W)`` per image, shape ``(B,)``."""
-        return -self.log_prob(x) / (self.num_dims * math.log(2.0))
+        return _bits_per_dim(self.log_prob(x), self.input_shape)
 
     @torch.no_grad()
     def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
@@ -304,7 +305,7 @@ class IDF(Flow):
 
 def bits_per_dim(model: nn.Module, x: Tensor) -> Tensor:
     """Bits per dimension ``-log2 p(x) / (C H W)`` of any image model with ``log_prob`` in nats."""
-    return -model.log_prob(x) / (math.prod(x.shape[1:]) * math.log(2.0))
+    return _bits_per_dim(model.log_prob(x), x.shape[1:])
 
 
 @register_model("idf")

@@ -27,7 +27,6 @@ tightens it. ``sample(n)`` returns ``uint8`` images (``int64`` for more than 8 b
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import torch
@@ -49,6 +48,7 @@ from setflow.transforms import (
 )
 from setflow.transforms.dequantization import UniformDequantization, VariationalDequantization
 from setflow.transforms.surjections import MaxPool2dSurjection, Slice
+from setflow.utils import bits_per_dim
 
 __all__ = [
     "ImageFlow",
@@ -61,11 +61,6 @@ __all__ = [
 ]
 
 POOLINGS = ("none", "max")
-
-
-def bits_per_dim(log_prob: Tensor, shape: Sequence[int]) -> Tensor:
-    """Convert per-image log-likelihoods (nats) to bits per dimension: ``-log_prob / (D ln 2)``."""
-    return -log_prob / (math.prod(shape) * math.log(2.0))
 
 
 # ---------------------------------------------------------------------------------------------- nets
