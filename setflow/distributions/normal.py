@@ -7,7 +7,7 @@ every ``sample`` draws on the module's device and in its dtype.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -60,11 +60,6 @@ def resolve_num_samples(num_samples: Optional[int], context: Optional[Tensor]) -
             raise ValueError("sample() needs num_samples (or a context tensor fixing the batch size)")
         return int(context.shape[0])
     return int(num_samples)
-
-
-def call_net(net: Callable, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-    """Call ``net(x)`` or, when a context is given, ``net(x, context)``."""
-    return net(x) if context is None else net(x, context)
 
 
 class StandardNormal(Distribution):

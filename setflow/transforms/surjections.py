@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from setflow.distributions.base import ConditionalDistribution, Distribution
-from setflow.distributions.normal import call_net, normal_log_prob
+from setflow.distributions.normal import normal_log_prob
 from setflow.transforms.base import Surjection, sum_except_batch
 from setflow.transforms.permutation_utils import permute_along, random_permutations
+from setflow.utils import call_net
 
 __all__ = ["SortSurjection", "AbsSurjection", "MaxPool2dSurjection", "Slice"]
 
