@@ -2,7 +2,8 @@
 
 Use ``pytestmark = pytest.mark.usefixtures("double")`` in a test module (or the
 ``double`` argument in a test) to run with ``torch.float64`` as the default dtype;
-the previous default is restored afterwards.
+the previous default is restored afterwards. ``pytest.mark.usefixtures("one_thread")``
+runs on one intra-op thread.
 """
 
 import random
@@ -19,6 +20,18 @@ def _seed_everything():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for one test: tiny models run faster so, and two OpenMP threads
+    stall on busy shared cores. The previous thread count is restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.fixture

@@ -24,13 +24,7 @@ from setflow.models.idf import IDF
 ARGS = dict(num_levels=2, num_flows=2, hidden_channels=8, depth=2, coupling="shallow", split_prior="shallow")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one intra-op thread (two OpenMP threads stall on busy shared cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(shape=(3, 8, 8), seed=1, scale=6.0) -> IDF:

@@ -12,13 +12,7 @@ from setflow.models.idf import IDF, bits_per_dim
 from setflow.transforms import AdditiveCoupling
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one intra-op thread (two OpenMP threads stall on busy shared cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(shape=(1, 8, 8), levels=2, flows=2, kind="shallow", dtype=torch.float32, **kw) -> IDF:

@@ -19,13 +19,7 @@ TINY = dict(data_shape=[1, 8, 8], num_scales=2, num_steps=1, dequant_steps=1, de
 MODELS = ("baseline_image_flow", "maxpool_flow")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions run fastest on one thread, and the test machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, **kw) -> ImageFlow:

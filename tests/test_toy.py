@@ -14,13 +14,7 @@ from setflow.models.toy import CoordinateAbs, SoftplusInverse, fold_layers
 from setflow.viz.toy import grid_mass
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small MLPs run fastest on one thread, and the test machine is shared."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def symmetric_mixture(n: int, seed: int = 0) -> torch.Tensor:
