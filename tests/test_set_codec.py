@@ -169,3 +169,15 @@ def test_cli_compress_decompress_dispatch_on_checkpoint(tmp_path):
         assert np.array_equal(z["pixels"][..., 1] * 5 + z["pixels"][..., 0], z["sets"])
     data = (tmp_path / "s.sfs").read_bytes()
     assert decompress_sets(m, data, cfg).shape == (9, 6)
+
+
+def test_evaluate_reports_the_set_likelihood_without_an_ordering_term():
+    from setflow.evaluate import evaluate, format_metrics
+
+    m = _model()
+    x = torch.as_tensor(np.sort(_sets(m, 12), axis=1))
+    res = evaluate(m, x, "nats_per_point", batch_size=5)
+    expected = m.log_prob(x).double().mean().item() / m.num_points
+    assert res.get("of_set") and "set_metric" not in res
+    assert abs(res["metric"] - expected) < 1e-5
+    assert "of the set" in format_metrics(res) and "papers" not in format_metrics(res)

@@ -45,6 +45,7 @@ class SortedSetAR(nn.Module):
     """
 
     is_exact = True
+    scores_sets = True  # log_prob is of the multiset itself (sorted tuple), not of an ordered sequence
 
     def __init__(self, grid: int = 28, num_points: int = 50, d_model: int = 64, num_heads: int = 4,
                  num_layers: int = 2, dim_feedforward: int = 128, dropout: float = 0.1) -> None:
