@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "dtype": "float32",
         "num_threads": None,
-        "fused": False,  # set transformers' fused path with hash dropout (C++ blocks on CPU; setflow.nn.fused)
+        "fused": False,  # set transformers' fused path with hash dropout (C++ blocks on CPU; setflow.nn.fast)
         "progress": True,
     },
     "eval": {

@@ -170,7 +170,7 @@ class Trainer:
         self.scale = loss_scale(self.data.unit, self.data.event_shape)
         self.model = build_from_config(config).to(self.device)
         if self.tc["fused"]:
-            from setflow.nn.fused import set_fused
+            from setflow.nn import set_fused
 
             set_fused(self.model, True)  # C++ blocks on CPU; elsewhere the first steps compile each block shape
         self.dtype = getattr(torch, self.tc["dtype"])
