@@ -1,0 +1,187 @@
+"""Every name-to-thing table of setflow, in one style.
+
+A :class:`Registry` maps config names to objects (builders, classes, functions). Each table has a
+``register_*`` decorator, the same one-line error for an unknown name, and one shared argument
+check (:meth:`Registry.check_args`) that compares keyword arguments with the registered object's
+signature before anything is built. This module imports nothing from setflow: the modules that
+define models, data sets, conditioners, ... import it and register themselves.
+
+Tables whose entries live in a package register on import; a registry made with ``populate``
+imports that package the first time it is looked up, so ``MODELS.get("sortflow")`` works without
+importing :mod:`setflow.models` first.
+
+Example:
+    >>> shapes = Registry("shape")
+    >>> @shapes.register("square")
+    ... def square(side: float = 1.0) -> float:
+    ...     return side * side
+    >>> shapes.get("square")(side=3.0)
+    9.0
+    >>> shapes.check_args("square", {"sides": 4})
+    Traceback (most recent call last):
+        ...
+    ValueError: unknown arguments for shape 'square': sides; valid: side
+    >>> shapes.get("circle")
+    Traceback (most recent call last):
+        ...
+    setflow.registry.RegistryError: unknown shape 'circle'; registered shapes: square
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Sequence, TypeVar
+
+__all__ = [
+    "Registry", "RegistryError", "signature_names",
+    "MODELS", "DATASETS", "SET_CONDITIONERS", "IMAGE_CONDITIONERS", "SCALE_FNS", "OPTIMIZERS", "PLOTTERS",
+    "register_model", "register_dataset", "register_set_conditioner", "register_image_conditioner",
+    "register_scale_fn", "register_optimizer", "register_plotter",
+]
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError, ValueError):
+    """An unknown name (a ``KeyError`` and a ``ValueError``, so either ``except`` catches it)."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes twice
+        return str(self.args[0]) if self.args else ""
+
+
+def signature_names(fn: Any) -> tuple[set[str], bool]:
+    """(named keyword parameters, takes ``**kwargs``) of a function or of a class's ``__init__``."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    params = inspect.signature(target).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+class Registry(Generic[T]):
+    """A named table of ``kind`` objects.
+
+    Args:
+        kind: what an entry is, singular (used in error messages: ``unknown model 'x'``).
+        populate: dotted module names imported on the first lookup (their imports register
+            the entries).
+    """
+
+    def __init__(self, kind: str, populate: Sequence[str] = ()) -> None:
+        self.kind = kind
+        self._populate = tuple(populate)
+        self._populated = not self._populate
+        self._entries: dict[str, T] = {}
+        self._args_of: dict[str, tuple[Any, tuple[str, ...]]] = {}
+
+    # -- registering ---------------------------------------------------------------------------
+    def register(self, name: str, obj: Optional[T] = None, *, args_of: Any = None,
+                 fixed: Sequence[str] = ()) -> Any:
+        """Register ``obj`` under ``name``; without ``obj``, a decorator.
+
+        ``args_of``: for an entry taking ``**kwargs`` that it forwards, the function (or class)
+        whose signature lists the accepted arguments; ``fixed`` names those the entry sets itself.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+
+        def deco(o: T) -> T:
+            if name in self._entries and self._entries[name] is not o:
+                raise ValueError(f"{self.kind} name {name!r} is registered twice")
+            self._entries[name] = o
+            if args_of is not None:
+                self._args_of[name] = (args_of, tuple(fixed))
+            return o
+
+        return deco if obj is None else deco(obj)
+
+    # -- looking up ----------------------------------------------------------------------------
+    def _ensure(self) -> None:
+        if not self._populated:
+            self._populated = True
+            for mod in self._populate:
+                importlib.import_module(mod)
+
+    def get(self, name: str) -> T:
+        """The entry ``name``; an unknown name raises :class:`RegistryError` listing the known ones."""
+        self._ensure()
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise RegistryError(f"unknown {self.kind} {name!r}; registered {self.kind}s: "
+                                f"{', '.join(sorted(self._entries))}") from None
+
+    __getitem__ = get
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        self._ensure()
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        self._ensure()
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return list(self)
+
+    def items(self) -> list[tuple[str, T]]:
+        return [(n, self._entries[n]) for n in self]
+
+    def keys(self) -> list[str]:
+        return self.names()
+
+    # -- arguments -----------------------------------------------------------------------------
+    def arg_names(self, name: str) -> Optional[set[str]]:
+        """The keyword arguments entry ``name`` accepts, or ``None`` when its signature cannot say."""
+        obj = self.get(name)
+        names, var_kw = signature_names(obj)
+        if var_kw and name in self._args_of:
+            inner, fixed = self._args_of[name]
+            inner_names, var_kw = signature_names(inner)
+            names = (names | inner_names) - set(fixed)
+        return None if var_kw else names
+
+    def check_args(self, name: str, kwargs: Mapping[str, Any]) -> None:
+        """Raise a one-line ``ValueError`` naming the keys of ``kwargs`` that entry ``name`` lacks."""
+        valid = self.arg_names(name)
+        unknown = sorted(set(kwargs) - valid) if valid is not None else []
+        if unknown:
+            raise ValueError(f"unknown arguments for {self.kind} {name!r}: {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(valid))}")
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``get(name)(*args, **kwargs)`` after :meth:`check_args` on the keywords."""
+        self.check_args(name, kwargs)
+        return self.get(name)(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+#: model builders (``model: sortflow`` in a config); ``model_args`` are their keyword arguments
+MODELS: Registry = Registry("model", populate=("setflow.models",))
+#: data set loaders (``data: spatial_mnist``) returning an ``ExperimentData``
+DATASETS: Registry = Registry("dataset", populate=("setflow.train.data",))
+#: equivariant set conditioners ``(B, N, D_in) -> (B, N, D_out)`` (``model_args.conditioner``)
+SET_CONDITIONERS: Registry = Registry("set conditioner", populate=("setflow.nn",))
+#: image coupling conditioners (IDF ``model_args.conditioner``)
+IMAGE_CONDITIONERS: Registry = Registry("image conditioner", populate=("setflow.nn",))
+#: coupling scale functions ``raw -> (scale, log_scale)`` (``model_args.scale_fn``)
+SCALE_FNS: Registry = Registry("scale function", populate=("setflow.transforms.coupling",))
+#: optimisers ``(params, lr, weight_decay, ...) -> torch.optim.Optimizer`` (``train.optimizer``)
+OPTIMIZERS: Registry = Registry("optimizer", populate=("setflow.train.trainer",))
+#: plotters by data kind: ``plot_checkpoint(model, config, data, out_path, n)``
+PLOTTERS: Registry = Registry("plotter", populate=("setflow.viz",))
+
+register_model = MODELS.register
+register_dataset = DATASETS.register
+register_set_conditioner = SET_CONDITIONERS.register
+register_image_conditioner = IMAGE_CONDITIONERS.register
+register_scale_fn = SCALE_FNS.register
+register_optimizer = OPTIMIZERS.register
+register_plotter = PLOTTERS.register
