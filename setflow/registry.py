@@ -65,10 +65,13 @@ class Registry(Generic[T]):
         kind: what an entry is, singular (used in error messages: ``unknown model 'x'``).
         populate: dotted module names imported on the first lookup (their imports register
             the entries).
+        args_label: how :meth:`check_args` names the arguments (``"model_args"`` for models:
+            ``unknown model_args for 'sortflow': ...``); default ``arguments for <kind>``.
     """
 
-    def __init__(self, kind: str, populate: Sequence[str] = ()) -> None:
+    def __init__(self, kind: str, populate: Sequence[str] = (), args_label: Optional[str] = None) -> None:
         self.kind = kind
+        self.args_label = args_label
         self._populate = tuple(populate)
         self._populated = not self._populate
         self._entries: dict[str, T] = {}
@@ -94,6 +97,13 @@ class Registry(Generic[T]):
             return o
 
         return deco if obj is None else deco(obj)
+
+    def unregister(self, name: str) -> T:
+        """Remove entry ``name`` and return it (for throwaway entries in tests)."""
+        obj = self.get(name)
+        del self._entries[name]
+        self._args_of.pop(name, None)
+        return obj
 
     # -- looking up ----------------------------------------------------------------------------
     def _ensure(self) -> None:
@@ -151,7 +161,8 @@ class Registry(Generic[T]):
         valid = self.arg_names(name)
         unknown = sorted(set(kwargs) - valid) if valid is not None else []
         if unknown:
-            raise ValueError(f"unknown arguments for {self.kind} {name!r}: {', '.join(unknown)}; "
+            what = f"{self.args_label} for" if self.args_label else f"arguments for {self.kind}"
+            raise ValueError(f"unknown {what} {name!r}: {', '.join(unknown)}; "
                              f"valid: {', '.join(sorted(valid))}")
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -164,13 +175,13 @@ class Registry(Generic[T]):
 
 
 #: model builders (``model: sortflow`` in a config); ``model_args`` are their keyword arguments
-MODELS: Registry = Registry("model", populate=("setflow.models",))
+MODELS: Registry = Registry("model", populate=("setflow.models",), args_label="model_args")
 #: data set loaders (``data: spatial_mnist``) returning an ``ExperimentData``
 DATASETS: Registry = Registry("dataset", populate=("setflow.train.data",))
 #: equivariant set conditioners ``(B, N, D_in) -> (B, N, D_out)`` (``model_args.conditioner``)
 SET_CONDITIONERS: Registry = Registry("set conditioner", populate=("setflow.nn",))
 #: image coupling conditioners (IDF ``model_args.conditioner``)
-IMAGE_CONDITIONERS: Registry = Registry("image conditioner", populate=("setflow.nn",))
+IMAGE_CONDITIONERS: Registry = Registry("image conditioner", populate=("setflow.models.idf",))
 #: coupling scale functions ``raw -> (scale, log_scale)`` (``model_args.scale_fn``)
 SCALE_FNS: Registry = Registry("scale function", populate=("setflow.transforms.coupling",))
 #: optimisers ``(params, lr, weight_decay, ...) -> torch.optim.Optimizer`` (``train.optimizer``)

@@ -1,43 +1,43 @@
-"""Model registry: config name -> builder (``model: sortflow`` in a YAML config)."""
+"""The model families; each registers its builders in :data:`setflow.registry.MODELS`.
+
+``model: sortflow`` in a YAML config names a registered builder and ``model_args`` its keyword
+arguments. The families are imported here by name; any other module of this package is imported
+too (:func:`import_model_modules`), so a new file that calls ``@register_model("name")`` is found
+without editing a list.
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+import pkgutil
+import sys
 
 from torch import nn
 
-__all__ = ["MODELS", "register_model", "build_model"]
+from setflow.registry import MODELS, register_model
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+# the families (each module's import registers its builders)
+from setflow.models import idf, image_flows, set_codec, set_flows, toy  # noqa: F401  (registers)
 
-_FAMILIES = ("set_flows", "idf", "image_flows", "toy", "set_codec")
-
-
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: ``@register_model("sortflow") def build(**args) -> nn.Module``."""
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS and MODELS[name] is not fn:
-            raise ValueError(f"model name {name!r} is registered twice")
-        MODELS[name] = fn
-        return fn
-
-    return deco
-
-
-def _load_families() -> None:
-    for fam in _FAMILIES:
-        try:
-            importlib.import_module(f"setflow.models.{fam}")
-        except ModuleNotFoundError as e:  # a family module not present in this build
-            if e.name != f"setflow.models.{fam}":
-                raise
+__all__ = ["MODELS", "register_model", "build_model", "import_model_modules"]
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; unknown names list the valid ones."""
-    _load_families()
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
-    return MODELS[name](**kwargs)
+    """Build a registered model; an unknown name or argument is a one-line error listing the valid ones."""
+    return MODELS.build(name, **kwargs)
+
+
+def import_model_modules() -> list[str]:
+    """Import every module of this package (every folder on ``__path__``) not imported yet.
+
+    Returns the names imported. A module that fails to import raises: a broken model file is an
+    error, not a model that silently goes missing.
+    """
+    new = [f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)]
+    new = [name for name in new if name not in sys.modules]
+    for name in new:
+        importlib.import_module(name)
+    return new
+
+
+import_model_modules()

@@ -34,7 +34,6 @@ Shapes:
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Optional, Sequence
 
@@ -43,16 +42,10 @@ from torch import Tensor, nn
 
 from setflow.distributions import ConditionalDiscretizedLogistic, DiscretizedLogisticMixture
 from setflow.flows import Flow
+from setflow.registry import MODELS, register_model
 from setflow.transforms import AdditiveCoupling, ScalarAffine, Shuffle, Squeeze2d
 from setflow.transforms.surjections import Slice
 from setflow.utils import bits_per_dim as _bits_per_dim
-
-try:  # the registry lands with the lead's models package; keep the builder usable without it
-    from setflow.models import register_model
-except ImportError:  # pragma: no cover - only before setflow/models/__init__.py exists
-
-    def register_model(name):  # type: ignore[no-redef]
-        return lambda fn: fn
 
 
 __all__ = ["IDF", "build_idf", "bits_per_dim", "CONDITIONER_KINDS"]
@@ -308,11 +301,8 @@ def bits_per_dim(model: nn.Module, x: Tensor) -> Tensor:
     return _bits_per_dim(model.log_prob(x), x.shape[1:])
 
 
-@register_model("idf")
+@register_model("idf", args_of=IDF)
 def build_idf(**model_args) -> IDF:
-    """Builder for ``model: idf`` configs; ``model_args`` are :class:`IDF`'s arguments."""
-    valid = set(inspect.signature(IDF.__init__).parameters) - {"self"}
-    unknown = sorted(set(model_args) - valid)
-    if unknown:
-        raise ValueError(f"unknown model_args for idf: {unknown}; valid: {sorted(valid)}")
+    """Builder for ``model: idf`` configs; ``model_args`` are :class:`IDF`'s arguments (checked)."""
+    MODELS.check_args("idf", model_args)
     return IDF(**model_args)

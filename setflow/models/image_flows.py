@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
 from setflow.flows import Flow
-from setflow.models import register_model
+from setflow.registry import register_model
 from setflow.transforms import (
     ActNorm,
     AffineCoupling,
@@ -269,7 +269,7 @@ def build_image_flow(
     return ImageFlow(StandardNormal(shape), transforms, data_shape=data_shape, num_bits=num_bits)
 
 
-@register_model("baseline_image_flow")
+@register_model("baseline_image_flow", args_of=build_image_flow)
 def build_baseline_image_flow(**model_args) -> ImageFlow:
     """The multi-scale baseline: downsampling by squeeze + slice."""
     if model_args.pop("pooling", "none") != "none":
@@ -277,7 +277,7 @@ def build_baseline_image_flow(**model_args) -> ImageFlow:
     return build_image_flow(pooling="none", **model_args)
 
 
-@register_model("maxpool_flow")
+@register_model("maxpool_flow", args_of=build_image_flow)
 def build_maxpool_flow(**model_args) -> ImageFlow:
     """MaxPoolFlow: downsampling by the 2x2 max-pool surjection."""
     if model_args.pop("pooling", "max") != "max":

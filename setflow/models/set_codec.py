@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from setflow.models import register_model
+from setflow.registry import register_model
 
 __all__ = ["SortedSetAR", "build_set_codec"]
 

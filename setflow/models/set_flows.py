@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
 from setflow.flows import Flow, LabelContext
-from setflow.models import register_model
+from setflow.registry import register_model
 from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
@@ -250,13 +250,13 @@ def build_set_flow(
         torch.random.set_rng_state(g_state)
 
 
-@register_model("sortflow")
+@register_model("sortflow", args_of=build_set_flow, fixed=("permutation",))
 def build_sortflow(**kwargs) -> SetFlow:
     """SortFlow: sort surjection first, exact log-likelihood."""
     return build_set_flow(permutation="sort", **kwargs)
 
 
-@register_model("permuteflow")
+@register_model("permuteflow", args_of=build_set_flow, fixed=("permutation",))
 def build_permuteflow(**kwargs) -> SetFlow:
     """PermuteFlow: stochastic permutations, evaluated with the IWBO."""
     return build_set_flow(permutation="stochastic", **kwargs)

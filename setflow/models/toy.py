@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
 from setflow.flows import Flow
-from setflow.models import register_model
+from setflow.registry import register_model
 from setflow.transforms import ActNorm, AffineCoupling, Bijection, Reverse, Surjection
 from setflow.transforms.surjections import AbsSurjection
 

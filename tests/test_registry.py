@@ -1,0 +1,111 @@
+"""setflow.registry: every table lists its entries, fails the same way on an unknown name, and
+checks builder arguments against signatures; model files register themselves."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import torch
+
+import setflow.models
+from setflow.models import build_model, import_model_modules
+from setflow.models.build import check_model_args, model_arg_names
+from setflow.registry import MODELS, Registry, RegistryError
+
+
+# -- models ---------------------------------------------------------------------------------------
+EXPECTED_MODELS = {"sortflow", "permuteflow", "idf", "baseline_image_flow", "maxpool_flow", "toy_flow", "set_codec"}
+
+
+def test_models_lists_every_family():
+    assert EXPECTED_MODELS <= set(MODELS.names())
+    assert MODELS.names() == sorted(MODELS.names())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_every_model_refuses_a_typo_and_accepts_its_own_arguments(name):
+    valid = model_arg_names(name)
+    assert valid, f"{name}: its arguments must be readable from the builder (use args_of=)"
+    first = sorted(valid)[0]
+    typo = first + "z"
+    with pytest.raises(ValueError) as e:
+        check_model_args({"model": name, "model_args": {first: None, typo: 1}})
+    msg = str(e.value)
+    assert msg == f"unknown model_args for {name!r}: {typo}; valid: {', '.join(sorted(valid))}"
+    assert "\n" not in msg
+    check_model_args({"model": name, "model_args": dict.fromkeys(valid)})  # every real name passes
+    with pytest.raises(ValueError, match=re.escape(f"unknown model_args for {name!r}: {typo};")):
+        build_model(name, **{typo: 1})  # build_model checks before building
+
+
+def test_forwarding_builders_drop_the_arguments_they_fix():
+    for name in ("sortflow", "permuteflow"):
+        assert "permutation" not in model_arg_names(name)
+        assert {"num_steps", "d_model", "conditioner"} <= model_arg_names(name)
+    assert "pooling" in model_arg_names("maxpool_flow")  # build_image_flow's, checked by the wrapper
+
+
+def test_unknown_model_is_a_registry_error_naming_the_registered_ones():
+    with pytest.raises(RegistryError) as e:
+        build_model("nosuchflow")
+    assert isinstance(e.value, KeyError) and isinstance(e.value, ValueError)
+    assert str(e.value) == f"unknown model 'nosuchflow'; registered models: {', '.join(MODELS.names())}"
+
+
+def test_a_throwaway_registered_model_is_built_by_name():
+    @setflow.models.register_model("_throwaway")
+    def build(width: int = 3) -> torch.nn.Module:
+        return torch.nn.Linear(width, 1)
+
+    try:
+        assert "_throwaway" in MODELS
+        assert build_model("_throwaway", width=5).in_features == 5
+        assert model_arg_names("_throwaway") == {"width"}
+        with pytest.raises(ValueError, match="unknown model_args for '_throwaway': widht; valid: width"):
+            build_model("_throwaway", widht=5)
+        with pytest.raises(ValueError, match="registered twice"):
+            setflow.models.register_model("_throwaway")(lambda: None)
+    finally:
+        MODELS.unregister("_throwaway")
+    assert "_throwaway" not in MODELS
+
+
+def test_a_new_model_file_is_picked_up_without_editing_a_list(tmp_path, monkeypatch):
+    """A module dropped into the models package registers itself: no list to edit."""
+    (tmp_path / "h3_dropped_in.py").write_text(
+        "import torch\n"
+        "from setflow.registry import register_model\n\n"
+        "@register_model('_dropped_in')\n"
+        "def build(features: int = 2):\n"
+        "    return torch.nn.Linear(features, features)\n")
+    monkeypatch.setattr(setflow.models, "__path__", [*setflow.models.__path__, str(tmp_path)])
+    try:
+        assert import_model_modules() == ["setflow.models.h3_dropped_in"]
+        assert build_model("_dropped_in", features=4).out_features == 4
+        assert import_model_modules() == []  # imported once
+    finally:
+        sys.modules.pop("setflow.models.h3_dropped_in", None)
+        if "_dropped_in" in MODELS:
+            MODELS.unregister("_dropped_in")
+
+
+def test_every_module_of_the_models_package_is_imported():
+    import pkgutil
+
+    names = {f"setflow.models.{m.name}" for m in pkgutil.iter_modules(setflow.models.__path__)}
+    assert names and names <= set(sys.modules)
+
+
+# -- the Registry class ---------------------------------------------------------------------------
+def test_registry_populates_lazily_and_refuses_bad_names():
+    r: Registry = Registry("widget", populate=("setflow.models",))
+    assert r.names() == []  # the populate import registered nothing into this table
+    with pytest.raises(TypeError, match="non-empty string"):
+        r.register("")
+    r.register("a", 1)
+    with pytest.raises(RegistryError, match=r"^unknown widget 'b'; registered widgets: a$"):
+        r.get("b")
+    with pytest.raises(RegistryError):
+        r.get(["not", "hashable"])
