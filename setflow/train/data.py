@@ -8,6 +8,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from setflow.registry import DATASETS, register_dataset
+
 __all__ = ["ExperimentData", "DATASETS", "register_dataset", "load_data"]
 
 
@@ -47,17 +49,6 @@ class ExperimentData:
         return tuple(self.train.shape[1:])
 
 
-DATASETS: dict[str, Callable[..., ExperimentData]] = {}
-
-
-def register_dataset(name: str):
-    def deco(fn):
-        DATASETS[name] = fn
-        return fn
-
-    return deco
-
-
 @register_dataset("spatial_mnist")
 def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed: int = 0, download: bool = True,
                    limit: Optional[int] = None, redraw: bool = False) -> ExperimentData:
@@ -90,7 +81,7 @@ def _image_loader(name: str) -> Callable[..., ExperimentData]:
 
 
 for _name in ("mnist", "fashion_mnist", "cifar10", "imagenet32", "imagenet64"):
-    DATASETS[_name] = _image_loader(_name)
+    register_dataset(_name, _image_loader(_name))
 
 
 @register_dataset("spatial_mnist_pixels")
@@ -131,13 +122,13 @@ def _pointclouds(source: str = "shapes", data_root: Optional[str] = None, num_po
 
 
 def load_data(config: dict, data_root: Optional[str] = None) -> ExperimentData:
+    """The data set ``config['data']`` loaded with ``config['data_args']`` (checked by name first)."""
     name = config["data"]
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; registered: {sorted(DATASETS)}")
     args = dict(config.get("data_args", {}))
+    DATASETS.check_args(name, args)  # an unknown name or argument: one line listing the valid ones
     if data_root is not None and name != "toy2d":
         args["data_root"] = data_root
     try:
-        return DATASETS[name](**args)
+        return DATASETS.get(name)(**args)
     except TypeError as e:
         raise ValueError(f"bad data_args for {name!r}: {e}") from e
