@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from setflow.distributions.base import Distribution
+from setflow.sets import check_mask, lengths_to_mask, set_sizes
 from setflow.transforms.base import CompositeTransform, Transform
 
 __all__ = ["Flow", "check_input", "LabelContext", "VectorContext"]
@@ -125,6 +126,15 @@ class Flow(nn.Module):
         context_encoder: for a conditional flow, the module that checks a ``context`` and maps
             it to what the layers take (:class:`LabelContext`, :class:`VectorContext`). A flow
             built without one rejects any context; a conditional flow rejects ``context=None``.
+        size_dist: for sets of different sizes, a density over the number of points
+            (:class:`~setflow.distributions.SetSizeDistribution`): ``log_prob`` then returns the
+            complete ``log p(N) + log p(X | N)``, every call needs ``mask`` (``(B, N)`` bool, True =
+            real point; a padded batch cannot be told from full sets without it) and ``sample``
+            draws ``N`` (or takes ``num_points``) and returns ``(x, mask)``.
+
+    Masks: ``log_prob``, ``iwbo``, ``encode``, ``decode`` and the samplers take ``mask=None``; a
+    mask of all True gives bit-identical results to ``mask=None``. The padding is zeroed on the
+    way in, so its values (even NaN) never change a result.
 
     Example:
         >>> from setflow.distributions import StandardNormal
@@ -144,9 +154,11 @@ class Flow(nn.Module):
         discrete: bool = False,
         layout: str = "",
         context_encoder: Optional[nn.Module] = None,
+        size_dist: Optional[Distribution] = None,
     ) -> None:
         super().__init__()
         self.context_encoder = context_encoder
+        self.size_dist = size_dist
         self.base = base
         self.transform = transforms if isinstance(transforms, CompositeTransform) else CompositeTransform(transforms)
         self.event_shape = None if event_shape is None else tuple(event_shape)
@@ -170,6 +182,44 @@ class Flow(nn.Module):
             if b.is_floating_point():
                 return b.dtype
         return torch.get_default_dtype()
+
+    @property
+    def variable_size(self) -> bool:
+        """True for a flow over sets of different sizes (it has a density over the set size and needs masks)."""
+        return self.size_dist is not None
+
+    def _prepare_masked(self, x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """``(x, mask, sizes)``: inputs checked, padding zeroed, an all-True mask turned into ``None``;
+        ``sizes`` ``(B,)`` for a variable-size flow."""
+        if mask is None:
+            if self.variable_size:
+                raise ValueError("this flow scores sets of different sizes and cannot tell padding from points: pass "
+                                 "mask=(B, N) bool (True = real point; setflow.sets.pad_sets / from_pyg build it), "
+                                 "or mask=torch.ones(B, N, dtype=torch.bool) for a batch of full sets")
+            return self._prepare(x), None, None
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        mask = check_mask(mask, x, min_points=1)
+        if x.is_floating_point():
+            x = torch.where(mask.view(*mask.shape, *([1] * (x.dim() - 2))), x, torch.zeros((), dtype=x.dtype,
+                                                                                           device=x.device))
+        x = self._prepare(x)
+        sizes = set_sizes(x, mask) if self.variable_size else None
+        if bool(mask.all()):
+            return x, None, sizes
+        if not self.transform.supports_mask:
+            self.transform.check_mask_support()
+        return x, mask, sizes
+
+    def _log_prob_latent(self, x: Tensor, context: Optional[Tensor], mask: Optional[Tensor],
+                         sizes: Optional[Tensor]) -> Tensor:
+        if mask is None:
+            z, ldj = self.transform(x, context)
+            lp = self.base.log_prob(z, context) + ldj
+        else:
+            z, ldj = self.transform(x, context, mask=mask)
+            lp = self.base.log_prob(z, context, mask=self.transform.forward_mask(mask)) + ldj
+        return lp if sizes is None else lp + self.size_dist.log_prob(sizes)
 
     def _prepare(self, x: Tensor) -> Tensor:
         check_input(x, self.event_shape, discrete=self.discrete, layout=self.layout)
@@ -200,30 +250,77 @@ class Flow(nn.Module):
             raise ValueError(f"this conditional flow needs a context: {self.context_encoder.expects}")
         return self.context_encoder(context, batch)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.log_prob(x, context)
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self.log_prob(x, context, mask)
 
-    def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        """Log-density (nats) of each datum, shape ``(B,)``. A lower bound when ``not is_exact``."""
-        x = self._prepare(x)
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        """Log-density (nats) of each datum, shape ``(B,)``. A lower bound when ``not is_exact``.
+
+        ``mask`` ``(B, N)`` bool marks the real points of padded sets of different sizes.
+        """
+        x, mask, sizes = self._prepare_masked(x, mask)
         context = self._context(context, x.shape[0])
-        z, ldj = self.transform(x, context)
-        return self.base.log_prob(z, context) + ldj
+        return self._log_prob_latent(x, context, mask, sizes)
 
-    def encode(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        """The latent ``z`` of ``x`` (one draw when a layer is stochastic)."""
-        x = self._prepare(x)
-        return self.transform(x, self._context(context, x.shape[0]))[0]
+    def encode(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        """The latent ``z`` of ``x`` (one draw when a layer is stochastic); its mask is
+        ``transform.forward_mask(mask)`` (the real points first after a sort)."""
+        x, mask, _ = self._prepare_masked(x, mask)
+        context = self._context(context, x.shape[0])
+        return self.transform(x, context)[0] if mask is None else self.transform(x, context, mask=mask)[0]
 
-    def decode(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.transform.inverse(z, self._context(context, z.shape[0]))
+    def decode(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        context = self._context(context, z.shape[0])
+        if mask is None or bool(check_mask(mask, z).all()):
+            return self.transform.inverse(z, context)
+        return self.transform.inverse(z, context, mask=mask)
+
+    def _sample_sizes(self, num_samples: Optional[int], context: Optional[Tensor], num_points) -> Tensor:
+        """``(B,)`` set sizes: ``num_points`` (an int or a ``(B,)`` tensor) or draws from ``size_dist``."""
+        n = num_samples if num_samples is not None else (None if context is None else int(context.shape[0]))
+        if isinstance(num_points, Tensor):
+            sizes = num_points.to(device=self.base.device, dtype=torch.long).reshape(-1)
+            if n is not None and sizes.shape[0] != n:
+                raise ValueError(f"num_points has {sizes.shape[0]} sizes for {n} samples")
+        else:
+            if n is None:
+                raise ValueError("sample() needs num_samples (or a context tensor fixing the batch size)")
+            if num_points is None:
+                return self.size_dist.sample(n).to(self.base.device)
+            sizes = torch.full((n,), int(num_points), dtype=torch.long, device=self.base.device)
+        if sizes.numel() and int(sizes.min()) < 1:
+            raise ValueError(f"num_points must be >= 1, got {int(sizes.min())}")
+        check = getattr(self.size_dist, "check_sizes", None)
+        if check is not None:
+            check(sizes)
+        return sizes
+
+    def _sample_latent(self, num_samples, context, num_points):
+        sizes = self._sample_sizes(num_samples, context, num_points)
+        mask = lengths_to_mask(sizes, int(sizes.max()))
+        z = self.base.sample(sizes.shape[0], context, num_points=mask.shape[1])
+        z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+        return z, mask, sizes
 
     @torch.no_grad()
-    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
-        """Draw samples on the module's device and in its dtype (one per context row if conditional)."""
+    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None,
+               num_points=None):
+        """Draw samples on the module's device and in its dtype (one per context row if conditional).
+
+        A variable-size flow draws each set's size from ``size_dist`` (or takes ``num_points``, an int or
+        ``(B,)`` sizes) and returns ``(x, mask)``: ``x`` ``(B, N_max, D)`` zero-padded, ``mask`` ``(B, N_max)``.
+        """
         context = self._context(context, num_samples)
-        z = self.base.sample(num_samples, context)
-        return self.transform.inverse(z, context)
+        if not self.variable_size:
+            if num_points is not None:
+                z = self.base.sample(num_samples, context, num_points=int(num_points))
+            else:
+                z = self.base.sample(num_samples, context)
+            return self.transform.inverse(z, context)
+        z, mask, _ = self._sample_latent(num_samples, context, num_points)
+        full = bool(mask.all())
+        x = self.transform.inverse(z, context) if full else self.transform.inverse(z, context, mask=mask)
+        return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask
 
     @torch.no_grad()
     def sample_and_log_prob(
@@ -239,13 +336,17 @@ class Flow(nn.Module):
         """
         if not self.is_exact:
             raise ValueError("sample_and_log_prob needs an exact flow (no stochastic forward layer); use sample()")
+        if self.variable_size:
+            raise ValueError("sample_and_log_prob is for fixed-size flows; for sets of different sizes use "
+                             "x, mask = sample(n) and log_prob(x, mask=mask)")
         context = self._context(context, num_samples)
         z = self.base.sample(num_samples, context)
         log_p = self.base.log_prob(z, context)
         x, inv_ldj = _inverse_with_ldj(self.transform, z, context)
         return x, log_p - inv_ldj
 
-    def iwbo(self, x: Tensor, k: int = 10, chunk: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
+    def iwbo(self, x: Tensor, k: int = 10, chunk: Optional[int] = None, context: Optional[Tensor] = None,
+             mask: Optional[Tensor] = None) -> Tensor:
         """Importance-weighted bound ``log 1/k sum_i exp(ELBO_i)`` per datum, shape ``(B,)``.
 
         Equals ``log_prob`` for exact flows. ``chunk`` bounds how many of the ``k``
@@ -253,20 +354,21 @@ class Flow(nn.Module):
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        x = self._prepare(x)
-        if self.is_exact:
-            return self.log_prob(x, context)
-        chunk = k if chunk is None else max(1, min(int(chunk), k))
+        x, mask, sizes = self._prepare_masked(x, mask)
         b = x.shape[0]
         context = self._context(context, b)
+        if self.is_exact:
+            return self._log_prob_latent(x, context, mask, sizes)
+        chunk = k if chunk is None else max(1, min(int(chunk), k))
         weights = []
         done = 0
         while done < k:
             c = min(chunk, k - done)
             xr = x.repeat_interleave(c, dim=0)
             cr = None if context is None else context.repeat_interleave(c, dim=0)
-            z, ldj = self.transform(xr, cr)
-            weights.append((self.base.log_prob(z, cr) + ldj).view(b, c))
+            mr = None if mask is None else mask.repeat_interleave(c, dim=0)
+            sr = None if sizes is None else sizes.repeat_interleave(c, dim=0)
+            weights.append(self._log_prob_latent(xr, cr, mr, sr).view(b, c))
             done += c
         w = torch.cat(weights, dim=1)
         return torch.logsumexp(w, dim=1) - math.log(k)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Optional, Sequence
 
 from torch import Tensor
 
-__all__ = ["sum_except_batch", "bits_per_dim", "call_net"]
+__all__ = ["sum_except_batch", "bits_per_dim", "call_net", "takes_mask"]
 
 
 def sum_except_batch(x: Tensor) -> Tensor:
@@ -26,6 +27,22 @@ def bits_per_dim(log_prob: Tensor, shape: Sequence[int]) -> Tensor:
     return -log_prob / (math.prod(shape) * math.log(2.0))
 
 
-def call_net(net: Callable, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-    """Call ``net(x)`` or, when a context is given, ``net(x, context)``."""
-    return net(x) if context is None else net(x, context)
+def takes_mask(net: Callable) -> bool:
+    """Whether ``net`` (a module or a function) accepts a ``mask=`` keyword argument."""
+    fn = getattr(net, "forward", net)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "mask" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def call_net(net: Callable, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+    """Call ``net(x)`` or, when a context is given, ``net(x, context)``; with a ``mask`` (sets of different
+    sizes) ``net(x, context, mask=mask)``, refused with a ``ValueError`` if ``net`` takes no mask."""
+    if mask is None:
+        return net(x) if context is None else net(x, context)
+    if not takes_mask(net):
+        raise ValueError(f"{type(net).__name__} does not take mask=, so it cannot condition on padded sets of "
+                         "different sizes; use a conditioner with masks (forward(x, context=None, mask=None))")
+    return net(x, context, mask=mask)

@@ -21,6 +21,7 @@ from setflow.distributions.normal import (
     StandardNormal,
     normal_log_prob,
 )
+from setflow.distributions.set_size import SetSizeDistribution
 
 __all__ = [
     "Distribution",
@@ -30,6 +31,7 @@ __all__ = [
     "StandardHalfNormal",
     "ConditionalNormal",
     "normal_log_prob",
+    "SetSizeDistribution",
     "MIN_LOG_SCALE",
     "logistic_cdf",
     "discretized_logistic_log_prob",

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from setflow.sets import check_mask, masked_sum
 from setflow.utils import sum_except_batch
 
 from setflow.distributions.base import ConditionalDistribution, Distribution
@@ -65,6 +66,9 @@ def resolve_num_samples(num_samples: Optional[int], context: Optional[Tensor]) -
 class StandardNormal(Distribution):
     """``N(0, I)`` over events of shape ``shape``.
 
+    For sets, ``shape = (None, D)`` leaves the number of points free (``sample`` then needs
+    ``num_points``), and ``log_prob(z, mask=...)`` (``(B, N)`` bool) sums over the real points only.
+
     Shapes:
         - log_prob: ``(B, *shape) -> (B,)``
         - sample: ``num_samples -> (num_samples, *shape)``
@@ -75,17 +79,36 @@ class StandardNormal(Distribution):
         torch.Size([2])
     """
 
+    supports_mask = True
+
     def __init__(self, shape: ShapeLike):
         super().__init__()
-        self.shape = _as_shape(shape)
+        free = not isinstance(shape, int) and len(shape) > 1 and shape[0] is None
+        self.shape = (None,) + _as_shape(shape[1:]) if free else _as_shape(shape)
 
-    def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        check_event_shape(x, self.shape, type(self).__name__)
-        return sum_except_batch(-0.5 * x**2 - _HALF_LOG_2PI)
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        if self.shape[0] is None:
+            if x.dim() != len(self.shape) + 1 or tuple(x.shape[2:]) != self.shape[1:]:
+                want = ", ".join(["N"] + [str(s) for s in self.shape[1:]])
+                raise ValueError(f"{type(self).__name__} expects inputs of shape (B, {want}), got {tuple(x.shape)}")
+        else:
+            check_event_shape(x, self.shape, type(self).__name__)
+        if mask is None:
+            return sum_except_batch(-0.5 * x**2 - _HALF_LOG_2PI)
+        return masked_sum(-0.5 * x**2 - _HALF_LOG_2PI, check_mask(mask, x, min_points=0))
 
-    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
+    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None,
+               num_points: Optional[int] = None) -> Tensor:
+        """``(num_samples, *shape)`` draws; ``num_points`` sets the free number of points (``shape[0] = None``)."""
         n = resolve_num_samples(num_samples, context)
-        return torch.randn(n, *self.shape, device=self.device, dtype=self.dtype)
+        shape = self.shape
+        if num_points is not None:
+            if shape[0] is not None and num_points != shape[0]:
+                raise ValueError(f"this StandardNormal has {shape[0]} points per event, not num_points={num_points}")
+            shape = (int(num_points),) + shape[1:]
+        elif shape[0] is None:
+            raise ValueError("this StandardNormal leaves the number of points free: sample(..., num_points=N)")
+        return torch.randn(n, *shape, device=self.device, dtype=self.dtype)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}"

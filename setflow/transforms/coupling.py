@@ -13,7 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from setflow.transforms.base import Bijection, sum_except_batch
+from setflow.sets import check_mask, keep_padding, masked_sum, real_first
+from setflow.transforms.base import Bijection
+from setflow.transforms.permutation_utils import inverse_permutation, permute_along
+from setflow.utils import call_net
 
 __all__ = ["AffineCoupling", "AdditiveCoupling", "SCALE_FNS", "round_ste"]
 
@@ -66,13 +69,22 @@ def round_ste(x: Tensor) -> Tensor:
     return _RoundSTE.apply(x)
 
 
+#: how a coupling splits its input: ``"halves"`` (the first ``n_a`` entries condition the last ``n_b``)
+#: or ``"parity"`` (along the points of sets of any size: the real points at even positions condition
+#: those at odd positions; the conditioner's output at the ``j``-th even point parametrises the ``j``-th odd one)
+SPLITS = ("halves", "parity")
+
+
 class _Coupling(Bijection):
+    supports_mask = True
+
     def __init__(
         self,
         conditioner: nn.Module,
         split_dim: int,
         split_sizes: Optional[Sequence[int]] = None,
         params_dim: Optional[int] = None,
+        split: str = "halves",
     ) -> None:
         super().__init__()
         self.conditioner = conditioner
@@ -81,6 +93,39 @@ class _Coupling(Bijection):
         if self.split_sizes is not None and (len(self.split_sizes) != 2 or min(self.split_sizes) < 1):
             raise ValueError(f"split_sizes must be two positive sizes (n_a, n_b), got {split_sizes}")
         self.params_dim = split_dim if params_dim is None else params_dim
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if split == "parity" and (split_sizes is not None or split_dim not in (1, -2)):
+            raise ValueError("split='parity' splits the points (split_dim=1) of sets of any size and takes no split_sizes")
+        self.split = split
+
+    def _split_input(self, x: Tensor, mask: Optional[Tensor]):
+        """``(x_a, x_b, mask_a, mask_b, order)``; ``order`` is the gather index that moved the real
+        points to the front (parity split with a mask), else ``None``."""
+        if mask is not None:
+            mask = check_mask(mask, x, min_points=0)
+        if self.split == "halves":
+            if mask is not None and self.split_dim % x.dim() == 1:
+                raise ValueError("a coupling that splits the points into halves needs equal-size sets; "
+                                 "use split='parity' for sets of different sizes")
+            x_a, x_b = x.split(self._sizes(x), dim=self.split_dim)
+            return x_a, x_b, mask, mask, None
+        if x.dim() < 2 or (mask is None and x.shape[1] < 2):
+            raise ValueError(f"a parity coupling needs sets (B, N, ...) with N >= 2, got shape {tuple(x.shape)}")
+        order = None
+        if mask is not None:
+            order = real_first(mask)
+            x, mask = permute_along(x, order, 1), torch.gather(mask, 1, order)
+        return (x[:, 0::2], x[:, 1::2], None if mask is None else mask[:, 0::2],
+                None if mask is None else mask[:, 1::2], order)
+
+    def _join(self, x_a: Tensor, z_b: Tensor, order: Optional[Tensor]) -> Tensor:
+        if self.split == "halves":
+            return torch.cat([x_a, z_b], dim=self.split_dim)
+        out = x_a.new_empty(x_a.shape[0], x_a.shape[1] + z_b.shape[1], *x_a.shape[2:])
+        out[:, 0::2] = x_a
+        out[:, 1::2] = z_b
+        return out if order is None else permute_along(out, inverse_permutation(order), 1)
 
     def _sizes(self, x: Tensor) -> tuple[int, int]:
         n = x.shape[self.split_dim]
@@ -95,9 +140,12 @@ class _Coupling(Bijection):
             )
         return self.split_sizes
 
-    def _condition(self, x_a: Tensor, context: Optional[Tensor], x_b: Tensor, factor: int) -> Tensor:
+    def _condition(self, x_a: Tensor, context: Optional[Tensor], x_b: Tensor, factor: int,
+                   mask_a: Optional[Tensor] = None) -> Tensor:
         """The conditioner's output, checked to have ``x_b``'s shape with ``params_dim`` times ``factor``."""
-        params = self.conditioner(x_a) if context is None else self.conditioner(x_a, context)
+        params = call_net(self.conditioner, x_a, context, mask_a)
+        if self.split == "parity" and params.dim() > 1 and params.shape[1] == x_a.shape[1] > x_b.shape[1]:
+            params = params[:, : x_b.shape[1]]  # one output per even point; the j-th serves the j-th odd point
         want = list(x_b.shape)
         want[self.params_dim] *= factor
         if list(params.shape) != want:
@@ -110,7 +158,8 @@ class _Coupling(Bijection):
         return params
 
     def extra_repr(self) -> str:
-        return f"split_dim={self.split_dim}, split_sizes={self.split_sizes}, params_dim={self.params_dim}"
+        s = f"split_dim={self.split_dim}, split_sizes={self.split_sizes}, params_dim={self.params_dim}"
+        return s + (f", split={self.split!r}" if self.split != "halves" else "")
 
 
 class AffineCoupling(_Coupling):
@@ -125,6 +174,11 @@ class AffineCoupling(_Coupling):
         scale_fn: ``"exp"``, ``"softplus"`` (shifted so ``s=0`` is the identity), ``"sigmoid"``
             (Glow's ``sigmoid(s + 2)``) or ``"tanh_exp"`` (``exp(2 tanh(s/2))``).
         params_dim: dimension of ``params`` holding (shift, scale); default ``split_dim``.
+        split: ``"halves"`` (default) or ``"parity"`` (points of sets of any size, see :data:`SPLITS`).
+
+    With ``mask`` (``(B, N)`` bool over the points, sets of different sizes) the conditioner is
+    called as ``conditioner(x_a, context, mask=mask_a)``, ``ldj`` sums over the real points only
+    and the padding passes through unchanged.
 
     Shapes:
         input ``x``: any ``(B, ...)``; output ``z`` same shape; ``ldj``: ``(B,)``.
@@ -144,32 +198,36 @@ class AffineCoupling(_Coupling):
         split_sizes: Optional[Sequence[int]] = None,
         scale_fn: str = "exp",
         params_dim: Optional[int] = None,
+        split: str = "halves",
     ) -> None:
-        super().__init__(conditioner, split_dim, split_sizes, params_dim)
+        super().__init__(conditioner, split_dim, split_sizes, params_dim, split)
         if scale_fn not in SCALE_FNS:
             raise ValueError(f"unknown scale_fn {scale_fn!r}; expected one of {sorted(SCALE_FNS)}")
         self.scale_fn = scale_fn
 
-    def _params(self, x_a: Tensor, x_b: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        params = self._condition(x_a, context, x_b, 2)
+    def _params(self, x_a: Tensor, x_b: Tensor, context: Optional[Tensor], mask_a: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        params = self._condition(x_a, context, x_b, 2, mask_a)
         shift, raw = params.chunk(2, dim=self.params_dim)
         scale, log_scale = SCALE_FNS[self.scale_fn](raw)
         return shift, scale, log_scale
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x.split(self._sizes(x), dim=self.split_dim)
-        shift, scale, log_scale = self._params(x_a, x_b, context)
-        z_b = x_b * scale + shift
-        return torch.cat([x_a, z_b], dim=self.split_dim), sum_except_batch(log_scale)
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        x_a, x_b, mask_a, mask_b, order = self._split_input(x, mask)
+        shift, scale, log_scale = self._params(x_a, x_b, context, mask_a)
+        z_b = keep_padding(x_b * scale + shift, x_b, mask_b)
+        return self._join(x_a, z_b, order), masked_sum(log_scale, mask_b)
 
-    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        z_a, z_b = z.split(self._sizes(z), dim=self.split_dim)
-        shift, scale, log_scale = self._params(z_a, z_b, context)
-        x_b = (z_b - shift) / scale
-        return torch.cat([z_a, x_b], dim=self.split_dim), -sum_except_batch(log_scale)
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
+        z_a, z_b, mask_a, mask_b, order = self._split_input(z, mask)
+        shift, scale, log_scale = self._params(z_a, z_b, context, mask_a)
+        x_b = keep_padding((z_b - shift) / scale, z_b, mask_b)
+        return self._join(z_a, x_b, order), -masked_sum(log_scale, mask_b)
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.inverse_with_ldj(z, context)[0]
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self.inverse_with_ldj(z, context, mask)[0]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", scale_fn={self.scale_fn!r}"
@@ -193,26 +251,29 @@ class AdditiveCoupling(_Coupling):
         split_dim: int,
         split_sizes: Optional[Sequence[int]] = None,
         rounding: bool = False,
+        split: str = "halves",
     ) -> None:
-        super().__init__(conditioner, split_dim, split_sizes)
+        super().__init__(conditioner, split_dim, split_sizes, split=split)
         self.rounding = rounding
 
-    def _shift(self, x_a: Tensor, x_b: Tensor, context: Optional[Tensor]) -> Tensor:
-        t = self._condition(x_a, context, x_b, 1)
+    def _shift(self, x_a: Tensor, x_b: Tensor, context: Optional[Tensor], mask_a: Optional[Tensor] = None) -> Tensor:
+        t = self._condition(x_a, context, x_b, 1, mask_a)
         return round_ste(t) if self.rounding else t
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        x_a, x_b = x.split(self._sizes(x), dim=self.split_dim)
-        z_b = x_b + self._shift(x_a, x_b, context)
-        return torch.cat([x_a, z_b], dim=self.split_dim), x.new_zeros(x.shape[0])
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        x_a, x_b, mask_a, mask_b, order = self._split_input(x, mask)
+        z_b = keep_padding(x_b + self._shift(x_a, x_b, context, mask_a), x_b, mask_b)
+        return self._join(x_a, z_b, order), x.new_zeros(x.shape[0])
 
-    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        z_a, z_b = z.split(self._sizes(z), dim=self.split_dim)
-        x_b = z_b - self._shift(z_a, z_b, context)
-        return torch.cat([z_a, x_b], dim=self.split_dim), z.new_zeros(z.shape[0])
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
+        z_a, z_b, mask_a, mask_b, order = self._split_input(z, mask)
+        x_b = keep_padding(z_b - self._shift(z_a, z_b, context, mask_a), z_b, mask_b)
+        return self._join(z_a, x_b, order), z.new_zeros(z.shape[0])
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.inverse_with_ldj(z, context)[0]
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self.inverse_with_ldj(z, context, mask)[0]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", rounding={self.rounding}"

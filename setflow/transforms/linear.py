@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from setflow.sets import check_mask, keep_padding
 from setflow.transforms.base import Bijection
+from setflow.transforms.permutation_utils import fixed_rank_permutations, inverse_permutation, permute_real_points
 
-__all__ = ["Conv1x1", "Reverse", "Shuffle", "ScalarAffine"]
+__all__ = ["Conv1x1", "Reverse", "Shuffle", "SetShuffle", "ScalarAffine"]
 
 
 class Conv1x1(Bijection):
@@ -81,19 +83,35 @@ class Conv1x1(Bijection):
 
 
 class Reverse(Bijection):
-    """Reverse the order along ``dim`` (``ldj = 0``)."""
+    """Reverse the order along ``dim`` (``ldj = 0``).
+
+    With a mask (sets of different sizes) only a dimension other than the points (e.g. the
+    coordinates, ``dim=-1``) can be reversed.
+    """
+
+    supports_mask = True
 
     def __init__(self, dim: int = 1) -> None:
         super().__init__()
         self.dim = dim
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def _check_mask(self, x: Tensor, mask: Optional[Tensor]) -> None:
+        if mask is not None and self.dim % x.dim() in (0, 1):
+            raise ValueError(f"Reverse(dim={self.dim}) would move padding among the points of sets of different "
+                             "sizes; reverse the coordinates (dim=-1) or use SetShuffle for the points")
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        self._check_mask(x, mask)
         return x.flip(self.dim), x.new_zeros(x.shape[0])
 
-    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
+        self._check_mask(z, mask)
         return z.flip(self.dim), z.new_zeros(z.shape[0])
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        self._check_mask(z, mask)
         return z.flip(self.dim)
 
     def extra_repr(self) -> str:
@@ -130,8 +148,65 @@ class Shuffle(Bijection):
         return f"{self.size}, dim={self.dim}"
 
 
+class SetShuffle(Bijection):
+    """A fixed pseudo-random permutation of the real points of each set (``ldj = 0``), for sets of any size.
+
+    The permutation of a set depends only on its size ``N_i`` and ``seed`` (an integer hash of the
+    ranks, :func:`~setflow.transforms.permutation_utils.fixed_rank_permutations`), so a set gets the
+    same one alone as inside a padded batch; the padding stays in place. The variable-size
+    replacement of :class:`Shuffle`, whose permutation is of a fixed number of points.
+
+    Shapes:
+        - x: ``(B, N, ...)`` points along dim 1; mask: ``(B, N)`` bool or None; ldj: ``(B,)``
+
+    Example:
+        >>> t = SetShuffle(seed=3)
+        >>> x = torch.arange(4.0).view(1, 4, 1)
+        >>> m = torch.tensor([[True, True, True, False]])
+        >>> z, _ = t(x, mask=m)
+        >>> sorted(z[0, :3, 0].tolist()), float(z[0, 3, 0]), torch.equal(t.inverse(z, mask=m), x)
+        ([0.0, 1.0, 2.0], 3.0, True)
+    """
+
+    supports_mask = True
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = int(seed)
+
+    def _perm(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"SetShuffle expects sets (B, N, ...), got shape {tuple(x.shape)}")
+        if mask is None:
+            sizes = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+        else:
+            sizes = check_mask(mask, x, min_points=0).sum(1)
+        return fixed_rank_permutations(sizes, x.shape[1], self.seed)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        return permute_real_points(x, self._perm(x, mask), mask), x.new_zeros(x.shape[0])
+
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
+        perm = inverse_permutation(self._perm(z, mask))
+        return permute_real_points(z, perm, mask), z.new_zeros(z.shape[0])
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self.inverse_with_ldj(z, context, mask)[0]
+
+    def extra_repr(self) -> str:
+        return f"seed={self.seed}"
+
+
 class ScalarAffine(Bijection):
-    """``z = x * scale + shift`` with fixed scalars; ``ldj = D * log|scale|`` (``D`` entries per datum)."""
+    """``z = x * scale + shift`` with fixed scalars; ``ldj = D * log|scale|`` (``D`` entries per datum).
+
+    With ``mask`` (``(B, N)`` over dim 1) only the real points count in ``ldj`` and the padding
+    passes through unchanged.
+    """
+
+    supports_mask = True
 
     def __init__(self, shift: float = 0.0, scale: float = 1.0) -> None:
         super().__init__()
@@ -140,16 +215,30 @@ class ScalarAffine(Bijection):
         self.shift = float(shift)
         self.scale = float(scale)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        ldj = x.new_full((x.shape[0],), x[0].numel() * math.log(abs(self.scale)))
-        return x * self.scale + self.shift, ldj
+    def _masked_ldj(self, x: Tensor, mask: Tensor) -> Tensor:
+        per_point = x[0, 0].numel()
+        check_mask(mask, x, min_points=0)
+        return ((mask.sum(1) * per_point).double() * math.log(abs(self.scale))).to(x.dtype)
 
-    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        ldj = z.new_full((z.shape[0],), -z[0].numel() * math.log(abs(self.scale)))
-        return (z - self.shift) / self.scale, ldj
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        if mask is None:
+            ldj = x.new_full((x.shape[0],), x[0].numel() * math.log(abs(self.scale)))
+            return x * self.scale + self.shift, ldj
+        return keep_padding(x * self.scale + self.shift, x, mask), self._masked_ldj(x, mask)
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return (z - self.shift) / self.scale
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
+        if mask is None:
+            ldj = z.new_full((z.shape[0],), -z[0].numel() * math.log(abs(self.scale)))
+            return (z - self.shift) / self.scale, ldj
+        return keep_padding((z - self.shift) / self.scale, z, mask), -self._masked_ldj(z, mask)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        if mask is None:
+            return (z - self.shift) / self.scale
+        return self.inverse_with_ldj(z, context, mask)[0]
 
     def extra_repr(self) -> str:
         return f"shift={self.shift}, scale={self.scale}"
+

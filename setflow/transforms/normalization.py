@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from setflow.sets import check_mask, keep_padding
 from setflow.transforms.base import Bijection
 
 __all__ = ["ActNorm"]
@@ -28,9 +29,14 @@ class ActNorm(Bijection):
             ``1`` for images ``(B, C, H, W)``.
         eps: variance floor below which a feature counts as constant.
 
+    With ``mask`` (sets ``(B, N, F)``, ``feature_dim=-1``, mask ``(B, N)``) the initial statistics
+    and ``ldj`` count the real points only, and the padding passes through unchanged.
+
     Shapes:
         ``x``: ``(B, ..., F, ...)`` with ``F = num_features`` at ``feature_dim``; ``ldj``: ``(B,)``.
     """
+
+    supports_mask = True
 
     def __init__(self, num_features: int, feature_dim: int = 1, eps: float = 1e-6) -> None:
         super().__init__()
@@ -53,13 +59,26 @@ class ActNorm(Bijection):
                 f"got input of shape {tuple(x.shape)}"
             )
 
+    def _check_mask(self, x: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+        if mask is None:
+            return None
+        if x.dim() != 3 or self.feature_dim % x.dim() != 2:
+            raise ValueError(f"ActNorm takes a mask only for sets (B, N, F) with feature_dim=-1, got input "
+                             f"{tuple(x.shape)} and feature_dim={self.feature_dim}")
+        return check_mask(mask, x, min_points=0)
+
     @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
-        """Set shift and scale from the statistics of ``x`` (all-reduced across ranks)."""
+    def initialize(self, x: Tensor, mask: Optional[Tensor] = None) -> None:
+        """Set shift and scale from the statistics of ``x`` (of its real points with ``mask``; all-reduced across ranks)."""
         fd = self.feature_dim % x.dim()
         dims = [d for d in range(x.dim()) if d != fd]
         xd = x.detach().to(torch.float64)
-        stats = torch.stack([xd.sum(dims), (xd * xd).sum(dims), torch.full_like(xd.sum(dims), x.numel() / self.num_features)])
+        if mask is None:
+            count = x.numel() / self.num_features
+        else:
+            xd = torch.where(mask[..., None], xd, torch.zeros((), dtype=xd.dtype, device=xd.device))
+            count = float(mask.sum())
+        stats = torch.stack([xd.sum(dims), (xd * xd).sum(dims), torch.full_like(xd.sum(dims), count)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(stats)
         mean = stats[0] / stats[2]
@@ -69,24 +88,30 @@ class ActNorm(Bijection):
         self.shift.copy_((-mean / std).to(self.shift))
         self.initialized.fill_(True)
 
-    def _ldj(self, x: Tensor) -> Tensor:
+    def _ldj(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if mask is not None:
+            return self.log_scale.sum() * mask.sum(1).to(self.log_scale.dtype)
         per_feature = x[0].numel() // self.num_features
         return (self.log_scale.sum() * per_feature).expand(x.shape[0])
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
         self._check(x)
+        mask = self._check_mask(x, mask)
         if not bool(self.initialized):
-            self.initialize(x)
+            self.initialize(x, mask)
         z = x * self._view(self.log_scale.exp(), x) + self._view(self.shift, x)
-        return z, self._ldj(x)
+        return keep_padding(z, x, mask), self._ldj(x, mask)
 
-    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
         self._check(z)
+        mask = self._check_mask(z, mask)
         x = (z - self._view(self.shift, z)) * self._view(torch.exp(-self.log_scale), z)
-        return x, -self._ldj(z)
+        return keep_padding(x, z, mask), -self._ldj(z, mask)
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.inverse_with_ldj(z, context)[0]
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self.inverse_with_ldj(z, context, mask)[0]
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, feature_dim={self.feature_dim}"

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from setflow.sets import check_mask
 from setflow.transforms.base import Bijection
 
 __all__ = ["OrderedIncrements", "sorted_fraction"]
@@ -44,8 +45,12 @@ class OrderedIncrements(Bijection):
             continuous key have probability zero). A negative gap (input not sorted by ``k``) is
             always an error.
 
+    With ``mask`` (``(B, N)`` bool, sets of different sizes) the increments are those between
+    consecutive *real* points (each real point after the first minus the previous real point);
+    the padding passes through unchanged and takes no part.
+
     Shapes:
-        - x, z: ``(B, N, D)`` (or ``(B, N)`` scalar points); ldj: ``(B,)``
+        - x, z: ``(B, N, D)`` (or ``(B, N)`` scalar points); mask: ``(B, N)`` or None; ldj: ``(B,)``
 
     Example:
         >>> t = OrderedIncrements(coord=0)
@@ -86,33 +91,75 @@ class OrderedIncrements(Bijection):
         out.select(-1, self.coord).copy_(k)
         return out
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        k = self._split(x)
-        if k.shape[1] < 2:
-            raise ValueError(f"OrderedIncrements needs N >= 2 points, got shape {tuple(x.shape)}")
-        gaps = k[:, 1:] - k[:, :-1]
-        if bool((gaps < 0).any()):
+    supports_mask = True
+
+    @staticmethod
+    def _previous(mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(prev, has_prev)``: the index of the previous real point of each slot, and whether a real slot has one."""
+        ar = torch.arange(mask.shape[1], device=mask.device)
+        last = torch.cummax(torch.where(mask, ar, -1), dim=1).values
+        prev = torch.cat([torch.full_like(last[:, :1], -1), last[:, :-1]], dim=1)
+        return prev.clamp(min=0), mask & (prev >= 0)
+
+    def _check_gaps(self, gaps: Tensor, valid: Optional[Tensor] = None) -> Tensor:
+        neg, zero = gaps < 0, gaps == 0
+        if valid is not None:
+            neg, zero = neg & valid, zero & valid
+        if bool(neg.any()):
             raise ValueError(f"OrderedIncrements expects points sorted by coordinate {self.coord} "
                              "(put a SortSurjection with that key before it)")
         if self.min_gap is None:
-            if bool((gaps == 0).any()):
+            if bool(zero.any()):
                 raise ValueError(f"OrderedIncrements found tied values in coordinate {self.coord} (a zero gap): the "
                                  "sort-consistent density needs distinct keys; dequantize the data or set min_gap")
-        else:
-            gaps = gaps.clamp(min=self.min_gap)
+            return gaps
+        return gaps.clamp(min=self.min_gap)
+
+    def _forward_masked(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        k = self._split(x)
+        mask = check_mask(mask, k, min_points=0)
+        prev, has_prev = self._previous(mask)
+        gaps = k - torch.gather(k, 1, prev)
+        gaps = torch.where(has_prev, self._check_gaps(gaps, has_prev), torch.ones_like(gaps))
+        log_gaps = torch.where(has_prev, torch.log(gaps), torch.zeros_like(gaps))
+        zk = torch.where(has_prev, log_gaps - math.log(self.gap_scale), k)
+        return self._join(x, zk), -log_gaps.sum(1)
+
+    def _inverse_masked(self, z: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        zk = self._split(z)
+        mask = check_mask(mask, zk, min_points=0)
+        _, has_prev = self._previous(mask)
+        first = mask & ~has_prev
+        log_gaps = torch.where(has_prev, zk + math.log(self.gap_scale), torch.zeros_like(zk))
+        steps = torch.where(has_prev, torch.exp(log_gaps), torch.zeros_like(zk))
+        start = torch.where(first, zk, torch.zeros_like(zk)).sum(1, keepdim=True)
+        k = torch.where(mask, start + torch.cumsum(steps, dim=1), zk)
+        return self._join(z, k), log_gaps.sum(1)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        if mask is not None:
+            return self._forward_masked(x, mask)
+        k = self._split(x)
+        if k.shape[1] < 2:
+            raise ValueError(f"OrderedIncrements needs N >= 2 points, got shape {tuple(x.shape)}")
+        gaps = self._check_gaps(k[:, 1:] - k[:, :-1])
         log_gaps = torch.log(gaps)
         zk = torch.cat([k[:, :1], log_gaps - math.log(self.gap_scale)], dim=1)
         return self._join(x, zk), -log_gaps.sum(1)
 
-    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
         """``(x, log|det dx/dz|)`` with ``x``'s coordinate ``k`` strictly increasing (cumulative positive steps)."""
+        if mask is not None:
+            return self._inverse_masked(z, mask)
         zk = self._split(z)
         log_gaps = zk[:, 1:] + math.log(self.gap_scale)
         k = torch.cat([zk[:, :1], zk[:, :1] + torch.cumsum(torch.exp(log_gaps), dim=1)], dim=1)
         return self._join(z, k), log_gaps.sum(1)
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.inverse_with_ldj(z, context)[0]
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self.inverse_with_ldj(z, context, mask)[0]
 
     def extra_repr(self) -> str:
         return f"coord={self.coord}, gap_scale={self.gap_scale}, min_gap={self.min_gap}"

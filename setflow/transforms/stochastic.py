@@ -8,7 +8,9 @@ from torch import Tensor
 
 from setflow.distributions.base import ConditionalDistribution
 from setflow.transforms.base import Transform
-from setflow.transforms.permutation_utils import permute_along, random_permutations
+from setflow.sets import check_mask
+from setflow.transforms.permutation_utils import (permute_along, permute_real_points, random_permutations,
+                                                  random_rank_permutations)
 
 __all__ = ["StochasticPermutation", "VAE"]
 
@@ -20,6 +22,9 @@ class StochasticPermutation(Transform):
     :math:`p(x) = \mathbb{E}_\pi[p(\pi x)]`, and ``log_prob`` returns the single-draw
     ELBO :math:`\log p(\pi x)`; use ``Flow.iwbo`` for a tighter bound.
 
+    With ``mask`` (``(B, N)`` bool, points along dim 1) only the real points of each set are
+    permuted, among their own slots; the padding stays in place.
+
     Shapes:
         - x: ``(B, N, ...)`` with points along ``dim``; z: same; ldj: ``(B,)`` zeros
     """
@@ -27,6 +32,7 @@ class StochasticPermutation(Transform):
     bijective = False
     stochastic_forward = True
     stochastic_inverse = True
+    supports_mask = True
 
     def __init__(self, dim: int = 1):
         super().__init__()
@@ -34,15 +40,21 @@ class StochasticPermutation(Transform):
             raise ValueError("StochasticPermutation cannot permute the batch dimension")
         self.dim = dim
 
-    def _permute(self, x: Tensor) -> Tensor:
-        return permute_along(x, random_permutations(x.shape[0], x.shape[self.dim], device=x.device), self.dim)
+    def _permute(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        if mask is None:
+            return permute_along(x, random_permutations(x.shape[0], x.shape[self.dim], device=x.device), self.dim)
+        if self.dim % x.dim() != 1:
+            raise ValueError(f"StochasticPermutation takes a (B, N) mask of the points along dim 1, not dim={self.dim}")
+        mask = check_mask(mask, x, min_points=0)
+        return permute_real_points(x, random_rank_permutations(mask.sum(1), x.shape[1]), mask, 1)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
         dt = x.dtype if x.is_floating_point() else None
-        return self._permute(x), x.new_zeros(x.shape[0], dtype=dt)
+        return self._permute(x, mask), x.new_zeros(x.shape[0], dtype=dt)
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self._permute(z)
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self._permute(z, mask)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

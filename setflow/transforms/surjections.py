@@ -27,7 +27,9 @@ from torch import Tensor, nn
 from setflow.distributions.base import ConditionalDistribution, Distribution
 from setflow.distributions.normal import normal_log_prob
 from setflow.transforms.base import Surjection, sum_except_batch
-from setflow.transforms.permutation_utils import permute_along, random_permutations
+from setflow.sets import check_mask, lengths_to_mask
+from setflow.transforms.permutation_utils import (permute_along, permute_real_points, random_permutations,
+                                                  random_rank_permutations)
 from setflow.utils import call_net
 
 __all__ = ["SortSurjection", "AbsSurjection", "MaxPool2dSurjection", "Slice"]
@@ -58,6 +60,11 @@ class SortSurjection(Surjection):
             or a picklable callable ``(B, N, D) -> (B, N)`` (a module-level function,
             not a lambda: modules must pickle). For ``(B, N)`` inputs (scalar points)
             the values themselves are sorted.
+
+    With ``mask`` (``(B, N)`` bool, sets of different sizes) the ``N_i`` real points of each set
+    are sorted to the front and the padding kept at the end (``forward_mask`` is then the
+    prefix mask of the sizes), with ``ldj = -log N_i!`` per set; ``inverse`` permutes the real
+    points only.
 
     Shapes:
         - x: ``(B, N, D)`` or ``(B, N)``; z: same shape; ldj: ``(B,)``
@@ -123,41 +130,68 @@ class SortSurjection(Surjection):
         idx = _NAMED_KEYS[self.key] if isinstance(self.key, str) else self.key
         return idx % num_coords if -num_coords <= idx < num_coords else None
 
-    def sort_permutation(self, x: Tensor) -> Tensor:
+    def sort_permutation(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """``(B, N)`` indices that put the points of ``x`` in lexicographic order (key, then coordinates).
 
         One stable sort per criterion, from the last tie-breaker to the key: a loop over the
-        ``D`` coordinates, never over points.
+        ``D`` coordinates, never over points. With ``mask`` the padding sorts after every real
+        point (and its values take no part).
         """
         s = self.scores(x)
+        if mask is not None:
+            s = torch.where(mask, s, torch.full((), math.inf, dtype=s.dtype, device=s.device))
         if x.dim() == 2:
             return torch.sort(s, dim=1, stable=True).indices
         num_coords = x.shape[-1]
         key = self.key_index(num_coords)
         perm = torch.arange(s.shape[1], device=x.device).expand(s.shape[0], -1)
         for c in reversed([c for c in range(num_coords) if c != key]):
-            v = torch.gather(x.select(-1, c), 1, perm)
+            v = x.select(-1, c)
+            if mask is not None:
+                v = torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=v.device))
+            v = torch.gather(v, 1, perm)
             perm = torch.gather(perm, 1, torch.sort(v, dim=1, stable=True).indices)
         v = torch.gather(s, 1, perm)
         return torch.gather(perm, 1, torch.sort(v, dim=1, stable=True).indices)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        z = permute_along(x, self.sort_permutation(x), self.dim)
-        ldj = -self.log_num_orderings(x.shape[self.dim], x).expand(x.shape[0])
-        return z, ldj
+    supports_mask = True
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        perm = random_permutations(z.shape[0], z.shape[self.dim], device=z.device)
-        return permute_along(z, perm, self.dim)
+    def _check_mask(self, x: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+        if mask is not None and self.dim % x.dim() != 1:
+            raise ValueError(f"SortSurjection takes a (B, N) mask of the points along dim 1, not dim={self.dim}")
+        return None if mask is None else check_mask(mask, x, min_points=0)
 
-    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward_mask(self, mask: Optional[Tensor]) -> Optional[Tensor]:
+        return None if mask is None else lengths_to_mask(mask.sum(1), mask.shape[1])
+
+    def _ldj(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
+        if mask is None:
+            return self.log_num_orderings(x.shape[self.dim], x).expand(x.shape[0])
+        dt = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        return torch.lgamma(mask.sum(1).to(dt) + 1.0)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        mask = self._check_mask(x, mask)
+        z = permute_along(x, self.sort_permutation(x, mask), self.dim)
+        return z, -self._ldj(x, mask)
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        mask = self._check_mask(z, mask)
+        if mask is None:
+            perm = random_permutations(z.shape[0], z.shape[self.dim], device=z.device)
+            return permute_along(z, perm, self.dim)
+        return permute_real_points(z, random_rank_permutations(mask.sum(1), z.shape[1]), mask, self.dim)
+
+    def inverse_with_ldj(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
         """``(x, +log N!)``: a random permutation of ``z`` and minus this layer's ``ldj`` (sampling direction).
 
         ``log p(x) = log p(z) - inverse ldj`` holds when ``z`` is already sorted (the latent of a
         sort-consistent flow); otherwise ``sort(x) != z`` and the carried value is not ``log_prob(x)``.
         """
-        x = self.inverse(z, context)
-        return x, self.log_num_orderings(z.shape[self.dim], z).expand(z.shape[0])
+        x = self.inverse(z, context, mask)
+        return x, self._ldj(z, self._check_mask(z, mask))
 
     def extra_repr(self) -> str:
         key = self.key if isinstance(self.key, (int, str)) else getattr(self.key, "__name__", repr(self.key))
