@@ -198,9 +198,9 @@ def test_transformer_float32_and_dropout_paths() -> None:
 # ----------------------------------------------------------------------------- context
 
 
-def test_context_none_and_given() -> None:
+def test_context_used_and_required() -> None:
     x = torch.randn(2, 5, 3, dtype=DTYPE)
-    c = torch.randn(2, 4, dtype=DTYPE)
+    c, c2 = torch.randn(2, 4, dtype=DTYPE), torch.randn(2, 4, dtype=DTYPE)
     nets = [
         SetTransformer(3, 2, d_model=8, num_heads=2, context_features=4),
         DeepSets(3, 2, hidden=8, context_features=4),
@@ -209,15 +209,19 @@ def test_context_none_and_given() -> None:
     ]
     for net in nets:
         net = _randomize(net).to(DTYPE)
-        y0, y1 = net(x), net(x, c)
-        assert y0.shape == y1.shape == (2, 5, 2)
-        assert not torch.allclose(y0, y1), type(net).__name__  # the context is used
+        y1, y2 = net(x, c), net(x, c2)
+        assert y1.shape == y2.shape == (2, 5, 2)
+        assert not torch.allclose(y1, y2), type(net).__name__  # the context is used
         # a per-set context keeps equivariance
         xp, perm = _permuted(x)
         assert torch.allclose(net(xp, c), y1[:, perm], atol=1e-6), type(net).__name__
-    # networks built without context_features ignore a context
+    # the set conditioners' contract (setflow.nn.base): a context is required when built with one and
+    # refused when built without (the point-wise MLP keeps context=None working)
+    with pytest.raises(ValueError, match="needs a context"):
+        nets[0](x)
     plain = _randomize(SetTransformer(3, 2, d_model=8, num_heads=2)).to(DTYPE)
-    assert torch.equal(plain(x, c), plain(x))
+    with pytest.raises(ValueError, match="without context_features"):
+        plain(x, c)
     img = _randomize(DenseNet(3, 2, depth=1, growth=2, context_features=4)).to(DTYPE)
     xi = torch.randn(2, 3, 4, 4, dtype=DTYPE)
     assert not torch.allclose(img(xi), img(xi, c))

@@ -29,7 +29,7 @@ def test_isab_equivariant_pma_invariant():
 def test_isabnet_zero_init_and_context():
     net = ISABNet(3, 4, d_model=16, num_heads=2, num_inducing=4, context_features=5)
     x = torch.randn(2, 10, 3)
-    assert torch.equal(net(x), torch.zeros(2, 10, 4))
+    assert torch.equal(net(x, torch.randn(2, 5)), torch.zeros(2, 10, 4))
     net = ISABNet(3, 4, d_model=16, num_heads=2, num_inducing=4, context_features=5, zero_init=False)
     assert not torch.allclose(net(x, torch.randn(2, 5)), net(x, torch.randn(2, 5)))
 
@@ -142,5 +142,5 @@ def test_set_flow_point_conditioner_round_trip(coord, point):
     torch.testing.assert_close(back, x)
     positional = [m for m in flow.modules() if isinstance(m, (ISABNet, KNNEdgeConvNet)) and m.positional]
     assert len(positional) == (1 if point in ("isab", "knn") else 0)  # the point-wise coupling's net
-    with pytest.raises(ValueError, match="unknown point_conditioner"):
+    with pytest.raises(ValueError, match="point_conditioner: unknown set conditioner .pointnet."):
         build_set_flow(num_points=8, dim=3, point_conditioner="pointnet")

@@ -14,7 +14,7 @@ from torch import nn
 from setflow.models import build_model
 from setflow.registry import MODELS
 
-__all__ = ["build_from_config", "check_model_args", "model_arg_names"]
+__all__ = ["build_from_config", "check_model_args", "model_arg_names", "model_args_of"]
 
 
 def model_arg_names(name: str) -> Optional[set[str]]:
@@ -27,11 +27,22 @@ def check_model_args(config: dict) -> None:
     MODELS.check_args(config["model"], config.get("model_args") or {})
 
 
+def model_args_of(config: dict) -> dict:
+    """``config['model_args']``, with an old config's ``train.fused: true`` mapped onto
+    ``model_args.fused`` for the models that take it (the set flows), so old configs and the
+    checkpoints that carry them build the fused model they trained."""
+    args = dict(config.get("model_args") or {})
+    if (config.get("train") or {}).get("fused") and "fused" in (model_arg_names(config["model"]) or ()):
+        if not args.setdefault("fused", True):
+            raise ValueError("train.fused=true contradicts model_args.fused=false; set model_args.fused only")
+    return args
+
+
 def build_from_config(config: dict) -> nn.Module:
     """The model of ``config`` in the config's ``train.dtype`` (on the CPU)."""
     check_model_args(config)
     try:
-        model = build_model(config["model"], **config.get("model_args", {}))
+        model = build_model(config["model"], **model_args_of(config))
     except TypeError as e:  # a builder whose arguments could not be read from its signature
         raise ValueError(f"bad model_args for {config['model']!r}: {e}") from e
     dtype = getattr(torch, config.get("train", {}).get("dtype", "float32"))

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
 from setflow.flows import Flow, LabelContext
-from setflow.registry import register_model
+from setflow.nn.base import ConditionerSpec
+from setflow.registry import SET_CONDITIONERS, RegistryError, register_model
 from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
@@ -65,48 +66,18 @@ class _ConcatContext(nn.Module):
         return self.net(torch.cat([x, c], dim=-1))
 
 
-def _transformer(d_in: int, d_out: int, positional: bool, max_len: Optional[int], **kw) -> nn.Module:
-    from setflow.nn import SetTransformer
-
-    return SetTransformer(d_in, d_out, positional=positional, max_len=max_len, **kw)
-
-
-def _deepsets(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64,
-              num_layers: int = 2, context_features: Optional[int] = None, **_) -> nn.Module:
-    from setflow.nn import DeepSets
-
-    return DeepSets(d_in, d_out, hidden=d_model, num_layers=num_layers, context_features=context_features)
+def _set_conditioner(name: str, arg: str):
+    """The registered set conditioner class ``name`` (:data:`setflow.registry.SET_CONDITIONERS`);
+    an unknown name raises the registry's error, prefixed with the model argument that named it."""
+    try:
+        return SET_CONDITIONERS.get(name)
+    except RegistryError as e:
+        raise RegistryError(f"model_args.{arg}: {e}") from None
 
 
-def _edgeconv(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64,
-              num_layers: int = 2, k: int = 8, context_features: Optional[int] = None, **_) -> nn.Module:
-    from setflow.nn import EdgeConvNet
-
-    return EdgeConvNet(d_in, d_out, hidden=d_model, k=k, num_layers=num_layers, context_features=context_features)
-
-
-def _isab(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64, num_heads: int = 8,
-          num_layers: int = 2, dim_feedforward: int = 256, dropout: float = 0.0, num_inducing: int = 32,
-          context_features: Optional[int] = None, **_) -> nn.Module:
-    from setflow.nn.isab import ISABNet
-
-    return ISABNet(d_in, d_out, d_model=d_model, num_heads=num_heads, num_layers=num_layers, num_inducing=num_inducing,
-                   dim_feedforward=dim_feedforward, dropout=dropout, positional=positional, max_len=max_len,
-                   context_features=context_features)
-
-
-def _knn(d_in: int, d_out: int, positional: bool, max_len: Optional[int], d_model: int = 64, num_layers: int = 2,
-         k: int = 8, context_features: Optional[int] = None, **_) -> nn.Module:
-    from setflow.nn.knn import KNNEdgeConvNet
-
-    return KNNEdgeConvNet(d_in, d_out, hidden=d_model, k=k, num_layers=num_layers, positional=positional,
-                          max_len=max_len, context_features=context_features)
-
-
-#: set conditioners by name (``isab``, ``knn`` scale as O(N m), O(N k); with ``positional`` they
-#: also serve the point-wise coupling)
-CONDITIONERS = {"transformer": _transformer, "deepsets": _deepsets, "edgeconv": _edgeconv, "isab": _isab,
-                "knn": _knn}
+#: the set conditioners by name (``isab``, ``knn`` scale as O(N m), O(N k); with ``positional``
+#: they also serve the point-wise coupling): the registry itself, kept under its old name
+CONDITIONERS = SET_CONDITIONERS
 
 
 class SetFlow(Flow):
@@ -159,6 +130,7 @@ def build_set_flow(
     knn_k: int = 8,
     input_scale: float = 1.0 / 28.0,
     input_shift: float = -0.5,
+    fused: bool = False,
     conditional: bool = False,
     num_classes: int = 10,
     context_dim: int = 32,
@@ -188,6 +160,9 @@ def build_set_flow(
         point_conditioner: net of the point-wise coupling, with learned positions where it has
             them (``transformer``, ``isab``, ``knn``); ``isab`` / ``knn`` keep a step O(N).
         input_scale, input_shift: the fixed affine pre-processing ``x * scale + shift``.
+        fused: the set transformers' fused CPU fast path (:mod:`setflow.nn.fast`; same maths, hash
+            dropout). A model argument, so a checkpoint restores it; an old config's ``train.fused``
+            is mapped onto it by :func:`setflow.models.build.build_from_config`.
         conditional: class-conditional flow: a learned embedding (:class:`~setflow.flows.LabelContext`,
             ``num_classes`` labels -> ``context_dim`` features) of the integer label ``(B,)`` is fed
             to every conditioner (appended to each point's input features, which keeps the fused
@@ -196,10 +171,12 @@ def build_set_flow(
     """
     if permutation not in ("sort", "stochastic"):
         raise ValueError(f"permutation must be 'sort' or 'stochastic', got {permutation!r}")
-    if conditioner not in CONDITIONERS:
-        raise ValueError(f"unknown conditioner {conditioner!r}; expected one of {sorted(CONDITIONERS)}")
-    if point_conditioner not in CONDITIONERS:
-        raise ValueError(f"unknown point_conditioner {point_conditioner!r}; expected one of {sorted(CONDITIONERS)}")
+    coord_cls = _set_conditioner(conditioner, "conditioner")
+    point_cls = _set_conditioner(point_conditioner, "point_conditioner")
+    spec = ConditionerSpec(d_model=d_model, num_heads=num_heads, num_layers=num_layers,
+                           dim_feedforward=dim_feedforward, dropout=dropout, num_inducing=num_inducing, k=knn_k,
+                           fused=fused)
+    point_pos = point_cls.accepts_positions  # learned positions where the net has them
     if sort_consistent is None:
         sort_consistent = permutation == "sort"
     if sort_consistent and permutation != "sort":
@@ -211,8 +188,6 @@ def build_set_flow(
     g_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tkw = dict(d_model=d_model, num_heads=num_heads, num_layers=num_layers, dim_feedforward=dim_feedforward,
-                   dropout=dropout)
         encoder = LabelContext(num_classes, context_dim) if conditional else None
         c_in = context_dim if conditional else 0
 
@@ -230,12 +205,9 @@ def build_set_flow(
             # scaled coordinates span about 1, so gaps are about 1/N: log(N * gap) is near 0
             layers.append(OrderedIncrements(coord=key, gap_scale=1.0 / num_points, min_gap=sort_min_gap))
         for k in range(num_steps):
-            ckw = {**tkw, "num_inducing": num_inducing, "k": knn_k}
-            coord_net = with_context(CONDITIONERS[conditioner](d_a + c_in, 2 * d_b, positional=False, max_len=None,
-                                                               **(tkw if conditioner == "transformer" else ckw)))
-            point_net = _FirstPoints(with_context(CONDITIONERS[point_conditioner](
-                dim + c_in, 2 * dim, positional=True, max_len=n_a, **(tkw if point_conditioner == "transformer" else ckw))),
-                n_b)
+            coord_net = with_context(coord_cls.from_spec(d_a + c_in, 2 * d_b, spec))
+            point_net = _FirstPoints(with_context(point_cls.from_spec(
+                dim + c_in, 2 * dim, spec, positional=point_pos, max_len=n_a if point_pos else None)), n_b)
             mix = Shuffle(num_points, dim=1, seed=seed * 1000 + k) if permutation == "sort" else StochasticPermutation(1)
             layers += [
                 AffineCoupling(coord_net, split_dim=-1, split_sizes=(d_a, d_b), scale_fn=scale_fn),

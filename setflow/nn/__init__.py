@@ -1,15 +1,19 @@
 """Conditioner networks for couplings.
 
-Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant:
+Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant, each a
+:class:`SetConditioner` (the written contract: :mod:`setflow.nn.base`; registered in
+:data:`setflow.registry.SET_CONDITIONERS`, built from a :class:`ConditionerSpec`):
 :class:`SetTransformer` (without positional embedding), :class:`DeepSets`,
 :class:`EdgeConvNet` on a :func:`knn_graph`, :class:`ISABNet` (induced attention, O(N m)),
 :class:`KNNEdgeConvNet` on the chunked :func:`knn_neighbors` (O(N k)). Images ``(B, C, H, W)``:
 :class:`DenseNet`. Every network takes ``forward(x, context=None)`` and, by
 default for the set and image networks, starts at an exactly zero output. The CPU fast path of
-the set transformer (C++ kernels, hash dropout, fused blocks) is :mod:`setflow.nn.fast`.
+the set transformer (C++ kernels, hash dropout, fused blocks) is :mod:`setflow.nn.fast`; a masked
+batch always runs its eager route.
 """
 
 from setflow.nn.attention import ATTENTION_IMPLS, self_attention
+from setflow.nn.base import ConditionerSpec, PointEmbedding, SetConditioner, attention_key_mask
 from setflow.nn.cpu import split_batch_backward, tune_cpu_allocator
 from setflow.nn.deepsets import DeepSets, DeepSetsLayer
 from setflow.nn.densenet import DenseBlock, DenseLayer, DenseNet
@@ -22,6 +26,7 @@ from setflow.nn.set_transformer import SetTransformer, SetTransformerBlock, set_
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
+    "ConditionerSpec",
     "DeepSets",
     "DeepSetsLayer",
     "DenseBlock",
@@ -33,8 +38,11 @@ __all__ = [
     "KNNEdgeConvNet",
     "PMA",
     "MLP",
+    "PointEmbedding",
+    "SetConditioner",
     "SetTransformer",
     "SetTransformerBlock",
+    "attention_key_mask",
     "get_activation",
     "knn_edge_index",
     "knn_graph",

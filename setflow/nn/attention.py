@@ -89,7 +89,8 @@ class _BmmSelfAttention(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+    def forward(qkv: Tensor, num_heads: int, key_mask: Optional[Tensor] = None  # type: ignore[override]
+                ) -> tuple[Tensor, Tensor, Tensor]:
         B, N, three_d = qkv.shape
         D = three_d // 3
         hd = D // num_heads
@@ -99,13 +100,16 @@ class _BmmSelfAttention(torch.autograd.Function):
         heads = heads.view(3, BH, N, hd)
         q, k, v = heads.unbind(0)
         scores = torch.baddbmm(qkv.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=1.0 / math.sqrt(hd))
+        if key_mask is not None:  # padded keys get weight exactly 0 (the backward below is unchanged)
+            scores = scores.view(B, num_heads, N, N).masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            scores = scores.view(BH, N, N)
         p = torch.softmax(scores, dim=-1)
         out = torch.bmm(p, v).view(B, num_heads, N, hd).transpose(1, 2).reshape(B, N, D)
         return out, heads, p
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        _, num_heads = inputs
+        num_heads = inputs[1]
         _, heads, p = output
         ctx.save_for_backward(heads, p)
         ctx.num_heads = num_heads
@@ -116,11 +120,11 @@ class _BmmSelfAttention(torch.autograd.Function):
     @once_differentiable
     def backward(  # type: ignore[override]
         ctx, grad: Optional[Tensor], *_aux: Optional[Tensor]
-    ) -> tuple[Optional[Tensor], None]:
+    ) -> tuple[Optional[Tensor], None, None]:
         heads, p = ctx.saved_tensors
         H = ctx.num_heads
         if grad is None:
-            return None, None
+            return None, None, None
         _, BH, N, hd = heads.shape
         B = BH // H
         scale = 1.0 / math.sqrt(hd)
@@ -132,14 +136,17 @@ class _BmmSelfAttention(torch.autograd.Function):
         gq = torch.bmm(ds, k).mul_(scale)  # dQ = dS K * scale
         gk = torch.bmm(ds.transpose(1, 2), q).mul_(scale)  # dK = dS^T Q * scale
         grad_heads = torch.stack([gq, gk, gv]).view(3, B, H, N, hd)
-        return grad_heads.permute(1, 3, 0, 2, 4).reshape(B, N, 3 * H * hd), None
+        return grad_heads.permute(1, 3, 0, 2, 4).reshape(B, N, 3 * H * hd), None, None
 
 
-def _sdpa_self_attention(qkv: Tensor, num_heads: int, dropout_p: float) -> Tensor:
+def _sdpa_self_attention(qkv: Tensor, num_heads: int, dropout_p: float, key_mask: Optional[Tensor] = None) -> Tensor:
     B, N, three_d = qkv.shape
     D = three_d // 3
     q, k, v = qkv.view(B, N, 3, num_heads, D // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    if key_mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=dropout_p)
     return out.transpose(1, 2).reshape(B, N, D)
 
 
@@ -148,12 +155,16 @@ def self_attention(
     num_heads: int,
     dropout_p: float = 0.0,
     impl: str = "auto",
+    key_mask: Optional[Tensor] = None,
 ) -> Tensor:
-    """Multi-head self-attention (no mask) from a fused ``qkv`` projection.
+    """Multi-head self-attention from a fused ``qkv`` projection, with an optional key mask.
 
     Computes, for every head ``h``, ``softmax(q_h k_h^T / sqrt(hd)) v_h`` and
     concatenates the heads. The output is permutation-equivariant in the
-    points: permuting the ``N`` rows of ``qkv`` permutes the output rows.
+    points: permuting the ``N`` rows of ``qkv`` (and of ``key_mask``) permutes the output rows.
+    With ``key_mask`` the keys where it is False get weight exactly 0 in every row, so no
+    output depends on them (every row needs at least one True key:
+    :func:`setflow.nn.base.attention_key_mask` makes sure of it).
 
     Args:
         qkv: fused projections, last axis ``3 * D`` laid out as ``(3, num_heads, hd)``
@@ -163,20 +174,25 @@ def self_attention(
         impl: ``"auto"``, ``"sdpa"`` or ``"bmm"`` (see the module docstring).
             ``"bmm"`` supports first-order gradients only (no ``create_graph``
             double backward, no ``torch.func`` transforms); use ``"sdpa"`` for those.
+        key_mask: ``(B, N)`` bool, True = a key that may be attended to; ``None`` = all.
 
     Shapes:
         - qkv: ``(B, N, 3 * D)``
+        - key_mask: ``(B, N)``, optional
         - output: ``(B, N, D)``
     """
     if qkv.dim() != 3 or qkv.shape[-1] % (3 * num_heads) != 0:
         raise ValueError(f"qkv must have shape (B, N, 3 * num_heads * hd) with num_heads={num_heads}; "
                          f"got {tuple(qkv.shape)}")
+    if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != qkv.shape[:2]):
+        raise ValueError(f"key_mask must be a bool tensor of shape {tuple(qkv.shape[:2])} (True = attend); "
+                         f"got {tuple(key_mask.shape)} {key_mask.dtype}")
     if impl == "auto":
         impl = "sdpa"
     if impl == "bmm":
         if dropout_p != 0.0:
             raise ValueError("the 'bmm' attention kernel has no dropout; use impl='sdpa' or 'auto'")
-        return _BmmSelfAttention.apply(qkv.contiguous(), num_heads)[0]
+        return _BmmSelfAttention.apply(qkv.contiguous(), num_heads, key_mask)[0]
     if impl == "sdpa":
-        return _sdpa_self_attention(qkv, num_heads, dropout_p)
+        return _sdpa_self_attention(qkv, num_heads, dropout_p, key_mask)
     raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")

@@ -12,7 +12,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from setflow.nn.base import ConditionerSpec, SetConditioner
 from setflow.nn.mlp import MLP, get_activation
+from setflow.registry import register_set_conditioner
 
 __all__ = ["EdgeConvNet", "knn_graph"]
 
@@ -26,7 +28,7 @@ def _check_k(k: int, num_points: int, loop: bool) -> None:
         )
 
 
-def knn_graph(x: Tensor, k: int, loop: bool = False) -> Tensor:
+def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = None) -> Tensor:
     r"""k-nearest-neighbour graph of every set in a batch, as a PyG ``edge_index``.
 
     Nodes are the flattened points, node ``b * N + i`` being point ``i`` of set
@@ -40,6 +42,8 @@ def knn_graph(x: Tensor, k: int, loop: bool = False) -> Tensor:
         x: point coordinates / features.
         k: neighbours per point; ``1 <= k < N`` (``k <= N`` with ``loop=True``).
         loop: whether a point counts as its own neighbour (distance 0).
+        mask: ``(B, N)`` bool, True = a real point: edges join real points only (a real point of
+            a set with at most ``k`` real points gets fewer than ``k`` edges; padded points none).
 
     Returns:
         ``edge_index`` of dtype ``long``: row 0 the neighbour (source ``j``),
@@ -48,7 +52,7 @@ def knn_graph(x: Tensor, k: int, loop: bool = False) -> Tensor:
 
     Shapes:
         - x: ``(B, N, D)``
-        - output: ``(2, B * N * k)``
+        - output: ``(2, B * N * k)`` (fewer with a ``mask``)
 
     Example:
         >>> knn_graph(torch.randn(2, 5, 3), k=2).shape
@@ -62,20 +66,31 @@ def knn_graph(x: Tensor, k: int, loop: bool = False) -> Tensor:
         dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
         if not loop:
             dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-        nbr = torch.sort(dist, dim=-1, stable=True).indices[..., :k]  # (B, N, k)
+        if mask is not None:
+            if mask.shape != (B, N) or mask.dtype != torch.bool:
+                raise ValueError(f"expected mask of shape {(B, N)} and dtype bool; got {tuple(mask.shape)} {mask.dtype}")
+            dist.masked_fill_(~(mask[:, :, None] & mask[:, None, :]), float("inf"))
+        order = torch.sort(dist, dim=-1, stable=True)
+        nbr = order.indices[..., :k]  # (B, N, k)
         offsets = torch.arange(B, device=x.device).mul_(N).view(B, 1, 1)
         source = (nbr + offsets).reshape(-1)
         target = torch.arange(B * N, device=x.device).view(B, N, 1).expand(B, N, k).reshape(-1)
+        if mask is not None:  # only finite distances: real centre, real neighbour, not itself
+            keep = torch.isfinite(order.values[..., :k]).reshape(-1)
+            source, target = source[keep], target[keep]
     return torch.stack([source, target])
 
 
-class EdgeConvNet(nn.Module):
+@register_set_conditioner("edgeconv")
+class EdgeConvNet(SetConditioner):
     r"""Permutation-equivariant set network: EdgeConv layers on the kNN graph of the input.
 
     The graph is built once per forward pass from the input points with
     :func:`knn_graph`. Each layer computes
     ``h_i' = act(max_{j in N(i)} MLP([h_i, h_j - h_i]))``; a point-wise linear
-    read-out (zero-initialised by default) gives the output.
+    read-out (zero-initialised by default) gives the output. Follows the
+    :class:`~setflow.nn.base.SetConditioner` contract (no learned positions); with a ``mask``
+    the graph joins real points only.
 
     Args:
         in_features: features per point (also the space the graph is built in).
@@ -87,12 +102,12 @@ class EdgeConvNet(nn.Module):
         activation: registry name of the activation.
         zero_init: zero the read-out, so the output starts at exactly 0.
         context_features: width ``C`` of an optional context, projected and added
-            to the node features after the first layer. ``context=None`` always
-            works; a context given without ``context_features`` is ignored.
+            to the node features after the first layer (then every call needs it).
 
     Shapes:
         - x: ``(B, N, in_features)``
-        - context: ``(B, C)``, optional
+        - context: ``(B, C)``, with ``context_features``
+        - mask: ``(B, N)`` bool, True = a real point, optional
         - output: ``(B, N, out_features)``
 
     Example:
@@ -113,30 +128,35 @@ class EdgeConvNet(nn.Module):
         zero_init: bool = True,
         context_features: Optional[int] = None,
     ) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, context_features=context_features, zero_init=zero_init)
         from torch_geometric.nn import EdgeConv
 
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1; got {num_layers}")
         if k < 1:
             raise ValueError(f"k must be >= 1; got {k}")
-        self.in_features = in_features
-        self.out_features = out_features
         self.hidden = hidden
         self.k = k
         self.num_layers = num_layers
         self.aggr = aggr
         self.activation = activation
-        self.zero_init = zero_init
-        self.context_features = context_features
         self.convs = nn.ModuleList(
             EdgeConv(MLP(2 * (in_features if i == 0 else hidden), hidden, (hidden,), activation), aggr=aggr)
             for i in range(num_layers)
         )
         self.act = get_activation(activation)
-        self.context_proj = nn.Linear(context_features, hidden, bias=False) if context_features is not None else None
-        self.out = nn.Linear(hidden, out_features)
+        self.context_proj = self.context_projection(hidden)
+        self.out = self.readout(hidden)
         self.reset_parameters()
+
+    @classmethod
+    def from_spec(cls, in_features: int, out_features: int, spec: ConditionerSpec, positional: bool = False,
+                  max_len: Optional[int] = None) -> "EdgeConvNet":
+        """From ``spec``: ``hidden = d_model``, ``k``, ``num_layers``, ``context_features`` (no positions)."""
+        if positional:
+            raise ValueError("EdgeConvNet has no learned positions; build it with positional=False")
+        return cls(in_features, out_features, hidden=spec.d_model, k=spec.k, num_layers=spec.num_layers,
+                   context_features=spec.context_features)
 
     def reset_parameters(self) -> None:
         """Default init; zero read-out when ``zero_init``."""
@@ -146,19 +166,17 @@ class EdgeConvNet(nn.Module):
             self.context_proj.reset_parameters()
         self.out.reset_parameters()
         if self.zero_init:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+            self.zero_readout_(self.out)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.in_features:
-            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        x, mask = self.check_input(x, context, mask)
         B, N, D = x.shape
-        edge_index = knn_graph(x, self.k)
+        edge_index = knn_graph(x, self.k, mask=mask)
         h = x.reshape(B * N, D)
         for i, conv in enumerate(self.convs):
             h = self.act(conv(h, edge_index))
-            if i == 0 and context is not None and self.context_proj is not None:
-                h = (h.view(B, N, -1) + self.context_proj(context).unsqueeze(1)).view(B * N, -1)
+            if i == 0 and context is not None:
+                h = self.add_context(h.view(B, N, -1), context, self.context_proj).view(B * N, -1)
         return self.out(h).view(B, N, self.out_features)
 
     def extra_repr(self) -> str:

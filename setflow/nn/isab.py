@@ -4,7 +4,8 @@ ISAB replaces self-attention over ``N`` points by two attentions through ``m`` l
 inducing points, ``H = MAB(I, X)`` then ``MAB(X, H)``, so time and memory are ``O(N m)``
 instead of ``O(N^2)``. It is permutation-equivariant; PMA (``k`` learned seeds attending to
 the set) is permutation-invariant. Both take a boolean ``mask`` ``(B, N)`` (True = a point):
-masked points are never attended to, and their outputs are meaningless but finite.
+masked points are never attended to (so PMA pools the real points only), and their outputs are
+meaningless but finite. :class:`ISABNet` is a :class:`~setflow.nn.base.SetConditioner`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from setflow.nn.base import ConditionerSpec, PointEmbedding, SetConditioner, attention_key_mask
 from setflow.nn.mlp import get_activation
+from setflow.registry import register_set_conditioner
 
 __all__ = ["MAB", "ISAB", "PMA", "ISABNet", "PointEmbedding"]
 
@@ -84,51 +87,23 @@ class PMA(nn.Module):
         self.mab = MAB(d_model, num_heads, dim_feedforward, dropout, activation)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        return self.mab(self.seeds.expand(x.shape[0], -1, -1), x, mask)
+        return self.mab(self.seeds.expand(x.shape[0], -1, -1), x, attention_key_mask(mask))
 
 
-class PointEmbedding(nn.Module):
-    r"""Linear point embedding, plus a learned per-index embedding (``positional``, ``max_len``
-    positions) and a projected context ``(B, C)`` (``context_features``) when configured.
-
-    Shapes:
-        - x: ``(B, N, in_features)``, context ``(B, C)`` optional -> ``(B, N, d_model)``
-    """
-
-    def __init__(self, in_features: int, d_model: int, positional: bool = False, max_len: Optional[int] = None,
-                 context_features: Optional[int] = None) -> None:
-        super().__init__()
-        if positional and not max_len:
-            raise ValueError("positional=True needs max_len (the number of positions)")
-        self.in_features, self.max_len = in_features, max_len
-        self.linear = nn.Linear(in_features, d_model)
-        self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02) if positional else None
-        self.context_proj = nn.Linear(context_features, d_model, bias=False) if context_features else None
-
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.in_features:
-            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
-        h = self.linear(x)
-        if self.pos is not None:
-            if x.shape[1] > self.max_len:
-                raise ValueError(f"got N={x.shape[1]} points but the positional embedding has max_len={self.max_len}")
-            h = h + self.pos[: x.shape[1]]
-        if context is not None and self.context_proj is not None:
-            h = h + self.context_proj(context).unsqueeze(1)
-        return h
-
-
-class ISABNet(nn.Module):
+@register_set_conditioner("isab")
+class ISABNet(SetConditioner):
     r"""Set network of ISAB blocks: linear embedding, ``num_layers`` ISABs, LayerNorm, linear read-out.
 
     Without ``positional`` it is permutation-equivariant (for the coordinate-wise coupling);
     with it a learned embedding of each point's index (``max_len`` positions) is added, for
     the point-wise coupling of sorted sets. The read-out starts at exactly 0 (``zero_init``).
     A context ``(B, C)`` is projected and added to the embedding when ``context_features``
-    is set; ``context=None`` always works.
+    is set (then every call needs it). With a ``mask`` the inducing points attend to the real
+    points only (the :class:`~setflow.nn.base.SetConditioner` contract).
 
     Shapes:
-        - x: ``(B, N, in_features)``, mask: ``(B, N)`` bool, optional
+        - x: ``(B, N, in_features)``, context: ``(B, C)`` with ``context_features``,
+          mask: ``(B, N)`` bool, optional
         - output: ``(B, N, out_features)``
 
     Example:
@@ -136,29 +111,39 @@ class ISABNet(nn.Module):
         torch.Size([2, 100, 4])
     """
 
+    accepts_positions = True
+
     def __init__(self, in_features: int, out_features: int, d_model: int = 64, num_heads: int = 4,
                  num_layers: int = 2, num_inducing: int = 32, dim_feedforward: int = 256, dropout: float = 0.0,
                  positional: bool = False, max_len: Optional[int] = None, zero_init: bool = True,
                  context_features: Optional[int] = None, activation: str = "gelu") -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        super().__init__(in_features, out_features, context_features=context_features, positional=positional,
+                         max_len=max_len, zero_init=zero_init)
         self.d_model, self.num_layers, self.num_inducing = d_model, num_layers, num_inducing
-        self.positional, self.max_len = positional, max_len
         self.embed = PointEmbedding(in_features, d_model, positional, max_len, context_features)
         self.blocks = nn.ModuleList(ISAB(d_model, num_inducing, num_heads, dim_feedforward, dropout, activation)
                                     for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
-        self.out = nn.Linear(d_model, out_features)
-        if zero_init:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+        self.out = self.readout(d_model)
+
+    @classmethod
+    def from_spec(cls, in_features: int, out_features: int, spec: ConditionerSpec, positional: bool = False,
+                  max_len: Optional[int] = None) -> "ISABNet":
+        """From ``spec``: ``d_model``, ``num_heads``, ``num_layers``, ``num_inducing``, ``dim_feedforward``,
+        ``dropout``, ``context_features``."""
+        return cls(in_features, out_features, d_model=spec.d_model, num_heads=spec.num_heads,
+                   num_layers=spec.num_layers, num_inducing=spec.num_inducing, dim_feedforward=spec.dim_feedforward,
+                   dropout=spec.dropout, positional=positional, max_len=max_len,
+                   context_features=spec.context_features)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        x, mask = self.check_input(x, context, mask)
         h = self.embed(x, context)
+        key_mask = attention_key_mask(mask)
         for blk in self.blocks:
-            h = blk(h, mask)
+            h = blk(h, key_mask)
         return self.out(self.norm(h))
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, d_model={self.d_model}, "
-                f"num_layers={self.num_layers}, num_inducing={self.num_inducing}, positional={self.positional}")
+        return (f"{self._contract_repr()}, d_model={self.d_model}, num_layers={self.num_layers}, "
+                f"num_inducing={self.num_inducing}")

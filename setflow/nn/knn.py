@@ -15,8 +15,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from setflow.nn.isab import PointEmbedding
+from setflow.nn.base import ConditionerSpec, PointEmbedding, SetConditioner
 from setflow.nn.mlp import get_activation
+from setflow.registry import register_set_conditioner
 
 __all__ = ["knn_neighbors", "knn_edge_index", "KNNEdgeConv", "KNNEdgeConvNet"]
 
@@ -98,8 +99,11 @@ class KNNEdgeConv(nn.Module):
     The first linear is split as ``(W_a - W_b) h_i + W_b h_j`` so only a ``(B, N, k, H)``
     tensor of edge features is formed.
 
+    With ``valid`` ``(B, N, k)`` bool only the neighbours where it is True are maxed over (a row
+    without any gives 0).
+
     Shapes:
-        - h: ``(B, N, F)``, nbr: ``(B, N, k)`` long -> ``(B, N, H)``
+        - h: ``(B, N, F)``, nbr: ``(B, N, k)`` long, valid: ``(B, N, k)`` bool optional -> ``(B, N, H)``
     """
 
     def __init__(self, in_features: int, out_features: int, activation: str = "relu") -> None:
@@ -109,19 +113,26 @@ class KNNEdgeConv(nn.Module):
         self.act = get_activation(activation)
         self.lin2 = nn.Linear(out_features, out_features)
 
-    def forward(self, h: Tensor, nbr: Tensor) -> Tensor:
+    def forward(self, h: Tensor, nbr: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         B, N, k = nbr.shape
         a = self.lin_centre(h) - self.lin_nbr(h)  # (W_a - W_b) h_i + b
         b = self.lin_nbr(h)
         hj = torch.gather(b, 1, nbr.reshape(B, N * k, 1).expand(-1, -1, b.shape[-1])).view(B, N, k, -1)
-        return self.lin2(self.act(a.unsqueeze(2) + hj)).amax(dim=2)
+        msgs = self.lin2(self.act(a.unsqueeze(2) + hj))
+        if valid is None:
+            return msgs.amax(dim=2)
+        out = msgs.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(dim=2)
+        return out.masked_fill(~valid.any(dim=2, keepdim=True), 0.0)
 
 
-class KNNEdgeConvNet(nn.Module):
+@register_set_conditioner("knn")
+class KNNEdgeConvNet(SetConditioner):
     r"""EdgeConv layers on the kNN graph of the input coordinates (built once per call).
 
     Permutation-equivariant without ``positional``; with it a learned per-index embedding is
-    added (point-wise coupling of sorted sets). Zero-initialised read-out by default.
+    added (point-wise coupling of sorted sets). Zero-initialised read-out by default. A
+    :class:`~setflow.nn.base.SetConditioner`: with a ``mask`` the neighbours are real points only
+    (a real point of a set with ``n <= k`` real points has its ``n - 1`` others as neighbours).
 
     Shapes:
         - x: ``(B, N, in_features)``, context ``(B, C)`` optional, mask ``(B, N)`` optional
@@ -132,30 +143,41 @@ class KNNEdgeConvNet(nn.Module):
         torch.Size([2, 50, 6])
     """
 
+    accepts_positions = True
+
     def __init__(self, in_features: int, out_features: int, hidden: int = 64, k: int = 8, num_layers: int = 2,
                  positional: bool = False, max_len: Optional[int] = None, zero_init: bool = True,
                  context_features: Optional[int] = None, activation: str = "relu",
                  chunk: Optional[int] = None) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, context_features=context_features, positional=positional,
+                         max_len=max_len, zero_init=zero_init)
         if num_layers < 1 or k < 1:
             raise ValueError(f"need num_layers >= 1 and k >= 1; got {num_layers}, {k}")
-        self.in_features, self.out_features, self.hidden, self.k = in_features, out_features, hidden, k
-        self.num_layers, self.positional, self.max_len, self.chunk = num_layers, positional, max_len, chunk
+        self.hidden, self.k, self.num_layers, self.chunk = hidden, k, num_layers, chunk
         self.embed = PointEmbedding(in_features, hidden, positional, max_len, context_features)
         self.convs = nn.ModuleList(KNNEdgeConv(hidden, hidden, activation) for _ in range(num_layers))
         self.act = get_activation(activation)
-        self.out = nn.Linear(hidden, out_features)
-        if zero_init:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+        self.out = self.readout(hidden)
+
+    @classmethod
+    def from_spec(cls, in_features: int, out_features: int, spec: ConditionerSpec, positional: bool = False,
+                  max_len: Optional[int] = None) -> "KNNEdgeConvNet":
+        """From ``spec``: ``hidden = d_model``, ``k``, ``num_layers``, ``context_features``."""
+        return cls(in_features, out_features, hidden=spec.d_model, k=spec.k, num_layers=spec.num_layers,
+                   positional=positional, max_len=max_len, context_features=spec.context_features)
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        x, mask = self.check_input(x, context, mask)
         h = self.embed(x, context)
         nbr = knn_neighbors(x, min(self.k, x.shape[1] - 1), mask=mask, chunk=self.chunk)
+        valid = None
+        if mask is not None:  # a neighbour is real and not the point itself (sets with <= k real points)
+            B, N, k = nbr.shape
+            self_idx = torch.arange(N, device=x.device).view(1, N, 1)
+            valid = mask.gather(1, nbr.reshape(B, N * k)).view(B, N, k) & (nbr != self_idx)
         for conv in self.convs:
-            h = h + self.act(conv(h, nbr))
+            h = h + self.act(conv(h, nbr, valid))
         return self.out(h)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, hidden={self.hidden}, "
-                f"k={self.k}, num_layers={self.num_layers}, positional={self.positional}")
+        return f"{self._contract_repr()}, hidden={self.hidden}, k={self.k}, num_layers={self.num_layers}"

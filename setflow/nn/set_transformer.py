@@ -10,14 +10,15 @@ from torch import Tensor, nn
 
 from setflow.nn import fast
 from setflow.nn.attention import ATTENTION_IMPLS
+from setflow.nn.base import ConditionerSpec, SetConditioner, attention_key_mask
 from setflow.nn.fast import block_core, fused_block
-from setflow.nn.mlp import broadcast_context
+from setflow.registry import register_set_conditioner
 
 __all__ = ["SetTransformer", "SetTransformerBlock", "set_fused"]
 
 
 class SetTransformerBlock(nn.Module):
-    r"""One pre-norm transformer block without masks.
+    r"""One pre-norm transformer block (with an optional key mask).
 
     .. math::
         x &\leftarrow x + W_o \operatorname{MHA}(\operatorname{LN}_1(x)) \\
@@ -37,7 +38,7 @@ class SetTransformerBlock(nn.Module):
             (see :mod:`setflow.nn.attention`; the maths is the same).
 
     Shapes:
-        - x: ``(B, N, d)``
+        - x: ``(B, N, d)``, key_mask: ``(B, N)`` bool (True = may be attended to), optional
         - output: ``(B, N, d)``
     """
 
@@ -78,10 +79,11 @@ class SetTransformerBlock(nn.Module):
         return [self.norm1.weight, self.norm1.bias, self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
                 self.norm2.weight, self.norm2.bias, self.ff1.weight, self.ff1.bias, self.ff2.weight, self.ff2.bias]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
         # F.* calls with the modules' parameters (block_core) skip the module-call machinery on the hot path
         p = self.dropout if self.training else 0.0
-        return block_core(x, self.weights(), self.num_heads, p, self.norm1.eps, attention=self.attention)
+        return block_core(x, self.weights(), self.num_heads, p, self.norm1.eps, attention=self.attention,
+                          key_mask=key_mask)
 
     def extra_repr(self) -> str:
         return (
@@ -90,7 +92,8 @@ class SetTransformerBlock(nn.Module):
         )
 
 
-class SetTransformer(nn.Module):
+@register_set_conditioner("transformer")
+class SetTransformer(SetConditioner):
     r"""Transformer encoder on the points of a set: ``(B, N, D_in) -> (B, N, D_out)``.
 
     Linear embedding, ``num_layers`` pre-norm blocks (:class:`SetTransformerBlock`:
@@ -104,7 +107,10 @@ class SetTransformer(nn.Module):
     input embedding, for point-wise couplings on *sorted* sequences.
 
     The read-out is zero-initialised by default, so an affine / additive
-    coupling that uses this network starts as the identity.
+    coupling that uses this network starts as the identity. It follows the
+    :class:`~setflow.nn.base.SetConditioner` contract: ``forward(x, context=None, mask=None)``;
+    padded keys (``mask`` False) are never attended to, and a masked batch always runs the
+    eager route (:func:`setflow.nn.fast.route`).
 
     Args:
         in_features: features per input point ``D_in``.
@@ -119,8 +125,7 @@ class SetTransformer(nn.Module):
         zero_init: zero the read-out's weight and bias.
         context_features: width ``C`` of an optional context; when set, a
             ``Linear(C, d_model)`` of the context is added to every token after
-            the input embedding. ``context=None`` always works, and a context given
-            to a network built without ``context_features`` is ignored.
+            the input embedding, and every call needs the context.
         attention: attention kernel (``"auto"``, ``"sdpa"``, ``"bmm"``); all
             compute the same function; ``"auto"`` is
             :func:`torch.nn.functional.scaled_dot_product_attention`.
@@ -137,7 +142,8 @@ class SetTransformer(nn.Module):
 
     Shapes:
         - x: ``(B, N, D_in)``
-        - context: ``(B, C)`` or ``(B, N, C)``, optional
+        - context: ``(B, C)`` or ``(B, N, C)``, with ``context_features``
+        - mask: ``(B, N)`` bool, True = a real point, optional
         - output: ``(B, N, D_out)``
 
     Example:
@@ -145,6 +151,8 @@ class SetTransformer(nn.Module):
         >>> net(torch.randn(8, 25, 2)).shape
         torch.Size([8, 25, 4])
     """
+
+    accepts_positions = True
 
     def __init__(
         self,
@@ -163,32 +171,34 @@ class SetTransformer(nn.Module):
         fused: bool = False,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        if positional and (max_len is None or max_len < 1):
-            raise ValueError("positional=True needs max_len, the largest number of points")
-        self.in_features = in_features
-        self.out_features = out_features
+        super().__init__(in_features, out_features, context_features=context_features, positional=positional,
+                         max_len=max_len, zero_init=zero_init)
         self.d_model = d_model
         self.num_heads = num_heads
         self.num_layers = num_layers
         self.dim_feedforward = dim_feedforward
         self.dropout = float(dropout)
-        self.positional = positional
-        self.max_len = max_len
-        self.zero_init = zero_init
-        self.context_features = context_features
         self.attention = attention
         self.fused = bool(fused)
         self.backend = fast.check_backend(backend)
         self.embed = nn.Linear(in_features, d_model)
         self.pos_embedding = nn.Parameter(torch.empty(max_len, d_model)) if positional else None
-        self.context_proj = nn.Linear(context_features, d_model) if context_features is not None else None
+        self.context_proj = self.context_projection(d_model, bias=True)
         self.blocks = nn.ModuleList(
             SetTransformerBlock(d_model, num_heads, dim_feedforward, dropout, attention) for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.out = nn.Linear(d_model, out_features)
+        self.out = self.readout(d_model)
         self.reset_parameters()
+
+    @classmethod
+    def from_spec(cls, in_features: int, out_features: int, spec: ConditionerSpec, positional: bool = False,
+                  max_len: Optional[int] = None) -> "SetTransformer":
+        """From ``spec``: ``d_model``, ``num_heads``, ``num_layers``, ``dim_feedforward``, ``dropout``,
+        ``context_features``, ``fused``."""
+        return cls(in_features, out_features, d_model=spec.d_model, num_heads=spec.num_heads,
+                   num_layers=spec.num_layers, dim_feedforward=spec.dim_feedforward, dropout=spec.dropout,
+                   positional=positional, max_len=max_len, context_features=spec.context_features, fused=spec.fused)
 
     def reset_parameters(self) -> None:
         """Default init for every layer, N(0, 0.02^2) positional embedding, zero read-out if ``zero_init``."""
@@ -202,28 +212,22 @@ class SetTransformer(nn.Module):
         self.norm.reset_parameters()
         self.out.reset_parameters()
         if self.zero_init:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
+            self.zero_readout_(self.out)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.in_features:
-            raise ValueError(f"expected x of shape (B, N, {self.in_features}); got {tuple(x.shape)}")
-        route = fast.route(self, x, context)
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        x, mask = self.check_input(x, context, mask)
+        route = fast.route(self, x, context, mask)
         if route.kind == "network":
             return self._network(x, route.weights)
         h = F.linear(x, self.embed.weight, self.embed.bias)
-        if self.pos_embedding is not None:
-            n = x.shape[1]
-            if n > self.pos_embedding.shape[0]:
-                raise ValueError(f"set of {n} points exceeds max_len={self.pos_embedding.shape[0]}")
-            h = h + self.pos_embedding[:n]
-        if context is not None and self.context_proj is not None:
-            h = h + broadcast_context(self.context_proj(context), h)
+        h = self.add_positions(h, self.pos_embedding)
+        h = self.add_context(h, context, self.context_proj)
         if route.kind == "blocks":
             h = self._fused_blocks(h, route.cpp_block)
         else:
+            key_mask = attention_key_mask(mask)
             for block in self.blocks:
-                h = block(h)
+                h = block(h, key_mask)
         h = F.layer_norm(h, (self.d_model,), self.norm.weight, self.norm.bias, self.norm.eps)
         return F.linear(h, self.out.weight, self.out.bias)
 

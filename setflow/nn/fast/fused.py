@@ -67,16 +67,21 @@ def _linear_unfused_bias(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.matmul(x, weight.t()) + bias
 
 
-def _attention(qkv: Tensor, num_heads: int, p: float, seed: Optional[Tensor], impl: str) -> Tensor:
+def _attention(qkv: Tensor, num_heads: int, p: float, seed: Optional[Tensor], impl: str,
+               key_mask: Optional[Tensor] = None) -> Tensor:
     if impl == "kernel":  # the C++ kernel (setflow.nn.fast.kernels): same maths and masks, one pass per head
+        if key_mask is not None:
+            raise ValueError("the C++ attention kernel takes no key mask; masked sets run the eager route")
         return kernels.hash_attention(qkv, num_heads, p, seed)
     if p == 0.0 or seed is None:
-        return self_attention(qkv, num_heads, p, impl)
+        return self_attention(qkv, num_heads, p, impl, key_mask=key_mask)
     B, N, three_d = qkv.shape
     D = three_d // 3
     hd = D // num_heads
     q, k, v = qkv.view(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
     out = torch.matmul(hash_dropout(torch.softmax(scores, dim=-1), p, seed), v)
     return out.transpose(1, 2).reshape(B, N, D)
 
@@ -89,6 +94,7 @@ def block_core(
     eps: float,
     seed: Optional[Tensor] = None,
     attention: str = "auto",
+    key_mask: Optional[Tensor] = None,
 ) -> Tensor:
     r"""One pre-norm transformer block as a function of its 12 weight tensors.
 
@@ -106,6 +112,7 @@ def block_core(
     With ``seed`` (int32, ``(4, 2)``: one pair per site) the masks are
     :func:`hash_keep_mask` masks and the attention is the C++ kernel or written out;
     without it, the attention dropout is SDPA's and the others use :func:`setflow.nn.cpu.dropout`.
+    ``key_mask`` ``(B, N)`` bool (True = a key; not with ``"kernel"``): padded keys are never attended to.
     """
     d = h.shape[-1]
     hashed = seed is not None and p > 0.0
@@ -117,7 +124,7 @@ def block_core(
         return hash_dropout(t, p, seed[site]) if hashed else cpu_dropout(t, p)
 
     a = F.layer_norm(h, (d,), w[0], w[1], eps)
-    a = _attention(lin(a, w[2], w[3]), num_heads, p, seed[0] if hashed else None, attention)
+    a = _attention(lin(a, w[2], w[3]), num_heads, p, seed[0] if hashed else None, attention, key_mask)
     h = h + drop(lin(a, w[4], w[5]), 1)
     f = F.layer_norm(h, (d,), w[6], w[7], eps)
     if attention == "kernel" and w[8].shape[0] % kernels.GELU_WIDTH_MULTIPLE == 0:  # one C++ pass

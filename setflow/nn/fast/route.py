@@ -14,6 +14,9 @@ Backends (the ``backend`` argument of the network; only read when ``fused`` is o
 - ``"compiled"``: every block through the ``torch.compile``-d
   :func:`setflow.nn.fast.fused.block_core` (no whole-block C++ kernels; for A/B and tests).
 
+A batch with a mask (padded sets) runs the eager route whatever ``fused`` and ``backend`` say
+(:data:`MASKED`): none of the fused routes takes a key mask. Unmasked batches keep their route.
+
 All fused routes compute the same function with the same hash dropout masks.
 """
 
@@ -26,7 +29,7 @@ from torch import Tensor
 
 from setflow.nn.fast import kernels
 
-__all__ = ["BACKENDS", "Route", "route"]
+__all__ = ["BACKENDS", "EAGER", "MASKED", "Route", "route"]
 
 BACKENDS = ("auto", "blocks", "compiled")
 
@@ -38,15 +41,18 @@ class Route:
     ``kind``: ``"eager"`` (module by module, PyTorch dropout), ``"network"`` (one C++ call;
     ``weights`` is the flat list of :func:`setflow.nn.fast.kernels.network`) or ``"blocks"``
     (input layer eagerly, then :func:`~setflow.nn.fast.fused.fused_block` per block, the C++
-    block allowed when ``cpp_block``).
+    block allowed when ``cpp_block``). ``masked``: an eager route chosen because the batch has a mask.
     """
 
     kind: str
     cpp_block: bool = False
     weights: Optional[list] = None
+    masked: bool = False
 
 
 EAGER = Route("eager")
+#: the route of every masked batch: eager, module by module, with attention key masks
+MASKED = Route("eager", masked=True)
 
 
 def check_backend(backend: str) -> str:
@@ -56,8 +62,14 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def route(net, x: Tensor, context: Optional[Tensor] = None) -> Route:
-    """The route of ``net``'s forward on ``x`` (``(B, N, D_in)``) with ``context`` (or ``None``)."""
+def route(net, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Route:
+    """The route of ``net``'s forward on ``x`` (``(B, N, D_in)``) with ``context`` and ``mask`` (or ``None``).
+
+    A masked batch (``mask`` not ``None``) always runs :data:`MASKED`, the eager route with key
+    masks: no fused route takes a mask. Unmasked batches are routed as if no mask existed.
+    """
+    if mask is not None:
+        return MASKED
     if not net.fused:
         return EAGER
     backend = check_backend(net.backend)
