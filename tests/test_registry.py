@@ -12,7 +12,8 @@ import torch
 import setflow.models
 from setflow.models import build_model, import_model_modules
 from setflow.models.build import check_model_args, model_arg_names
-from setflow.registry import MODELS, Registry, RegistryError
+from setflow import registry
+from setflow.registry import DATASETS, IMAGE_CONDITIONERS, MODELS, OPTIMIZERS, PLOTTERS, Registry, RegistryError
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -109,3 +110,76 @@ def test_registry_populates_lazily_and_refuses_bad_names():
         r.get("b")
     with pytest.raises(RegistryError):
         r.get(["not", "hashable"])
+
+
+# -- every table ----------------------------------------------------------------------------------
+EXPECTED = {
+    "MODELS": EXPECTED_MODELS,
+    "DATASETS": {"spatial_mnist", "spatial_mnist_pixels", "mnist", "fashion_mnist", "cifar10", "imagenet32",
+                 "imagenet64", "toy2d", "pointclouds"},
+    "IMAGE_CONDITIONERS": {"densenet", "shallow"},
+    "OPTIMIZERS": {"adam", "adamax", "adamw"},
+    "PLOTTERS": {"sets", "images", "toy2d", "pointclouds"},
+}
+TABLES = sorted(n for n, v in vars(registry).items() if isinstance(v, Registry))
+
+
+def test_every_table_is_listed_here():
+    assert set(EXPECTED) <= set(TABLES)
+
+
+@pytest.mark.parametrize("table", sorted(EXPECTED))
+def test_every_registry_lists_its_entries(table):
+    reg = getattr(registry, table)
+    assert EXPECTED[table] <= set(reg.names()), reg.names()
+    assert reg.names() == sorted(reg) == [n for n, _ in reg.items()]
+    assert all(n in reg for n in EXPECTED[table]) and len(reg) >= len(EXPECTED[table])
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_unknown_names_fail_the_same_way_in_every_table(table):
+    reg = getattr(registry, table)
+    with pytest.raises(RegistryError) as e:
+        reg.get("no_such_entry")
+    assert str(e.value) == (f"unknown {reg.kind} 'no_such_entry'; registered {reg.kind}s: "
+                            f"{', '.join(reg.names())}")
+    assert "no_such_entry" not in reg
+
+
+def _unknown(fn, kind):
+    with pytest.raises(RegistryError, match=rf"^unknown {kind} 'nope'; registered {kind}s: "):
+        fn()
+
+
+def test_the_user_facing_lookups_raise_the_registry_error():
+    from setflow.models.idf import IDF
+    from setflow.train.data import load_data
+    from setflow.train.trainer import make_optimizer
+    from setflow.viz import get_plotter
+
+    _unknown(lambda: build_model("nope"), "model")
+    _unknown(lambda: load_data({"data": "nope"}), "data set")
+    _unknown(lambda: make_optimizer("nope", [torch.zeros(1, requires_grad=True)], lr=1e-3), "optimizer")
+    _unknown(lambda: IDF(input_shape=[1, 4, 4], num_levels=1, coupling="nope"), "image conditioner")
+    _unknown(lambda: IDF(input_shape=[1, 4, 4], num_levels=1, split_prior="nope"), "image conditioner")
+    _unknown(lambda: get_plotter("nope"), "plotter")
+
+
+def test_data_args_are_checked_by_name_before_loading():
+    from setflow.train.data import load_data
+
+    with pytest.raises(ValueError, match=r"^unknown data_args for 'toy2d': nmae; valid: n_test, n_train, n_valid, name, seed$"):
+        load_data({"data": "toy2d", "data_args": {"nmae": "corners"}})
+    assert load_data({"data": "toy2d", "data_args": {"n_train": 8, "n_valid": 4, "n_test": 4}}).train.shape == (8, 2)
+
+
+def test_registered_entries_are_the_objects_the_code_uses():
+    from setflow.viz import images, pointclouds, sets, toy
+
+    assert OPTIMIZERS.get("adamax") is torch.optim.Adamax
+    assert PLOTTERS.get("sets") is sets.plot_checkpoint and PLOTTERS.get("toy2d") is toy.plot_checkpoint
+    assert PLOTTERS.get("images") is images.plot_checkpoint
+    assert PLOTTERS.get("pointclouds") is pointclouds.plot_checkpoint
+    net = IMAGE_CONDITIONERS.get("shallow")(2, 3, 8, 1)
+    assert net(torch.randn(1, 2, 4, 4)).shape == (1, 3, 4, 4)
+    assert DATASETS.arg_names("spatial_mnist") >= {"data_root", "fashion", "redraw"}

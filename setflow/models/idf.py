@@ -42,18 +42,19 @@ from torch import Tensor, nn
 
 from setflow.distributions import ConditionalDiscretizedLogistic, DiscretizedLogisticMixture
 from setflow.flows import Flow
-from setflow.registry import MODELS, register_model
+from setflow.registry import IMAGE_CONDITIONERS, MODELS, register_image_conditioner, register_model
 from setflow.transforms import AdditiveCoupling, ScalarAffine, Shuffle, Squeeze2d
 from setflow.transforms.surjections import Slice
 from setflow.utils import bits_per_dim as _bits_per_dim
 
 
-__all__ = ["IDF", "build_idf", "bits_per_dim", "CONDITIONER_KINDS"]
+__all__ = ["IDF", "build_idf", "bits_per_dim"]
 
 #: one integer bin in the networks' "data units" (8-bit images: 2^8 bins)
 BIN_SCALE = 256.0
 
 
+@register_image_conditioner("densenet")
 def _densenet(c_in: int, c_out: int, hidden: int, depth: int) -> nn.Module:
     """The shared DenseNet in its IDF layout: one dense block of ``depth`` layers adding about
     ``hidden`` channels in total (growth ``ceil(hidden / depth)``: 512 over 12 layers -> 43 each),
@@ -64,6 +65,7 @@ def _densenet(c_in: int, c_out: int, hidden: int, depth: int) -> nn.Module:
     return DenseNet(c_in, c_out, depth=depth, growth=growth, mid_channels=None, out_kernel_size=3, zero_init=True)
 
 
+@register_image_conditioner("shallow")
 def _shallow(c_in: int, c_out: int, hidden: int, depth: int) -> nn.Module:
     """IDF's "shallow" conditioner: conv3x3-ReLU, conv1x1-ReLU, conv3x3 (zero-initialised)."""
     last = nn.Conv2d(hidden, c_out, 3, padding=1)
@@ -72,10 +74,6 @@ def _shallow(c_in: int, c_out: int, hidden: int, depth: int) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(c_in, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last
     )
-
-
-#: conditioner families: ``name -> (c_in, c_out, hidden, depth) -> module``
-CONDITIONER_KINDS = {"densenet": _densenet, "shallow": _shallow}
 
 
 class _CouplingNet(nn.Module):
@@ -133,8 +131,9 @@ class IDF(Flow):
         hidden_channels: width of the conditioners (the DenseNet's total growth, IDF: 512).
         depth: DenseNet depth (IDF: 12).
         num_mixtures: components of the top prior (IDF: 5).
-        coupling: conditioner kind for the couplings (``"densenet"`` or ``"shallow"``).
-        split_prior: conditioner kind for the factor-out priors.
+        coupling: conditioner for the couplings, a name in :data:`setflow.registry.IMAGE_CONDITIONERS`
+            (``"densenet"`` or ``"shallow"``; each is ``(c_in, c_out, hidden, depth) -> module``).
+        split_prior: conditioner for the factor-out priors (same names).
         translate_fraction: fraction of the channels translated by each coupling (IDF: 1/4).
         init_log_scale: initial log-scale (data units) of the top prior and the split priors; the
             paper's 0 is a scale of 256 integers. Negative values (e.g. -2: about 35 integers) start
@@ -176,12 +175,10 @@ class IDF(Flow):
                 f"IDF with {num_levels} levels needs H and W divisible by {2**num_levels}, "
                 f"got input_shape {tuple(input_shape)}"
             )
-        for name, kind in (("coupling", coupling), ("split_prior", split_prior)):
-            if kind not in CONDITIONER_KINDS:
-                raise ValueError(f"unknown {name} conditioner {kind!r}; expected one of {sorted(CONDITIONER_KINDS)}")
+        # an unknown kind: a RegistryError listing the registered image conditioners
+        make_coupling, make_prior = IMAGE_CONDITIONERS.get(coupling), IMAGE_CONDITIONERS.get(split_prior)
         if not 0.0 < translate_fraction < 1.0:
             raise ValueError(f"translate_fraction must be in (0, 1), got {translate_fraction}")
-        make_coupling, make_prior = CONDITIONER_KINDS[coupling], CONDITIONER_KINDS[split_prior]
         transforms: list[nn.Module] = [ScalarAffine(shift=-BIN_SCALE / 2, scale=1.0)]
         n_layer = 0
         for level in range(num_levels):

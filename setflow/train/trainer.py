@@ -23,6 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from setflow.evaluate import evaluate, format_metrics, loss_scale
 from setflow.models.build import build_from_config, check_model_args
+from setflow.registry import OPTIMIZERS, register_optimizer
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
 from setflow.train.config import resolve_device
@@ -30,21 +31,22 @@ from setflow.train.data import ExperimentData, load_data
 
 __all__ = ["Trainer", "TrainingError", "Interrupted", "train"]
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "adamw": torch.optim.AdamW}
+register_optimizer("adam", torch.optim.Adam)
+register_optimizer("adamax", torch.optim.Adamax)
+register_optimizer("adamw", torch.optim.AdamW)
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The trainer's optimiser; Adam/AdamW use the fused kernel (one kernel for all parameter
     tensors, ~3x faster optimiser step on CPU) where this torch build has it."""
-    if name not in _OPTIMIZERS:
-        raise TrainingError(f"unknown optimizer {name!r}; expected one of {sorted(_OPTIMIZERS)}")
+    optimizer = OPTIMIZERS.get(name)  # an unknown name: a RegistryError listing the registered ones
     params = list(params)
     if name in ("adam", "adamw"):
         try:
-            return _OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay, fused=True)
+            return optimizer(params, lr=lr, weight_decay=weight_decay, fused=True)
         except (RuntimeError, ValueError):  # no fused kernel for this device / dtype
             pass
-    return _OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
+    return optimizer(params, lr=lr, weight_decay=weight_decay)
 
 
 class TrainingError(RuntimeError):

@@ -1,7 +1,7 @@
 """Image grids: data beside model samples, as one PNG.
 
 ``plot_checkpoint(model, config, data, out_path, n=64)`` is the ``"images"`` entry of
-``setflow.viz.PLOTTERS`` (``setflow plot CKPT -o out.png``).
+``setflow.registry.PLOTTERS`` (``setflow plot CKPT -o out.png``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from setflow.registry import register_plotter
 
 __all__ = ["tile_images", "image_grid", "plot_checkpoint", "plot_grids"]
 
@@ -84,6 +86,7 @@ def plot_grids(panels: list[tuple[str, Union[Tensor, np.ndarray]]], out_path: Un
     plt.close(fig)
 
 
+@register_plotter("images")
 @torch.no_grad()
 def plot_checkpoint(model: Any, config: dict, data: Any, out_path: Union[str, Path], n: int = 64) -> None:
     """Draw ``n`` test images beside ``n`` model samples and save the figure to ``out_path``.

@@ -12,6 +12,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from setflow.registry import register_plotter
+
 __all__ = ["plot_clouds_3d", "render_source_open3d", "render_clouds_open3d", "save_clouds_ply", "point_size_for", "plot_checkpoint",
            "cloud_frame"]
 
@@ -151,7 +153,7 @@ def render_source_open3d(source: Union[str, Path], out_path: Union[str, Path], n
     if not path.is_file():
         raise FileNotFoundError(f"{source}: not a file (expected a samples .npz or a checkpoint .pt)")
     if path.suffix == ".npz":
-        from setflow.viz import load_samples_npz
+        from setflow.viz.samples import load_samples_npz
 
         x = load_samples_npz(path)[:n]
     else:
@@ -186,6 +188,7 @@ def save_clouds_ply(clouds, out_dir: Union[str, Path], prefix: str = "sample") -
     return paths
 
 
+@register_plotter("pointclouds")
 def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> None:
     """Test clouds beside model samples (one class per row for a conditional model), 3 views each."""
     n = min(n, 8)

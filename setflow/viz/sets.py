@@ -8,6 +8,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from setflow.registry import register_plotter
+
 __all__ = ["plot_sets_grid", "plot_sets_by_class", "save_ply", "render_sets_open3d", "plot_checkpoint"]
 
 
@@ -158,6 +160,7 @@ def render_sets_open3d(sets, out_path: Union[str, Path], width: int = 640, heigh
     return Path(out_path)
 
 
+@register_plotter("sets")
 def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> None:
     """Data (test split) beside model samples; for a conditional model one row per class."""
     if getattr(model, "conditional", False):

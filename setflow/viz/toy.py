@@ -1,7 +1,7 @@
 """2-D toy densities: data histograms beside model densities on a grid (SurVAE figure 4).
 
 ``plot_checkpoint(model, config, data, out_path, n=64)`` is the ``"toy2d"`` entry of
-``setflow.viz.PLOTTERS``; :func:`plot_toy_study` draws the whole study (one row per data set,
+``setflow.registry.PLOTTERS``; :func:`plot_toy_study` draws the whole study (one row per data set,
 one column for the data and one per model).
 """
 
@@ -13,6 +13,8 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from setflow.registry import register_plotter
 
 __all__ = ["density_grid", "grid_mass", "plot_toy_study", "plot_checkpoint", "BOUNDS", "CLIM"]
 
@@ -107,6 +109,7 @@ def plot_toy_study(rows: Sequence[tuple[str, Any, Sequence[tuple[str, Any]]]], o
     plt.close(fig)
 
 
+@register_plotter("toy2d")
 @torch.no_grad()
 def plot_checkpoint(model: Any, config: dict, data: Any, out_path: Union[str, Path], n: int = 64) -> None:
     """Data histogram, model density and a histogram of model samples for one toy run.
