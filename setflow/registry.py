@@ -182,8 +182,9 @@ DATASETS: Registry = Registry("data set", populate=("setflow.train.data",), args
 SET_CONDITIONERS: Registry = Registry("set conditioner", populate=("setflow.nn",))
 #: image coupling conditioners (IDF ``model_args.conditioner``)
 IMAGE_CONDITIONERS: Registry = Registry("image conditioner", populate=("setflow.models.idf",))
-#: coupling scale functions ``raw -> (scale, log_scale)`` (``model_args.scale_fn``)
-SCALE_FNS: Registry = Registry("scale function", populate=("setflow.transforms.coupling",))
+#: coupling scale functions ``raw -> (scale, log_scale)`` (``model_args.scale_fn``; module-level
+#: functions, so couplings pickle)
+SCALE_FNS: Registry = Registry("scale_fn", populate=("setflow.transforms.coupling",))
 #: optimisers ``(params, lr, weight_decay, ...) -> torch.optim.Optimizer`` (``train.optimizer``)
 OPTIMIZERS: Registry = Registry("optimizer", populate=("setflow.train.trainer",))
 #: plotters by data kind: ``plot_checkpoint(model, config, data, out_path, n)``

@@ -7,12 +7,13 @@ points of a sorted set (point-wise coupling) or channels of an image ``(B, C, H,
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from setflow.registry import SCALE_FNS, register_scale_fn
 from setflow.sets import check_mask, keep_padding, masked_sum, real_first
 from setflow.transforms.base import Bijection
 from setflow.transforms.permutation_utils import inverse_permutation, permute_along
@@ -23,10 +24,12 @@ __all__ = ["AffineCoupling", "AdditiveCoupling", "SCALE_FNS", "round_ste"]
 _SOFTPLUS_SHIFT = math.log(math.e - 1.0)  # softplus(0 + shift) == 1: a zero-initialised net gives the identity
 
 
+@register_scale_fn("exp")
 def _scale_exp(s: Tensor) -> tuple[Tensor, Tensor]:
     return torch.exp(s), s
 
 
+@register_scale_fn("softplus")
 def _scale_softplus(s: Tensor) -> tuple[Tensor, Tensor]:
     s = s + _SOFTPLUS_SHIFT
     scale = F.softplus(s)
@@ -35,23 +38,16 @@ def _scale_softplus(s: Tensor) -> tuple[Tensor, Tensor]:
     return scale, log_scale
 
 
+@register_scale_fn("sigmoid")
 def _scale_sigmoid(s: Tensor) -> tuple[Tensor, Tensor]:
     s = s + 2.0  # as in Glow: the zero-initialised layer starts near (not at) the identity, scale 0.88
     return torch.sigmoid(s), F.logsigmoid(s)
 
 
+@register_scale_fn("tanh_exp")
 def _scale_tanh_exp(s: Tensor) -> tuple[Tensor, Tensor]:
     log_scale = 2.0 * torch.tanh(s / 2.0)  # scale in (e^-2, e^2)
     return torch.exp(log_scale), log_scale
-
-
-#: name -> ``s -> (scale, log_scale)``. Every function is a module-level def, so couplings pickle.
-SCALE_FNS: dict[str, Callable[[Tensor], tuple[Tensor, Tensor]]] = {
-    "exp": _scale_exp,
-    "softplus": _scale_softplus,
-    "sigmoid": _scale_sigmoid,
-    "tanh_exp": _scale_tanh_exp,
-}
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -201,8 +197,7 @@ class AffineCoupling(_Coupling):
         split: str = "halves",
     ) -> None:
         super().__init__(conditioner, split_dim, split_sizes, params_dim, split)
-        if scale_fn not in SCALE_FNS:
-            raise ValueError(f"unknown scale_fn {scale_fn!r}; expected one of {sorted(SCALE_FNS)}")
+        SCALE_FNS.get(scale_fn)  # an unknown name: a RegistryError listing the registered ones
         self.scale_fn = scale_fn
 
     def _params(self, x_a: Tensor, x_b: Tensor, context: Optional[Tensor], mask_a: Optional[Tensor] = None
