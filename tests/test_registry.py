@@ -120,12 +120,14 @@ EXPECTED = {
     "IMAGE_CONDITIONERS": {"densenet", "shallow"},
     "OPTIMIZERS": {"adam", "adamax", "adamw"},
     "PLOTTERS": {"sets", "images", "toy2d", "pointclouds"},
+    "SCALE_FNS": {"exp", "softplus", "sigmoid", "tanh_exp"},
+    "SET_CONDITIONERS": {"transformer", "deepsets", "edgeconv", "isab", "knn"},
 }
 TABLES = sorted(n for n, v in vars(registry).items() if isinstance(v, Registry))
 
 
 def test_every_table_is_listed_here():
-    assert set(EXPECTED) <= set(TABLES)
+    assert set(EXPECTED) == set(TABLES)
 
 
 @pytest.mark.parametrize("table", sorted(EXPECTED))
@@ -155,6 +157,7 @@ def test_the_user_facing_lookups_raise_the_registry_error():
     from setflow.models.idf import IDF
     from setflow.train.data import load_data
     from setflow.train.trainer import make_optimizer
+    from setflow.transforms import AffineCoupling
     from setflow.viz import get_plotter
 
     _unknown(lambda: build_model("nope"), "model")
@@ -163,6 +166,7 @@ def test_the_user_facing_lookups_raise_the_registry_error():
     _unknown(lambda: IDF(input_shape=[1, 4, 4], num_levels=1, coupling="nope"), "image conditioner")
     _unknown(lambda: IDF(input_shape=[1, 4, 4], num_levels=1, split_prior="nope"), "image conditioner")
     _unknown(lambda: get_plotter("nope"), "plotter")
+    _unknown(lambda: AffineCoupling(torch.nn.Linear(1, 2), split_dim=-1, scale_fn="nope"), "scale_fn")
 
 
 def test_data_args_are_checked_by_name_before_loading():
@@ -176,6 +180,11 @@ def test_data_args_are_checked_by_name_before_loading():
 def test_registered_entries_are_the_objects_the_code_uses():
     from setflow.viz import images, pointclouds, sets, toy
 
+    from setflow.transforms import SCALE_FNS
+
+    assert SCALE_FNS is registry.SCALE_FNS
+    scale, log_scale = registry.SCALE_FNS.get("exp")(torch.zeros(3))
+    assert torch.equal(scale, torch.ones(3)) and torch.equal(log_scale, torch.zeros(3))
     assert OPTIMIZERS.get("adamax") is torch.optim.Adamax
     assert PLOTTERS.get("sets") is sets.plot_checkpoint and PLOTTERS.get("toy2d") is toy.plot_checkpoint
     assert PLOTTERS.get("images") is images.plot_checkpoint
