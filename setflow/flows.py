@@ -205,6 +205,9 @@ class Flow(nn.Module):
                                                                                            device=x.device))
         x = self._prepare(x)
         sizes = set_sizes(x, mask) if self.variable_size else None
+        check = getattr(self.size_dist, "check_sizes", None)
+        if check is not None:
+            check(sizes)
         if bool(mask.all()):
             return x, None, sizes
         if not self.transform.supports_mask:

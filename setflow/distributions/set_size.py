@@ -26,6 +26,7 @@ class SetSizeDistribution(Distribution):
     Args:
         max_points, min_points: the support.
         learn: the logits are trainable parameters (else a buffer set by :meth:`fit`).
+        smoothing: the default pseudo-count per size of :meth:`fit`.
 
     Shapes:
         - log_prob: ``(B,)`` integer sizes -> ``(B,)``
@@ -40,8 +41,11 @@ class SetSizeDistribution(Distribution):
         [0.0, 0.75, 0.25, 0.0]
     """
 
-    def __init__(self, max_points: int, min_points: int = 1, learn: bool = False) -> None:
+    def __init__(self, max_points: int, min_points: int = 1, learn: bool = False, smoothing: float = 1.0) -> None:
         super().__init__()
+        if smoothing < 0:
+            raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+        self.smoothing = float(smoothing)
         if not 1 <= int(min_points) <= int(max_points):
             raise ValueError(f"set sizes need 1 <= min_points <= max_points, got {min_points}..{max_points}")
         self.min_points, self.max_points = int(min_points), int(max_points)
@@ -64,8 +68,10 @@ class SetSizeDistribution(Distribution):
                              f"got {int(sizes.min())}..{int(sizes.max())}")
 
     @torch.no_grad()
-    def fit(self, sizes: Tensor, smoothing: float = 1.0) -> "SetSizeDistribution":
-        """Empirical frequencies of ``sizes`` plus ``smoothing`` pseudo-counts per size of the support."""
+    def fit(self, sizes: Tensor, smoothing: Optional[float] = None) -> "SetSizeDistribution":
+        """Empirical frequencies of ``sizes`` plus ``smoothing`` pseudo-counts per size of the support
+        (default: the constructor's)."""
+        smoothing = self.smoothing if smoothing is None else float(smoothing)
         sizes = torch.as_tensor(sizes).reshape(-1).long()
         if sizes.numel() == 0:
             raise ValueError("fit needs at least one set size")

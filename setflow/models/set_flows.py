@@ -25,9 +25,12 @@ from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
 from setflow.flows import Flow, LabelContext
+from setflow.utils import call_net
 from setflow.nn.base import ConditionerSpec
 from setflow.registry import SET_CONDITIONERS, RegistryError, register_model
-from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, Shuffle
+from setflow.distributions.set_size import SetSizeDistribution
+from setflow.sets import real_first
+from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, SetShuffle, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
 from setflow.transforms.surjections import SortSurjection
@@ -43,8 +46,8 @@ class _FirstPoints(nn.Module):
         self.net = net
         self.n_b = n_b
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        out = self.net(x) if context is None else self.net(x, context)
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        out = call_net(self.net, x, context, mask)
         return out if out.shape[1] == self.n_b else out[:, : self.n_b]
 
 
@@ -59,11 +62,11 @@ class _ConcatContext(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         if context is None:
             raise ValueError("this conditioner belongs to a conditional flow and needs its context")
         c = context.to(x.dtype)[:, None, :].expand(x.shape[0], x.shape[1], context.shape[-1])
-        return self.net(torch.cat([x, c], dim=-1))
+        return call_net(self.net, torch.cat([x, c], dim=-1), None, mask)
 
 
 def _set_conditioner(name: str, arg: str):
@@ -86,15 +89,30 @@ class SetFlow(Flow):
     The buffer ``sort_consistent`` records whether the latent flow holds an
     :class:`OrderedIncrements` layer. A state dict without it (a checkpoint from before that
     option) is the paper SortFlow: loading one drops the layer, so the model scores as trained.
+
+    A variable-size flow (``num_points=None``, sets of up to ``max_points`` points) takes padded
+    batches with ``mask`` and holds ``size_dist``, the density of the set size.
     """
 
-    def __init__(self, base, transforms, num_points: int, dim: int, sort_consistent: bool = False,
-                 context_encoder: Optional[nn.Module] = None) -> None:
+    def __init__(self, base, transforms, num_points: Optional[int], dim: int, sort_consistent: bool = False,
+                 context_encoder: Optional[nn.Module] = None, max_points: Optional[int] = None,
+                 size_dist: Optional[SetSizeDistribution] = None) -> None:
         super().__init__(base, transforms, event_shape=(num_points, dim), layout="(B, N, D) = (batch, points, coordinates)",
-                         context_encoder=context_encoder)
+                         context_encoder=context_encoder, size_dist=size_dist)
         self.num_points = num_points
+        self.max_points = num_points if max_points is None else max_points
         self.dim = dim
         self.register_buffer("sort_consistent", torch.tensor(bool(sort_consistent)))
+
+    def _prepare_masked(self, x, mask):
+        if (self.variable_size and mask is not None and isinstance(x, Tensor) and x.dim() == 3
+                and x.shape[1] > self.max_points and tuple(mask.shape) == tuple(x.shape[:2])):
+            # more padding than the model's max_points: move the real points first and drop empty columns
+            order = real_first(mask)
+            keep = max(int(mask.sum(1).max()), 1)
+            x = torch.gather(x, 1, order[:, :keep, None].expand(-1, -1, x.shape[2]))
+            mask = torch.gather(mask, 1, order[:, :keep])
+        return super()._prepare_masked(x, mask)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         if "sort_consistent" not in state_dict:
@@ -111,7 +129,7 @@ class SetFlow(Flow):
 
 
 def build_set_flow(
-    num_points: int = 50,
+    num_points: Optional[int] = 50,
     dim: int = 2,
     num_steps: int = 32,
     d_model: int = 64,
@@ -134,6 +152,10 @@ def build_set_flow(
     conditional: bool = False,
     num_classes: int = 10,
     context_dim: int = 32,
+    max_points: Optional[int] = None,
+    min_points: int = 1,
+    size_smoothing: float = 1.0,
+    learn_size: bool = False,
     seed: int = 0,
 ) -> SetFlow:
     """Build a SortFlow (``permutation="sort"``) or a PermuteFlow (``permutation="stochastic"``).
@@ -167,8 +189,25 @@ def build_set_flow(
             ``num_classes`` labels -> ``context_dim`` features) of the integer label ``(B,)`` is fed
             to every conditioner (appended to each point's input features, which keeps the fused
             conditioners usable); ``log_prob``, ``iwbo`` and ``sample`` then need ``context=labels``.
+        max_points, min_points: ``num_points: null`` builds a flow over sets of any size in
+            ``min_points..max_points``: every layer takes masks (the point-wise coupling splits by
+            the parity of the position, :class:`~setflow.transforms.SetShuffle` replaces the fixed
+            shuffles), and ``log p(X) = log p(N) + log p(X | N)`` with a
+            :class:`~setflow.distributions.SetSizeDistribution` over ``N``.
+        size_smoothing, learn_size: that size density: fitted by the trainer to the training sizes
+            with ``size_smoothing`` pseudo-counts per size, or (``learn_size``) trained as logits.
         seed: seed of the fixed shuffles and 1x1 initialisations (reproducible builds).
     """
+    variable = num_points is None
+    if variable:
+        if max_points is None or int(max_points) < 2:
+            raise ValueError(f"num_points: null (sets of any size) needs max_points >= 2, got {max_points}")
+        if not 1 <= int(min_points) <= int(max_points):
+            raise ValueError(f"min_points must lie in 1..max_points={max_points}, got {min_points}")
+    elif max_points is not None and int(max_points) != int(num_points):
+        raise ValueError(f"max_points={max_points} is for sets of any size (num_points: null); "
+                         f"this model has num_points={num_points}")
+    size_points = int(max_points) if variable else num_points
     if permutation not in ("sort", "stochastic"):
         raise ValueError(f"permutation must be 'sort' or 'stochastic', got {permutation!r}")
     coord_cls = _set_conditioner(conditioner, "conditioner")
@@ -183,8 +222,8 @@ def build_set_flow(
         raise ValueError("sort_consistent=true needs the SortFlow (permutation='sort'); PermuteFlow has no sort")
     if sort_consistent and not input_scale > 0:
         raise ValueError(f"sort_consistent needs input_scale > 0 (the scaling must keep the order), got {input_scale}")
-    if dim < 2 or num_points < 2:
-        raise ValueError(f"set flows need D >= 2 coordinates and N >= 2 points, got N={num_points}, D={dim}")
+    if dim < 2 or size_points < 2:
+        raise ValueError(f"set flows need D >= 2 coordinates and N >= 2 points, got N={size_points}, D={dim}")
     g_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -195,7 +234,7 @@ def build_set_flow(
             return _ConcatContext(net) if conditional else net
 
         d_a, d_b = dim - dim // 2, dim // 2
-        n_a, n_b = num_points - num_points // 2, num_points // 2
+        n_a, n_b = size_points - size_points // 2, size_points // 2
         first = SortSurjection(dim=1, key=sort_key) if permutation == "sort" else StochasticPermutation(dim=1)
         layers: list = [first, ScalarAffine(shift=input_shift, scale=input_scale)]
         if sort_consistent:
@@ -203,21 +242,30 @@ def build_set_flow(
             if key is None:
                 raise ValueError(f"sort_consistent needs a coordinate sort key (an int or 'x'/'y'/'z'), got {sort_key!r}")
             # scaled coordinates span about 1, so gaps are about 1/N: log(N * gap) is near 0
-            layers.append(OrderedIncrements(coord=key, gap_scale=1.0 / num_points, min_gap=sort_min_gap))
+            layers.append(OrderedIncrements(coord=key, gap_scale=1.0 / size_points, min_gap=sort_min_gap))
         for k in range(num_steps):
             coord_net = with_context(coord_cls.from_spec(d_a + c_in, 2 * d_b, spec))
-            point_net = _FirstPoints(with_context(point_cls.from_spec(
-                dim + c_in, 2 * dim, spec, positional=point_pos, max_len=n_a if point_pos else None)), n_b)
-            mix = Shuffle(num_points, dim=1, seed=seed * 1000 + k) if permutation == "sort" else StochasticPermutation(1)
+            point_net = with_context(point_cls.from_spec(
+                dim + c_in, 2 * dim, spec, positional=point_pos, max_len=n_a if point_pos else None))
+            if variable:  # even positions condition odd ones (the j-th even point's output serves the j-th odd)
+                point_coupling = AffineCoupling(point_net, split_dim=1, split="parity", scale_fn=scale_fn,
+                                                params_dim=-1)
+                mix = SetShuffle(seed=seed * 1000 + k) if permutation == "sort" else StochasticPermutation(1)
+            else:
+                point_coupling = AffineCoupling(_FirstPoints(point_net, n_b), split_dim=1, split_sizes=(n_a, n_b),
+                                                scale_fn=scale_fn, params_dim=-1)
+                mix = Shuffle(num_points, dim=1, seed=seed * 1000 + k) if permutation == "sort" else StochasticPermutation(1)
             layers += [
                 AffineCoupling(coord_net, split_dim=-1, split_sizes=(d_a, d_b), scale_fn=scale_fn),
                 Reverse(dim=-1),
-                AffineCoupling(point_net, split_dim=1, split_sizes=(n_a, n_b), scale_fn=scale_fn, params_dim=-1),
+                point_coupling,
                 mix,
                 ActNorm(dim, feature_dim=-1),
             ]
+        size_dist = (SetSizeDistribution(int(max_points), int(min_points), learn=learn_size, smoothing=size_smoothing)
+                     if variable else None)
         return SetFlow(StandardNormal((num_points, dim)), layers, num_points, dim, sort_consistent=sort_consistent,
-                       context_encoder=encoder)
+                       context_encoder=encoder, max_points=size_points, size_dist=size_dist)
     finally:
         torch.random.set_rng_state(g_state)
 
