@@ -208,3 +208,18 @@ def test_the_readme_registration_example_runs(capsys):
     finally:
         if "my_sortflow" in MODELS:
             MODELS.unregister("my_sortflow")
+
+
+def test_a_registered_optimizer_is_a_valid_config_value():
+    from setflow.train.config import ConfigError, validate_config
+    from setflow.train.trainer import make_optimizer
+
+    cfg = {"model": "sortflow", "data": "spatial_mnist", "train": {"optimizer": "_sgd"}}
+    with pytest.raises(ConfigError, match=r"'train.optimizer' must be one of adam, adamax, adamw"):
+        validate_config(cfg)
+    OPTIMIZERS.register("_sgd", torch.optim.SGD)
+    try:
+        assert validate_config(cfg)["train"]["optimizer"] == "_sgd"
+        assert isinstance(make_optimizer("_sgd", [torch.zeros(1, requires_grad=True)], lr=0.1), torch.optim.SGD)
+    finally:
+        OPTIMIZERS.unregister("_sgd")

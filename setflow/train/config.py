@@ -14,6 +14,8 @@ from typing import Any, Iterable, Optional, Union
 
 import yaml
 
+from setflow.registry import OPTIMIZERS
+
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "resolve_device",
            "check_positive", "config_path"]
 
@@ -29,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "data": None,
     "data_args": {},
     "train": {
-        "optimizer": "adam",  # adam | adamax | adamw
+        "optimizer": "adam",  # a name in setflow.registry.OPTIMIZERS: adam | adamax | adamw
         "lr": 1e-3,
         "batch_size": 128,
         "epochs": 1,
@@ -100,7 +102,7 @@ def _typed(value: Any, default: Any, where: str) -> Any:
 
 
 _INT, _NUM = (int,), (int, float)
-# key -> (types allowed besides None-when-default-is-None, test, what the test means)
+# key -> (types allowed besides None-when-default-is-None, test, what the test means (or a function saying it))
 _RANGES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "train.lr": (_NUM, lambda v: v > 0, "> 0"),
     "train.batch_size": (_INT, lambda v: v >= 1, ">= 1"),
@@ -116,7 +118,7 @@ _RANGES: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "train.log_every": (_INT, lambda v: v >= 1, ">= 1"),
     "train.seed": (_INT, lambda v: v >= 0, ">= 0"),
     "train.num_threads": (_INT, lambda v: v >= 1, "an integer >= 1 (or null)"),
-    "train.optimizer": ((str,), lambda v: v in ("adam", "adamax", "adamw"), "one of adam, adamax, adamw"),
+    "train.optimizer": ((str,), lambda v: v in OPTIMIZERS, lambda: "one of " + ", ".join(OPTIMIZERS)),
     "train.dtype": ((str,), lambda v: v in ("float32", "float64"), "float32 or float64"),
     "train.device": ((str,), lambda v: _DEVICE.fullmatch(v) is not None, "cpu, cuda or cuda:N"),
     "eval.batch_size": (_INT, lambda v: v >= 1, ">= 1"),
@@ -136,7 +138,7 @@ def _check_ranges(cfg: dict) -> None:
         if value is None and DEFAULTS[section][name] is None:
             continue
         if isinstance(value, bool) or not isinstance(value, types) or not ok(value):
-            raise ConfigError(f"config key {key!r} must be {what}, got {value!r}")
+            raise ConfigError(f"config key {key!r} must be {what() if callable(what) else what}, got {value!r}")
 
 
 def check_positive(value: Optional[int], option: str) -> Optional[int]:
