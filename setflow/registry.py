@@ -180,7 +180,8 @@ MODELS: Registry = Registry("model", populate=("setflow.models",), args_label="m
 DATASETS: Registry = Registry("data set", populate=("setflow.train.data",), args_label="data_args")
 #: equivariant set conditioners ``(B, N, D_in) -> (B, N, D_out)`` (``model_args.conditioner``)
 SET_CONDITIONERS: Registry = Registry("set conditioner", populate=("setflow.nn",))
-#: image coupling conditioners (IDF ``model_args.conditioner``)
+#: image coupling conditioners ``(c_in, c_out, hidden, depth) -> module`` (IDF ``model_args.coupling``,
+#: ``split_prior``)
 IMAGE_CONDITIONERS: Registry = Registry("image conditioner", populate=("setflow.models.idf",))
 #: coupling scale functions ``raw -> (scale, log_scale)`` (``model_args.scale_fn``; module-level
 #: functions, so couplings pickle)
