@@ -7,7 +7,7 @@ times each; prints every run's wall time, the medians and the loaded / idle rati
 columns: read the medians, and run it on a quiet machine for the headline figure.
 
     python scripts/bench_contention.py --steps 400 --repeats 3
-    python scripts/bench_contention.py --steps 200 --repeats 3 train.fused=false   # the eager path
+    python scripts/bench_contention.py --steps 200 --repeats 3 model_args.fused=false   # the eager path
 """
 
 from __future__ import annotations

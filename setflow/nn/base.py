@@ -133,8 +133,7 @@ class SetConditioner(nn.Module):
                 raise ValueError(f"{name}: {arg} must be an integer >= 1; got {value!r}")
         if context_features is not None and (not isinstance(context_features, int) or context_features < 1):
             raise ValueError(f"{name}: context_features must be None or an integer >= 1; got {context_features!r}")
-        if positional and not self.accepts_positions:
-            raise ValueError(f"{name} has no learned positions; build it with positional=False")
+        self.refuse_positions(positional)
         if positional and (max_len is None or max_len < 1):
             raise ValueError(f"{name}: positional=True needs max_len, the largest number of points")
         self.in_features = in_features
@@ -150,6 +149,12 @@ class SetConditioner(nn.Module):
                   max_len: Optional[int] = None) -> "SetConditioner":
         """Build from a :class:`ConditionerSpec` (each registered subclass implements it)."""
         raise NotImplementedError(f"{cls.__name__} does not implement from_spec")
+
+    @classmethod
+    def refuse_positions(cls, positional: bool) -> None:
+        """A ``ValueError`` for ``positional=True`` on a class without learned positions."""
+        if positional and not cls.accepts_positions:
+            raise ValueError(f"{cls.__name__} has no learned positions; build it with positional=False")
 
     @staticmethod
     def zero_readout_(layer: nn.Linear) -> None:

@@ -139,8 +139,7 @@ class DeepSets(SetConditioner):
     def from_spec(cls, in_features: int, out_features: int, spec: ConditionerSpec, positional: bool = False,
                   max_len: Optional[int] = None) -> "DeepSets":
         """From ``spec``: ``hidden = d_model``, ``num_layers``, ``context_features`` (no positions)."""
-        if positional:
-            raise ValueError("DeepSets has no learned positions; build it with positional=False")
+        cls.refuse_positions(positional)
         return cls(in_features, out_features, hidden=spec.d_model, num_layers=spec.num_layers,
                    context_features=spec.context_features)
 
@@ -166,11 +165,5 @@ class DeepSets(SetConditioner):
         return x
 
     def extra_repr(self) -> str:
-        s = (
-            f"in_features={self.in_features}, out_features={self.out_features}, hidden={self.hidden}, "
-            f"num_layers={self.num_layers}, pool={self.pool!r}, activation={self.activation!r}, "
-            f"zero_init={self.zero_init}"
-        )
-        if self.context_features is not None:
-            s += f", context_features={self.context_features}"
-        return s
+        return (f"{self._contract_repr()}, hidden={self.hidden}, num_layers={self.num_layers}, pool={self.pool!r}, "
+                f"activation={self.activation!r}, zero_init={self.zero_init}")

@@ -153,8 +153,7 @@ class EdgeConvNet(SetConditioner):
     def from_spec(cls, in_features: int, out_features: int, spec: ConditionerSpec, positional: bool = False,
                   max_len: Optional[int] = None) -> "EdgeConvNet":
         """From ``spec``: ``hidden = d_model``, ``k``, ``num_layers``, ``context_features`` (no positions)."""
-        if positional:
-            raise ValueError("EdgeConvNet has no learned positions; build it with positional=False")
+        cls.refuse_positions(positional)
         return cls(in_features, out_features, hidden=spec.d_model, k=spec.k, num_layers=spec.num_layers,
                    context_features=spec.context_features)
 
@@ -180,11 +179,5 @@ class EdgeConvNet(SetConditioner):
         return self.out(h).view(B, N, self.out_features)
 
     def extra_repr(self) -> str:
-        s = (
-            f"in_features={self.in_features}, out_features={self.out_features}, hidden={self.hidden}, "
-            f"k={self.k}, num_layers={self.num_layers}, aggr={self.aggr!r}, activation={self.activation!r}, "
-            f"zero_init={self.zero_init}"
-        )
-        if self.context_features is not None:
-            s += f", context_features={self.context_features}"
-        return s
+        return (f"{self._contract_repr()}, hidden={self.hidden}, k={self.k}, num_layers={self.num_layers}, "
+                f"aggr={self.aggr!r}, activation={self.activation!r}, zero_init={self.zero_init}")
