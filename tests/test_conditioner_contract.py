@@ -229,3 +229,21 @@ def test_fused_is_a_model_argument_restored_from_the_config(tmp_path) -> None:
         build_from_config({**base, "model_args": {**base["model_args"], "fused": False}, "train": {"fused": True}})
     with pytest.raises(ValueError, match="point_conditioner: unknown set conditioner 'pointnet'"):
         build_from_config({**base, "model_args": {**base["model_args"], "point_conditioner": "pointnet"}})
+
+
+def test_pma_and_deepsets_layer_pool_real_points_only() -> None:
+    from setflow.nn import PMA, DeepSetsLayer
+
+    torch.manual_seed(0)
+    sizes = [6, 3]
+    x = torch.randn(2, 6, 8, dtype=DT)
+    mask = torch.arange(6)[None, :] < torch.tensor(sizes)[:, None]
+    xg = torch.where(mask[..., None], x, torch.full_like(x, float("nan")))
+    pma = PMA(8, num_seeds=2, num_heads=2).to(DT).eval()
+    layers = [DeepSetsLayer(8, 5, pool).to(DT) for pool in ("mean", "max", "sum")]
+    for net in [pma] + layers:
+        y = net(xg, mask)
+        for b, n in enumerate(sizes):
+            alone = net(x[b : b + 1, :n])
+            got = y[b : b + 1] if net is pma else y[b : b + 1, :n]
+            torch.testing.assert_close(got, alone, rtol=1e-10, atol=1e-10, msg=type(net).__name__)

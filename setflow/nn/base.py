@@ -119,6 +119,13 @@ class SetConditioner(nn.Module):
         positional: learned per-index positions (only where :attr:`accepts_positions`).
         max_len: largest ``N`` with ``positional`` (required then).
         zero_init: zero read-out (output starts at exactly 0).
+
+    Example:
+        >>> from setflow.registry import SET_CONDITIONERS
+        >>> net = SET_CONDITIONERS.get("deepsets").from_spec(2, 4, ConditionerSpec(d_model=16))
+        >>> x, mask = torch.randn(3, 10, 2), torch.arange(10) < torch.tensor([[10], [7], [4]])
+        >>> net(x, mask=mask).shape, bool(net(x, mask=mask).eq(0).all())  # zero-initialised read-out
+        (torch.Size([3, 10, 4]), True)
     """
 
     #: whether the class has learned positions (``positional=True``, for the point-wise coupling)

@@ -41,8 +41,10 @@ class MAB(nn.Module):
                                 nn.Linear(dim_feedforward, d_model))
 
     def forward(self, q: Tensor, kv: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        kv_n = self.norm_kv(kv)
         pad = None if mask is None else ~mask
+        if pad is not None:  # padded rows zeroed: weight 0 times a NaN there would still be NaN
+            kv = kv.masked_fill(pad.unsqueeze(-1), 0.0)
+        kv_n = self.norm_kv(kv)
         h = q + self.attn(self.norm_q(q), kv_n, kv_n, key_padding_mask=pad, need_weights=False)[0]
         return h + self.ff(self.norm_ff(h))
 
