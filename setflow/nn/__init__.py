@@ -6,8 +6,9 @@ Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant, each a
 :class:`SetTransformer` (without positional embedding), :class:`DeepSets`,
 :class:`EdgeConvNet` on a :func:`knn_graph`, :class:`ISABNet` (induced attention, O(N m)),
 :class:`KNNEdgeConvNet` on the chunked :func:`knn_neighbors` (O(N k)). Images ``(B, C, H, W)``:
-:class:`DenseNet`. Every network takes ``forward(x, context=None)`` and, by
-default for the set and image networks, starts at an exactly zero output. The CPU fast path of
+:class:`DenseNet`. Every network takes ``forward(x, context=None)`` (the set conditioners also
+``mask=None``, ``(B, N)`` bool, True = a real point) and, by default for the set and image
+networks, starts at an exactly zero output. The CPU fast path of
 the set transformer (C++ kernels, hash dropout, fused blocks) is :mod:`setflow.nn.fast`; a masked
 batch always runs its eager route.
 """
