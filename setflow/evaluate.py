@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["evaluate", "format_metrics", "loss_scale", "draw_samples", "sample_quality", "format_sample_quality"]
+__all__ = ["evaluate", "format_metrics", "loss_scale", "draw_samples", "sample_quality", "format_sample_quality",
+           "split_masks"]
 
 
 def loss_scale(unit: str, event_shape: tuple[int, ...]) -> float:
@@ -27,6 +28,15 @@ def _bare(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def split_masks(model: nn.Module, data, split: str) -> Optional[Tensor]:
+    """The ``(M, N_max)`` masks of ``data``'s ``split`` (an :class:`~setflow.train.data.ExperimentData`) for
+    sets of different sizes; all True for a variable-size model on equal-size data; else ``None``."""
+    masks = data.split_mask(split)
+    if masks is None and getattr(_bare(model), "variable_size", False):
+        masks = torch.ones(data.split(split).shape[:2], dtype=torch.bool)
+    return masks
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -38,8 +48,13 @@ def evaluate(
     device: str = "cpu",
     max_examples: Optional[int] = None,
     labels: Optional[Tensor] = None,
+    masks: Optional[Tensor] = None,
 ) -> dict:
     """Average log-likelihood of ``data`` under ``model``.
+
+    ``masks`` ``(N, N_max)`` bool: sets of different sizes, padded (see :mod:`setflow.sets`); the
+    per-point figures are then total nats over total real points, and ``size_ll`` is the mean
+    ``log p(N)`` per set of a model with a size density (part of ``ll``).
 
     Exact models use ``log_prob``; models with a stochastic forward layer use the
     importance-weighted bound with ``iwbo_k`` samples (``iwbo_chunk`` at a time) and also report
@@ -55,6 +70,9 @@ def evaluate(
     m = _bare(model)
     was_training = m.training
     m.eval()
+    if masks is not None:
+        return _evaluate_masked(m, was_training, data, masks, unit, batch_size, iwbo_k, iwbo_chunk, device,
+                                max_examples, labels)
     if max_examples is not None:
         data = data[:max_examples]
         labels = None if labels is None else labels[:max_examples]
@@ -93,6 +111,53 @@ def evaluate(
     return out
 
 
+def _evaluate_masked(m: nn.Module, was_training: bool, data: Tensor, masks: Tensor, unit: str, batch_size: int,
+                     iwbo_k: int, iwbo_chunk: Optional[int], device: str, max_examples: Optional[int],
+                     labels: Optional[Tensor]) -> dict:
+    """:func:`evaluate` for padded sets of different sizes (nats per real point)."""
+    if unit != "nats_per_point":
+        raise ValueError(f"masks are for point sets (unit nats_per_point), got unit {unit!r}")
+    if max_examples is not None:
+        data, masks = data[:max_examples], masks[:max_examples]
+        labels = None if labels is None else labels[:max_examples]
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    shard, shard_masks = data[rank::world], masks[rank::world]
+    shard_labels = None if labels is None else labels[rank::world]
+    exact = bool(getattr(m, "is_exact", True))
+    dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
+    size_dist = getattr(m, "size_dist", None)
+    # [sum ll, sum elbo, sets, real points, sum log N_i!, sum log p(N_i)]
+    sums = torch.zeros(6, dtype=torch.float64)
+    for i in range(0, shard.shape[0], batch_size):
+        x = shard[i : i + batch_size].to(device)
+        mask = shard_masks[i : i + batch_size].to(device)
+        if x.is_floating_point():
+            x = x.to(dtype)
+        ctx = None if shard_labels is None else shard_labels[i : i + batch_size].to(device)
+        elbo = m.log_prob(x, ctx, mask)
+        ll = elbo if exact else m.iwbo(x, k=iwbo_k, chunk=iwbo_chunk, context=ctx, mask=mask)
+        sizes = mask.sum(1)
+        size_ll = size_dist.log_prob(sizes).double().sum().cpu() if size_dist is not None else torch.tensor(0.0)
+        sums += torch.stack([ll.double().sum().cpu(), elbo.double().sum().cpu(), torch.tensor(float(x.shape[0])),
+                             sizes.double().sum().cpu(), torch.lgamma(sizes.double() + 1).sum().cpu(),
+                             size_ll.to(torch.float64)])
+    if world > 1:
+        dist.all_reduce(sums)
+    m.train(was_training)
+    count, points = sums[2].item(), sums[3].item()
+    if count == 0:
+        raise ValueError("no examples to evaluate")
+    sizes = masks.sum(1)
+    out = {"ll": sums[0].item() / count, "metric": sums[0].item() / points, "elbo_metric": sums[1].item() / points,
+           "exact": exact, "k": 1 if exact else iwbo_k, "count": int(count), "unit": unit,
+           "bits_per_point": -sums[0].item() / points / math.log(2.0),
+           "set_metric": (sums[0].item() + sums[4].item()) / points, "points": int(points),
+           "sizes": (int(sizes.min()), int(sizes.max())), "mean_size": points / count}
+    if size_dist is not None:
+        out["size_ll"] = sums[5].item() / count
+    return out
+
+
 def format_metrics(res: dict, split: str = "test") -> str:
     unit = res["unit"]
     how = "exact" if res["exact"] else f"IWBO k={res['k']}"
@@ -110,13 +175,21 @@ def format_metrics(res: dict, split: str = "test") -> str:
         s = f"{split} log-likelihood {res['metric']:.4f} nats (NLL {-res['metric']:.4f}, {how}"
     if not res["exact"]:
         s += f"; ELBO {res['elbo_metric']:.4f}"
+    if "sizes" in res:
+        lo, hi = res["sizes"]
+        s += f"; sets of {lo}..{hi} points, mean {res['mean_size']:.2f}, per real point"
+        if "size_ll" in res:
+            s += f"; incl. log p(N) {res['size_ll']:.4f} nats/set"
     return s + f", {res['count']} examples)"
 
 
 @torch.no_grad()
 def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Optional[Tensor] = None,
-                 device: str = "cpu") -> Tensor:
-    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 conditions a conditional model."""
+                 device: str = "cpu"):
+    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 conditions a conditional model.
+
+    A variable-size model gives ``(x, mask)``: the sets zero-padded to the largest drawn size.
+    """
     m = _bare(model)
     was_training = m.training
     m.eval()
@@ -124,11 +197,16 @@ def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Opti
     for i in range(0, num, batch_size):
         b = min(batch_size, num - i)
         if labels is None:
-            out.append(m.sample(b).cpu())
+            out.append(m.sample(b))
         else:
-            out.append(m.sample(b, context=labels[i:i + b].to(device)).cpu())
+            out.append(m.sample(b, context=labels[i:i + b].to(device)))
     m.train(was_training)
-    return torch.cat(out)
+    if not isinstance(out[0], tuple):
+        return torch.cat([o.cpu() for o in out])
+    from setflow.sets import pad_sets, unpad_sets
+
+    sets = [s.cpu() for x, mask in out for s in unpad_sets(x, mask)]
+    return pad_sets(sets)
 
 
 def _subset(x: Tensor, n: int, seed: int) -> Tensor:
@@ -138,7 +216,8 @@ def _subset(x: Tensor, n: int, seed: int) -> Tensor:
 
 def sample_quality(model: nn.Module, ref: Tensor, other: Tensor, num: int, seed: int = 0, batch_size: int = 500,
                    device: str = "cpu", progress: Optional[bool] = None, ref_labels: Optional[Tensor] = None,
-                   other_labels: Optional[Tensor] = None) -> dict:
+                   other_labels: Optional[Tensor] = None, ref_masks: Optional[Tensor] = None,
+                   other_masks: Optional[Tensor] = None) -> dict:
     """Sample metrics (:func:`setflow.metrics.sample_metrics`) of ``model`` and of real sets.
 
     ``n = min(num, len(ref), len(other))`` reference sets are a seeded subset of ``ref``; the
@@ -146,6 +225,10 @@ def sample_quality(model: nn.Module, ref: Tensor, other: Tensor, num: int, seed:
     split) with the same reference sets. With ``ref_labels`` (conditional model) the samples
     carry the reference sets' labels and the metrics are also reported per class, against the
     ``other`` sets of the same class (``other_labels``).
+
+    Sets of different sizes (``ref_masks`` / ``other_masks``, or a variable-size model) are compared
+    under the Chamfer distance only (:func:`setflow.metrics.ragged.ragged_sample_metrics`: EMD between
+    sets of unequal sizes is not the papers' EMD), without the per-class lines.
 
     Returns ``{"num", "model": metrics, "real": metrics, "per_class": {label: {"model", "real"}}}``.
     """
@@ -156,7 +239,16 @@ def sample_quality(model: nn.Module, ref: Tensor, other: Tensor, num: int, seed:
     r, o = ref[ir], other[io]
     labels = None if ref_labels is None else ref_labels[ir]
     torch.manual_seed(seed)
-    gen = draw_samples(model, n, batch_size, labels=labels, device=device).to(r.dtype)
+    gen = draw_samples(model, n, batch_size, labels=labels, device=device)
+    if isinstance(gen, tuple) or ref_masks is not None:
+        from setflow.metrics.ragged import ragged_sample_metrics
+
+        gen, gen_mask = gen if isinstance(gen, tuple) else (gen, None)
+        rm = None if ref_masks is None else ref_masks[ir]
+        om = None if other_masks is None else other_masks[io]
+        return {"num": n, "model": ragged_sample_metrics(gen.to(r.dtype), gen_mask, r, rm, progress=progress),
+                "real": ragged_sample_metrics(o, om, r, rm, progress=progress)}
+    gen = gen.to(r.dtype)
     out = {"num": n, "model": sample_metrics(gen, r, progress=progress),
            "real": sample_metrics(o, r, progress=progress)}
     if labels is not None:

@@ -58,7 +58,7 @@ def check_mask(mask: Tensor, x: Tensor, min_points: int = 1) -> Tensor:
     if mask.dim() != 2 or x.dim() < 2 or tuple(mask.shape) != tuple(x.shape[:2]):
         raise ValueError(f"mask must have shape (B, N) = {tuple(x.shape[:2])} of the sets x {tuple(x.shape)}, "
                          f"got {tuple(mask.shape)}")
-    if mask.shape[0]:
+    if min_points > 0 and mask.shape[0]:
         fewest = int(mask.sum(1).min())
         if fewest < min_points:
             raise ValueError(f"every set needs at least {min_points} real point(s) (mask True); a set has {fewest}")

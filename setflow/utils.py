@@ -27,14 +27,20 @@ def bits_per_dim(log_prob: Tensor, shape: Sequence[int]) -> Tensor:
     return -log_prob / (math.prod(shape) * math.log(2.0))
 
 
+_TAKES_MASK: dict = {}
+
+
 def takes_mask(net: Callable) -> bool:
-    """Whether ``net`` (a module or a function) accepts a ``mask=`` keyword argument."""
-    fn = getattr(net, "forward", net)
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "mask" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    """Whether ``net`` (a module or a function) accepts a ``mask=`` keyword argument (cached per class)."""
+    fn = getattr(type(net), "forward", None) if not inspect.isfunction(net) else net
+    fn = fn if fn is not None else net
+    if fn not in _TAKES_MASK:
+        try:
+            params = inspect.signature(fn).parameters
+            _TAKES_MASK[fn] = "mask" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):
+            _TAKES_MASK[fn] = False
+    return _TAKES_MASK[fn]
 
 
 def call_net(net: Callable, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:

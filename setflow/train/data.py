@@ -21,7 +21,9 @@ class ExperimentData:
     ``"bits_per_dim"`` (images) or ``"nats"`` (toy 2-D). ``kind`` picks the plotter.
     ``labels``: split -> int64 ``(N,)`` class labels where the data has them (conditional
     models). ``train_epoch``: optional ``epoch -> training tensor`` (e.g. SpatialMNIST points
-    redrawn every epoch); the trainer uses it instead of ``train`` when set.
+    redrawn every epoch); the trainer uses it instead of ``train`` when set. ``masks``: split ->
+    bool ``(M, N_max)`` real points of sets of different sizes (the tensors are then padded to
+    ``N_max``; see :mod:`setflow.sets`), ``None`` when every set has ``N`` points.
     """
 
     train: Tensor
@@ -32,6 +34,12 @@ class ExperimentData:
     kind: str
     labels: Optional[dict] = None
     train_epoch: Optional[Callable[[int], Tensor]] = None
+    masks: Optional[dict] = None
+
+    def split_mask(self, name: str) -> Optional[Tensor]:
+        """The ``(M, N_max)`` mask of ``name`` for sets of different sizes, else ``None``."""
+        self.split(name)
+        return None if self.masks is None else self.masks[name]
 
     def split_labels(self, name: str) -> Tensor:
         self.split(name)
@@ -51,22 +59,52 @@ class ExperimentData:
 
 @register_dataset("spatial_mnist")
 def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed: int = 0, download: bool = True,
-                   limit: Optional[int] = None, redraw: bool = False) -> ExperimentData:
+                   limit: Optional[int] = None, redraw: bool = False, num_points=None) -> ExperimentData:
+    """``num_points``: ``None`` (50, the paper), an int, or ``[min, max]``: each digit gets its own
+    point count drawn uniformly in ``min..max`` (seeded), sets padded to ``max`` with masks."""
     from setflow.data import load_spatial_mnist
+    from setflow.data.spatial_mnist import NUM_POINTS, variable_size_masks
 
-    d = load_spatial_mnist(data_root=data_root, fashion=fashion, seed=seed, download=download, verbose=False)
+    lo, hi = _point_range(num_points, NUM_POINTS)
+    d = load_spatial_mnist(data_root=data_root, fashion=fashion, seed=seed, download=download, verbose=False,
+                           num_points=hi)
     tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
     labels = dict(d.labels)
+    masks = None
+    if lo != hi:
+        masks = variable_size_masks([t.shape[0] for t in (tr, va, te)], lo, hi, seed)
+        tr, va, te = (torch.where(masks[k][..., None], t, torch.zeros(())) for k, t in
+                      zip(("train", "valid", "test"), (tr, va, te)))
     if limit is not None:
         tr, va, te = tr[:limit], va[:limit], te[:limit]
         labels = {k: v[:limit] for k, v in labels.items()}
+        masks = None if masks is None else {k: v[:limit] for k, v in masks.items()}
     hook, source = None, "data: " + d.source
     if redraw:  # fresh training points every epoch; valid/test stay the fixed draw
         from setflow.data.spatial_mnist import train_redraw
 
         hook = train_redraw(data_root, fashion, seed, download, num_points=tr.shape[1], limit=limit)
         source += "; training points redrawn every epoch"
-    return ExperimentData(tr, va, te, source, "nats_per_point", "sets", labels=labels, train_epoch=hook)
+    if masks is not None:
+        source += (f"; {lo}..{hi} points per digit (uniform, seeded; the first N of its {hi} draws without "
+                   f"replacement), padded to {hi} with masks")
+    return ExperimentData(tr, va, te, source, "nats_per_point", "sets", labels=labels, train_epoch=hook, masks=masks)
+
+
+def _point_range(num_points, default: int) -> tuple[int, int]:
+    """``data_args.num_points`` -> ``(min, max)`` points per set (equal for a fixed size)."""
+    if num_points is None:
+        return default, default
+    if isinstance(num_points, int) and not isinstance(num_points, bool):
+        value = (num_points, num_points)
+    elif isinstance(num_points, (list, tuple)) and len(num_points) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in num_points):
+        value = (int(num_points[0]), int(num_points[1]))
+    else:
+        raise ValueError(f"data_args.num_points must be an int or [min, max] (sets of any size), got {num_points!r}")
+    if not 1 <= value[0] <= value[1]:
+        raise ValueError(f"data_args.num_points [min, max] needs 1 <= min <= max, got {list(value)}")
+    return value
 
 
 def _image_loader(name: str) -> Callable[..., ExperimentData]:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from setflow.evaluate import evaluate, format_metrics, loss_scale
+from setflow.evaluate import evaluate, format_metrics, loss_scale, split_masks
 from setflow.models.build import build_from_config, check_model_args
 from setflow.registry import OPTIMIZERS, register_optimizer
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
@@ -171,6 +171,11 @@ class Trainer:
             self.log(self.data.source)
         self.scale = loss_scale(self.data.unit, self.data.event_shape)
         self.model = build_from_config(config).to(self.device)
+        size_dist = getattr(self.model, "size_dist", None)
+        if size_dist is not None and not size_dist.learn:  # log p(N): the training sizes (a resume reloads it)
+            sizes = self._masks("train")
+            size_dist.fit(sizes.sum(1) if sizes is not None else torch.full((self.data.train.shape[0],),
+                                                                            self.data.train.shape[1]))
         if self.tc["fused"]:
             from setflow.nn import set_fused
 
@@ -269,11 +274,15 @@ class Trainer:
         """Class labels of ``split`` for a conditional model, else ``None``."""
         return self.data.split_labels(split) if getattr(self.model, "conditional", False) else None
 
+    def _masks(self, split: str):
+        """The ``(M, N_max)`` masks of ``split`` for sets of different sizes, else ``None``."""
+        return split_masks(self.model, self.data, split)
+
     def validate(self, split: str = "valid") -> dict:
         ec = self.cfg["eval"]
         return evaluate(self.net, self.data.split(split), self.data.unit, batch_size=ec["batch_size"],
                         iwbo_k=ec["iwbo_k"], iwbo_chunk=ec["iwbo_chunk"], device=str(self.device),
-                        max_examples=ec["max_examples"], labels=self._labels(split))
+                        max_examples=ec["max_examples"], labels=self._labels(split), masks=self._masks(split))
 
     def fit(self) -> dict:
         tc = self.tc
@@ -328,6 +337,7 @@ class Trainer:
         self._t0, self._seen, self._timed_out = time.perf_counter(), 0, False
         t0 = self._t0
         seen = 0
+        train_masks = self._masks("train")
         while self.step < total and signals.signum is None:
             if deadline is not None and time.monotonic() > deadline:
                 self._timed_out = True
@@ -347,7 +357,11 @@ class Trainer:
                 x = x.to(self.dtype)
             for g in self.optimizer.param_groups:
                 g["lr"] = self.lr_at(self.step)
-            loss = -(self.net(x) if ctx is None else self.net(x, ctx)).mean() / self.scale
+            if train_masks is None:
+                loss = -(self.net(x) if ctx is None else self.net(x, ctx)).mean() / self.scale
+            else:  # sets of different sizes: nats per real point of the batch
+                mask = train_masks[idx].to(self.device)
+                loss = -self.net(x, ctx, mask).sum() / mask.sum()
             if not torch.isfinite(loss):
                 msg = (f"loss became {loss.item()} at step {self.step}; stopping. "
                        f"The last good checkpoint is kept at {self.out / 'last.pt'}")

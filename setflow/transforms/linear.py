@@ -173,15 +173,22 @@ class SetShuffle(Bijection):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         self.seed = int(seed)
+        self._tables: dict = {}
+
+    def _table(self, n: int, device: torch.device) -> Tensor:
+        """``(n + 1, n)``: row ``k`` the permutation of a set of ``k`` points padded to ``n`` (cached)."""
+        key = (n, str(device))
+        if key not in self._tables:
+            self._tables[key] = fixed_rank_permutations(torch.arange(n + 1, device=device), n, self.seed)
+        return self._tables[key]
 
     def _perm(self, x: Tensor, mask: Optional[Tensor]) -> Tensor:
         if x.dim() < 2:
             raise ValueError(f"SetShuffle expects sets (B, N, ...), got shape {tuple(x.shape)}")
+        table = self._table(x.shape[1], x.device)
         if mask is None:
-            sizes = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
-        else:
-            sizes = check_mask(mask, x, min_points=0).sum(1)
-        return fixed_rank_permutations(sizes, x.shape[1], self.seed)
+            return table[x.shape[1]].expand(x.shape[0], -1)
+        return table[check_mask(mask, x, min_points=0).sum(1)]
 
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
                 ) -> tuple[Tensor, Tensor]:
