@@ -109,7 +109,7 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from setflow.evaluate import evaluate, format_metrics
+    from setflow.evaluate import evaluate, format_metrics, split_masks
     from setflow.train.config import check_positive
     from setflow.train.data import load_data
 
@@ -127,7 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                    batch_size=ec["batch_size"] if args.batch_size is None else args.batch_size,
                    iwbo_k=ec["iwbo_k"] if args.iwbo_k is None else args.iwbo_k, iwbo_chunk=ec["iwbo_chunk"],
                    device=args.device,
-                   max_examples=args.max_examples)
+                   max_examples=args.max_examples, masks=split_masks(model, data, args.split))
     print(format_metrics(res, args.split) + (" [conditional on the class label]" if conditional else ""))
     if args.samples:
         from setflow.evaluate import format_sample_quality, sample_quality
@@ -137,7 +137,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         other = "train" if args.split != "train" else "valid"
         q = sample_quality(model, data.split(args.split), data.split(other), args.samples, seed=args.seed,
                            device=args.device or "cpu", ref_labels=labels,
-                           other_labels=data.split_labels(other) if conditional else None)
+                           other_labels=data.split_labels(other) if conditional else None,
+                           ref_masks=data.split_mask(args.split), other_masks=data.split_mask(other))
         if q["num"] < args.samples:
             print(f"note: {q['num']} samples (the size of the smaller split), not {args.samples}")
         print(format_sample_quality(q, args.split, other))
@@ -161,12 +162,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                          f"(0..{model.context_encoder.num_classes - 1})")
     labels = None if args.label is None else torch.full((args.num,), args.label, dtype=torch.long)
     device = next(model.parameters()).device
-    x = model.sample(args.num, context=None if labels is None else labels.to(device)).cpu().numpy()
+    x = model.sample(args.num, context=None if labels is None else labels.to(device))
+    extra = {} if labels is None else {"labels": labels.numpy()}
+    if isinstance(x, tuple):  # a variable-size model: zero-padded sets and their (n, N_max) mask
+        x, mask = x
+        extra["mask"] = mask.cpu().numpy()
+    x = x.cpu().numpy()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    extra = {} if labels is None else {"labels": labels.numpy()}
     np.savez(out, samples=x, model=cfg["model"], data=cfg["data"], **extra)
-    print(f"wrote {x.shape[0]} samples of shape {tuple(x.shape[1:])} to {out}")
+    sizes = "" if "mask" not in extra else f" (padded; {int(extra['mask'].sum(1).min())}..{int(extra['mask'].sum(1).max())} real points, 'mask' in the file)"
+    print(f"wrote {x.shape[0]} samples of shape {tuple(x.shape[1:])}{sizes} to {out}")
     if args.ply:
         from setflow.viz.pointclouds import save_clouds_ply
 
@@ -195,14 +201,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Prepare SpatialMNIST, train the CPU SortFlow for a bounded time, evaluate, plot samples."""
+    """Prepare SpatialMNIST, train the demo flow for a bounded time, evaluate, plot samples (by class if conditional)."""
     import torch
 
     from setflow.evaluate import evaluate, format_metrics, format_sample_quality, sample_quality
     from setflow.train.config import load_config
     from setflow.train.data import load_data
     from setflow.train.trainer import Trainer
-    from setflow.viz.sets import plot_sets_grid
+    from setflow.viz.sets import plot_checkpoint, plot_sets_grid
 
     from setflow.train.config import check_positive
 
@@ -217,16 +223,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"trained {summary['step']} steps ({summary['stopped']}) in {summary['seconds']:.0f} s")
     model = trainer.model.eval()
     ec = cfg["eval"]
+    conditional = bool(getattr(model, "conditional", False))
+    test_labels = data.split_labels("test") if conditional else None
     res = evaluate(model, data.test, data.unit, batch_size=ec["batch_size"], iwbo_k=ec["iwbo_k"],
-                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"])
+                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"], labels=test_labels)
     torch.manual_seed(0)
-    samples = model.sample(32).cpu()
     out_png = Path(args.samples)
-    plot_sets_grid(data.test[:32], samples, out_png, title=f"{cfg['model']}: data (left) vs samples (right)")
+    if conditional:  # one row per class: test sets, then samples of that class
+        plot_checkpoint(model, cfg, data, str(out_png), n=40)
+    else:
+        plot_sets_grid(data.test[:32], model.sample(32).cpu(), out_png,
+                       title=f"{cfg['model']}: data (left) vs samples (right)")
     print(f"wrote {out_png}")
-    print(format_metrics(res, "test"))
+    print(format_metrics(res, "test") + (" [conditional on the class label]" if conditional else ""))
     # sample quality beside the likelihood: 500 samples vs 500 test sets, and real train sets vs the same
-    q = sample_quality(model, data.test, data.train, args.quality_samples, seed=0)
+    q = sample_quality(model, data.test, data.train, args.quality_samples, seed=0, ref_labels=test_labels,
+                       other_labels=data.split_labels("train") if conditional else None)
     print(format_sample_quality(q, "test", "train"))
     print(f"demo finished in {time.time() - t0:.0f} s; checkpoint {summary['checkpoint']}")
     return 0
