@@ -135,7 +135,8 @@ class Flow(nn.Module):
 
     Masks: ``log_prob``, ``iwbo``, ``encode``, ``decode`` and the samplers take ``mask=None``; a
     mask of all True gives bit-identical results to ``mask=None``. The padding is zeroed on the
-    way in, so its values (even NaN) never change a result.
+    way in, so its values (even NaN) never change a result. ``log_prob`` and ``iwbo`` also take a
+    PyG ``Data`` / ``Batch`` (points in ``pos``, else ``x``) in place of ``x`` and ``mask``.
 
     Example:
         >>> from setflow.distributions import StandardNormal
@@ -191,7 +192,13 @@ class Flow(nn.Module):
 
     def _prepare_masked(self, x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """``(x, mask, sizes)``: inputs checked, padding zeroed, an all-True mask turned into ``None``;
-        ``sizes`` ``(B,)`` for a variable-size flow."""
+        ``sizes`` ``(B,)`` for a variable-size flow. A PyG ``Data`` / ``Batch`` is padded here (its own mask)."""
+        if any(c.__module__.startswith("torch_geometric") for c in type(x).__mro__):
+            if mask is not None:
+                raise ValueError("a PyG Data/Batch carries its own sets (the batch vector); pass it without mask=")
+            from setflow.sets import from_pyg
+
+            x, mask = from_pyg(x)
         if mask is None:
             if self.variable_size:
                 raise ValueError("this flow scores sets of different sizes and cannot tell padding from points: pass "

@@ -159,3 +159,14 @@ def test_large_padded_batch_is_scored_in_size_buckets_with_the_same_result():
     assert flow._buckets(mask) is None
     assert torch.allclose(flow.log_prob(x, mask=mask), bucketed, atol=1e-9, rtol=0)
     assert torch.allclose(bucketed[:5], each_alone(flow, sets[:5]), atol=1e-9, rtol=0)
+
+
+def test_log_prob_takes_a_pyg_batch():
+    from torch_geometric.data import Batch, Data
+
+    flow = tiny()
+    x, mask, sets = batch()
+    pyg = Batch.from_data_list([Data(pos=s) for s in sets])
+    assert torch.allclose(flow.log_prob(pyg), flow.log_prob(x, mask=mask), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="without mask="):
+        flow.log_prob(pyg, mask=mask)
