@@ -34,7 +34,7 @@ import inspect
 from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Sequence, TypeVar
 
 __all__ = [
-    "Registry", "RegistryError", "signature_names",
+    "Registry", "RegistryError", "signature_defaults", "signature_names",
     "MODELS", "DATASETS", "SET_CONDITIONERS", "IMAGE_CONDITIONERS", "SCALE_FNS", "OPTIMIZERS", "PLOTTERS",
     "register_model", "register_dataset", "register_set_conditioner", "register_image_conditioner",
     "register_scale_fn", "register_optimizer", "register_plotter",
@@ -56,6 +56,13 @@ def signature_names(fn: Any) -> tuple[set[str], bool]:
     params = inspect.signature(target).parameters.values()
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def signature_defaults(fn: Any) -> dict[str, Any]:
+    """``{name: default}`` of the keyword parameters of a function (or a class's ``__init__``) that have one."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    return {p.name: p.default for p in inspect.signature(target).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty and p.name != "self"}
 
 
 class Registry(Generic[T]):
@@ -155,6 +162,16 @@ class Registry(Generic[T]):
             inner_names, var_kw = signature_names(inner)
             names = (names | inner_names) - set(fixed)
         return None if var_kw else names
+
+    def arg_defaults(self, name: str) -> dict[str, Any]:
+        """The default values of entry ``name``'s keyword arguments (with ``args_of``: those of that
+        function too, less ``fixed``); arguments without a default are left out."""
+        obj = self.get(name)
+        out = signature_defaults(obj)
+        if name in self._args_of:
+            inner, fixed = self._args_of[name]
+            out = {k: v for k, v in {**signature_defaults(inner), **out}.items() if k not in fixed}
+        return out
 
     def check_args(self, name: str, kwargs: Mapping[str, Any]) -> None:
         """Raise a one-line ``ValueError`` naming the keys of ``kwargs`` that entry ``name`` lacks."""

@@ -155,5 +155,6 @@ def test_resume_with_changed_model_config_names_the_keys(tmp_path):
         Trainer(tiny_cfg(activation="gelu", scale_fn="softplus"), str(out), resume=True, log=lambda *_: None)
     lines = str(e.value).splitlines()
     assert len(lines) <= 5, lines
-    assert "  model_args.activation: unset in the checkpoint, 'gelu' now" in lines
-    assert "  model_args.scale_fn: unset in the checkpoint, 'softplus' now" in lines
+    # the values the models are built with: left out in the checkpoint = the builder's default
+    assert "  model_args.activation: 'relu' in the checkpoint, 'gelu' now" in lines
+    assert "  model_args.scale_fn: 'exp' in the checkpoint, 'softplus' now" in lines

@@ -6,7 +6,7 @@ anything, so a typo is reported (with the valid names) before any data is loaded
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from torch import nn
 from setflow.models import build_model
 from setflow.registry import MODELS
 
-__all__ = ["build_from_config", "check_model_args", "model_arg_names", "model_args_of"]
+__all__ = ["build_from_config", "check_model_args", "model_arg_names", "model_args_of", "resolved_model_args"]
 
 
 def model_arg_names(name: str) -> Optional[set[str]]:
@@ -36,6 +36,21 @@ def model_args_of(config: dict) -> dict:
         if not args.setdefault("fused", True):
             raise ValueError("train.fused=true contradicts model_args.fused=false; set model_args.fused only")
     return args
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (a builder's tuple default equals the YAML list giving it)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def resolved_model_args(config: dict) -> dict:
+    """The arguments the model of ``config`` is built with: :func:`model_args_of` over the builder's
+    defaults, as plain values, so an argument given equal to its default compares equal to one left out."""
+    return _plain({**MODELS.arg_defaults(config["model"]), **model_args_of(config)})
 
 
 def build_from_config(config: dict) -> nn.Module:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import yaml
 
-from setflow.registry import OPTIMIZERS
+from setflow.registry import MODELS, OPTIMIZERS
 
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "resolve_device",
            "check_positive", "config_path"]
@@ -48,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "dtype": "float32",
         "num_threads": None,
-        "fused": False,  # set transformers' fused path with hash dropout (C++ blocks on CPU; setflow.nn.fast)
+        "fused": None,  # deprecated: model_args.fused (validate_config maps an explicit true/false onto it)
         "progress": True,
     },
     "eval": {
@@ -174,16 +175,40 @@ def validate_config(cfg: dict) -> dict:
         if not out[required]:
             raise ConfigError(f"config needs a {required!r} entry")
     _check_ranges(out)
+    _map_train_fused(out)
     return out
+
+
+def _map_train_fused(cfg: dict) -> None:
+    """Move an explicit ``train.fused`` (the old key) onto ``model_args.fused`` for the models that
+    take it, with a one-line note; both keys given with different values is an error. A model
+    without the argument keeps ``train.fused`` (the trainer switches its set transformers)."""
+    value = cfg["train"]["fused"]
+    if value is None:
+        return
+    if not isinstance(value, bool):
+        raise ConfigError(f"config key 'train.fused' must be true/false, got {value!r}")
+    if "fused" not in (MODELS.arg_names(cfg["model"]) or ()):
+        return
+    flag = str(value).lower()
+    if "fused" in cfg["model_args"] and cfg["model_args"]["fused"] != value:
+        raise ConfigError(f"train.fused={flag} contradicts model_args.fused="
+                          f"{str(cfg['model_args']['fused']).lower()}; give model_args.fused only")
+    warnings.warn(f"train.fused is deprecated; read as model_args.fused={flag} (use that key)", FutureWarning,
+                  stacklevel=3)
+    cfg["model_args"]["fused"] = value
+    cfg["train"]["fused"] = None
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     """Apply ``key.sub=value`` strings (values parsed as YAML scalars) and re-validate."""
     raw = copy.deepcopy(cfg)
+    given = set()
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=3e-4)")
         key, text = item.split("=", 1)
+        given.add(key.strip())
         value = yaml.safe_load(text) if text != "" else None
         parts = key.strip().split(".")
         node = raw
@@ -195,6 +220,8 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
                 raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {sorted(DEFAULTS)}")
             node = node[p]
         node[parts[-1]] = value
+    if "train.fused" in given and "model_args.fused" not in given and isinstance(raw.get("model_args"), dict):
+        raw["model_args"].pop("fused", None)  # the old key on the command line overrides the file's new key
     return validate_config(raw)
 
 

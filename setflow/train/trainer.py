@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from setflow.evaluate import evaluate, format_metrics, loss_scale, split_masks
-from setflow.models.build import build_from_config, check_model_args
+from setflow.models.build import build_from_config, check_model_args, model_arg_names, resolved_model_args
 from setflow.registry import OPTIMIZERS, register_optimizer
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
@@ -109,6 +109,20 @@ def _config_changes(old: dict, new: dict, prefix: str = "", limit: int = 8) -> l
     return lines[:limit] + ([f"  ... and {len(lines) - limit} more"] if len(lines) > limit else [])
 
 
+def _resolved(config: dict) -> dict:
+    """The model arguments ``config`` builds its model with (its stored ones where the model is unknown)."""
+    try:
+        return resolved_model_args(config)
+    except (KeyError, ValueError):  # a checkpoint of a model no longer registered: compare as stored
+        return dict(config.get("model_args") or {})
+
+
+def _run_settings(config: dict) -> dict:
+    """The ``train`` and ``eval`` sections, ``train.fused`` off whether unset or false (it moved to model_args)."""
+    train = dict(config.get("train") or {}, fused=bool((config.get("train") or {}).get("fused")))
+    return {"train": train, "eval": dict(config.get("eval") or {})}
+
+
 class _Index(torch.utils.data.Dataset):
     def __init__(self, n: int) -> None:
         self.n = n
@@ -176,10 +190,10 @@ class Trainer:
             sizes = self._masks("train")
             size_dist.fit(sizes.sum(1) if sizes is not None else torch.full((self.data.train.shape[0],),
                                                                             self.data.train.shape[1]))
-        if self.tc["fused"]:
-            from setflow.nn import set_fused
+        if self.tc.get("fused") and "fused" not in (model_arg_names(config["model"]) or ()):
+            from setflow.nn import set_fused  # the set flows take model_args.fused (train.fused is mapped onto it)
 
-            set_fused(self.model, True)  # C++ blocks on CPU; elsewhere the first steps compile each block shape
+            set_fused(self.model, True)  # a model without the argument: switch the set transformers it holds
         self.dtype = getattr(torch, self.tc["dtype"])
         opt_name = self.tc["optimizer"]
         self.optimizer = make_optimizer(opt_name, self.model.parameters(), self.tc["lr"], self.tc["weight_decay"])
@@ -252,8 +266,10 @@ class Trainer:
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path, map_location=self.device)
         old = ckpt["config"]
-        changes = _config_changes({"model": old.get("model"), "model_args": old.get("model_args", {})},
-                                  {"model": self.cfg["model"], "model_args": self.cfg["model_args"]})
+        # the values each model is built with (stored model_args over the builder's defaults, an old
+        # train.fused mapped), so an argument given equal to its stored or default value is no change
+        changes = _config_changes({"model": old.get("model"), "model_args": _resolved(old)},
+                                  {"model": self.cfg["model"], "model_args": _resolved(self.cfg)})
         if changes:
             raise TrainingError(f"--resume: the model config differs from the checkpoint {path}:\n"
                                 + "\n".join(changes) + "\nrestore these values, or start over with --overwrite")
@@ -268,6 +284,9 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         if self.is_main:
             self.log(f"resumed from {path} at step {self.step}")
+            changed = _config_changes(_run_settings(old), _run_settings(self.cfg))
+            if changed:
+                self.log("settings changed since the checkpoint (the new values are used):\n" + "\n".join(changed))
 
     # ----------------------------------------------------------------- loop
     def _labels(self, split: str):
