@@ -1,6 +1,6 @@
 """The ``setflow`` command line: ``main(argv)`` so tests call it directly.
 
-Subcommands: data, train, eval, sample, plot, demo; compress, decompress and progressive come
+Subcommands: data, configs, train, eval, sample, plot, demo; compress, decompress and progressive come
 from :mod:`setflow.coding.cli` through its ``register(subparsers)`` hook.
 """
 
@@ -80,6 +80,18 @@ def _cmd_data(args: argparse.Namespace) -> int:
     print("data: " + d.source)
     print(f"spatial {'fashion-' if args.fashion else ''}mnist: train {len(d.train)}, valid {len(d.valid)}, "
           f"test {len(d.test)} sets of {d.train.shape[1]} points")
+    return 0
+
+
+def _cmd_configs(args: argparse.Namespace) -> int:
+    """``setflow configs``: every bundled config with its model and data set."""
+    import yaml
+
+    from setflow.train.config import bundled_configs
+
+    for name, path in bundled_configs():
+        raw = yaml.safe_load(path.read_text()) or {}
+        print(f"{name:48s} {raw.get('model')} on {raw.get('data')}")
     return 0
 
 
@@ -270,8 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_root(p)
     p.set_defaults(func=_cmd_data)
 
+    p = sub.add_parser("configs", help="list the bundled YAML configs (give `setflow train` a path or a name)")
+    p.set_defaults(func=_cmd_configs)
+
     p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config", help="YAML config, e.g. configs/spatial_mnist/sortflow_cpu.yaml")
+    p.add_argument("config", help="YAML config: a file, or a bundled one (`setflow configs`) such as "
+                                  "configs/spatial_mnist/sortflow_cpu.yaml or sortflow_cpu")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-4 model_args.num_steps=4")
     p.add_argument("--out", default=None, help="run folder (default runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

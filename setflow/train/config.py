@@ -18,7 +18,7 @@ import yaml
 from setflow.registry import MODELS, OPTIMIZERS
 
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "resolve_device",
-           "check_positive", "config_path"]
+           "check_positive", "config_path", "bundled_configs"]
 
 
 class ConfigError(ValueError):
@@ -225,28 +225,58 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return validate_config(raw)
 
 
-_REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # configs/ of a checkout
-_PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # configs shipped inside the package
+_REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # configs/ of a checkout (the source of truth)
+_PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # setflow/configs: a link to it, a copy in a wheel
+_CONFIG_DIRS = (_REPO_CONFIGS, _PACKAGE_CONFIGS)
+
+
+def _config_dirs() -> list[Path]:
+    """The folders of bundled configs that exist, each once."""
+    out: list[Path] = []
+    for base in _CONFIG_DIRS:
+        if base.is_dir() and all(base.resolve() != b.resolve() for b in out):
+            out.append(base)
+    return out
+
+
+def bundled_configs() -> list[tuple[str, Path]]:
+    """``(name relative to configs/, path)`` of every bundled YAML config, sorted by name."""
+    found: dict[str, Path] = {}
+    for base in _config_dirs():
+        for p in base.rglob("*.yaml"):
+            found.setdefault(p.relative_to(base).as_posix(), p)
+    return sorted(found.items())
 
 
 def config_path(path: Union[str, Path]) -> Path:
-    """``path`` as given when it exists; else a relative ``configs/...`` path resolved against the
-    checkout (or the package's shipped copy), so bundled configs work from any directory."""
+    """``path`` as given when it exists; else a bundled config (from the checkout's ``configs/`` or
+    the package's copy), so they work from any directory: ``configs/spatial_mnist/sortflow_cpu.yaml``,
+    ``spatial_mnist/sortflow_cpu.yaml`` or a name alone, ``sortflow_cpu`` (``.yaml`` may be left out)."""
     path = Path(path)
     if path.is_file() or path.is_absolute():
         return path
     parts = path.parts[1:] if path.parts and path.parts[0] == "configs" else path.parts
-    for base in (_REPO_CONFIGS, _PACKAGE_CONFIGS):
-        candidate = base.joinpath(*parts) if parts else base
-        if candidate.is_file():
-            return candidate
+    if not parts:
+        return path
+    rel = Path(*parts)
+    rel = rel if rel.suffix in (".yaml", ".yml") else rel.with_name(rel.name + ".yaml")
+    for base in _config_dirs():
+        if (base / rel).is_file():
+            return base / rel
+    if len(parts) == 1:  # a name alone: the one bundled config of that name
+        hits = [(name, p) for name, p in bundled_configs() if p.name == rel.name]
+        if len(hits) > 1:
+            raise ConfigError(f"config name {str(path)!r} is ambiguous: {', '.join(n for n, _ in hits)}; "
+                              f"give the folder too")
+        if hits:
+            return hits[0][1]
     return path
 
 
 def load_config(path: Union[str, Path], overrides: Optional[Iterable[str]] = None) -> dict:
     path = config_path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (`setflow configs` lists the bundled ones)")
     with open(path) as f:
         try:
             raw = yaml.safe_load(f) or {}
