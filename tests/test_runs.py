@@ -4,6 +4,8 @@ TensorBoard folder per run, stale temp files removed."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import signal
@@ -47,11 +49,53 @@ def fit(out: Path, cfg: dict, **kw) -> Trainer:
     return t
 
 
+def _env(out: Path) -> dict:
+    return dict(os.environ, PYTHONUNBUFFERED="1", SETFLOW_OFFLINE="1", SETFLOW_DATA=str(out.parent / "data"),
+                OMP_NUM_THREADS="1")
+
+
 def _start(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", SETFLOW_OFFLINE="1", SETFLOW_DATA=str(out.parent / "data"),
-               OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "setflow", "train", str(cfg), "--out", str(out), *extra],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=_env(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# A process that imports torch and setflow once (most of a run's start-up: torch, and the torch._dynamo
+# import the optimiser makes) and then forks one child per line of JSON argv it reads, each running
+# ``setflow.cli.main(argv)``: the child's pid is printed before it runs, ``exit CODE`` once it has ended.
+_FORK_SERVER = """
+import json, os, sys
+import torch._dynamo, setflow.cli
+for line in sys.stdin:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)  # after the parent has printed the pid: no interleaved lines
+        code = 1
+        try:
+            code = setflow.cli.main(json.loads(line))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(r)
+    print(f"pid {pid}", flush=True)
+    os.write(w, b"x")
+    os.close(w)
+    print(f"exit {os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}", flush=True)
+"""
+
+
+def _fork_server(out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _FORK_SERVER], cwd=REPO, env=_env(out), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _fork_run(server: subprocess.Popen, *argv: str) -> int:
+    """Start ``setflow ARGV`` in a child of ``server``; its pid."""
+    server.stdin.write(json.dumps(list(argv)) + "\n")
+    server.stdin.flush()
+    return int(_wait_for_line(server, "pid ").split()[1])
 
 
 def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0, seen: list | None = None) -> str:
@@ -82,21 +126,26 @@ def test_sigkill_at_random_moments_leaves_a_checkpoint_that_loads_and_resumes(tm
     out = tmp_path / "run"
     rng = random.Random(14)
     last_step = 0
-    for attempt in range(3):
-        proc = _start(tiny_yaml, out, *(["--resume"] if attempt else []))
-        try:
-            if attempt:
-                line = _wait_for_line(proc, "resumed from")
-                assert line.strip().endswith(f"at step {last_step}"), line
-            _wait_for_line(proc, "step ")
-            time.sleep(rng.uniform(0.0, 0.4))  # somewhere in a step or in a save (ckpt_every=1)
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
-        assert proc.returncode == -signal.SIGKILL
-        ckpt = load_checkpoint(out / "last.pt")  # always a complete file
-        assert ckpt["step"] >= last_step + 1, "the resumed run must have trained on"
-        last_step = ckpt["step"]
+    server = _fork_server(out)  # the three runs share one start-up (most of this test's time otherwise)
+    try:
+        for attempt in range(3):
+            pid = _fork_run(server, "train", str(tiny_yaml), "--out", str(out), *(["--resume"] if attempt else []))
+            try:
+                if attempt:
+                    line = _wait_for_line(server, "resumed from")
+                    assert line.strip().endswith(f"at step {last_step}"), line
+                _wait_for_line(server, "step ")
+                time.sleep(rng.uniform(0.0, 0.4))  # somewhere in a step or in a save (ckpt_every=1)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            assert _wait_for_line(server, "exit ").split()[1] == str(-signal.SIGKILL)  # killed, not ended
+            ckpt = load_checkpoint(out / "last.pt")  # always a complete file
+            assert ckpt["step"] >= last_step + 1, "the resumed run must have trained on"
+            last_step = ckpt["step"]
+    finally:
+        server.kill()
+        server.communicate(timeout=30)
     # the stale temp file a kill may leave is removed, and the run continues to the end
     (out / ".last.pt.killed.tmp").write_bytes(b"partial")
     assert main(["train", str(tiny_yaml), "--out", str(out), "--resume", f"train.max_steps={last_step + 3}",
