@@ -53,6 +53,8 @@ def test_train_fused_and_model_args_fused_disagreeing_at_one_level_is_one_line_e
         load_config(path, ["train.fused=true", "model_args.fused=false"])  # both on the command line
     with pytest.warns(FutureWarning):  # agreeing keys are fine
         assert load_config(path, ["train.fused=true", "model_args.fused=true"])["model_args"]["fused"] is True
+    path.write_text(FUSED_YAML.format(fused="true"))
+    assert load_config(path, ["train.fused=null"])["model_args"]["fused"] is True  # unset: the file's value
     with pytest.raises(ConfigError, match="'train.fused' must be true/false"):
         validate_config({"model": "sortflow", "data": "spatial_mnist", "train": {"fused": "yes"}})
 

@@ -220,7 +220,8 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
                 raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {sorted(DEFAULTS)}")
             node = node[p]
         node[parts[-1]] = value
-    if "train.fused" in given and "model_args.fused" not in given and isinstance(raw.get("model_args"), dict):
+    if ("train.fused" in given and "model_args.fused" not in given and isinstance(raw.get("model_args"), dict)
+            and (raw.get("train") or {}).get("fused") is not None):
         raw["model_args"].pop("fused", None)  # the old key on the command line overrides the file's new key
     return validate_config(raw)
 
