@@ -222,29 +222,38 @@ class Flow(nn.Module):
             self.transform.check_mask_support()
         return x, mask, sizes
 
-    #: a padded batch whose padding adds more than this share of points is scored in up to
-    #: ``max_buckets`` groups of similar set sizes, each cut to its own largest set (same result per set)
+    #: a padded batch whose padding adds more than ``bucket_waste`` of its points is scored in up to
+    #: ``max_buckets`` groups of similar set sizes, each cut to its own largest set (the same result per
+    #: set), when a rough cost model says so: per group a fixed call cost of ``bucket_call_cost`` point
+    #: rows, and per padded point ``1 + width / bucket_attention_width`` (attention grows with the width)
     bucket_waste: float = 0.1
-    max_buckets: int = 4
+    max_buckets: int = 8
+    bucket_call_cost: float = 700.0
+    bucket_attention_width: float = 128.0
 
     def _buckets(self, mask: Tensor) -> Optional[list[Tensor]]:
         """Index groups of sets of similar sizes, or ``None`` when one padded batch is as good."""
         b = mask.shape[0]
-        if self.max_buckets < 2 or b < 64:
+        if self.max_buckets < 2 or b < 16:
             return None
         if not getattr(self, "_data_init_done", False):  # ActNorm & co. initialise on the first whole batch
             if any(not bool(getattr(m, "initialized", True)) for m in self.transform.modules()):
                 return None
             self._data_init_done = True
         sizes = mask.sum(1)
-        real = float(sizes.sum())
-        if b * float(sizes.max()) <= (1.0 + self.bucket_waste) * real:
+        if b * float(sizes.max()) <= (1.0 + self.bucket_waste) * float(sizes.sum()):
             return None
         order = torch.argsort(sizes)
-        k = min(self.max_buckets, b // 32)  # groups of >= 32 sets: smaller calls cost more in overhead than they save
-        if k < 2:
-            return None
-        return [g for g in order.chunk(k) if g.numel()]
+        ranked = sizes[order].double()
+
+        def cost(k: int) -> float:
+            widths = torch.stack([c.max() for c in ranked.chunk(k)])
+            counts = torch.tensor([c.numel() for c in ranked.chunk(k)], dtype=torch.float64)
+            return float(k * self.bucket_call_cost + (counts * widths * (1 + widths / self.bucket_attention_width)).sum())
+
+        ks = [k for k in (1, 2, 3, 4, 6, 8) if k <= self.max_buckets and b // k >= 8]
+        best = min(ks, key=cost)
+        return None if best == 1 else list(order.chunk(best))
 
     def _log_prob_latent(self, x: Tensor, context: Optional[Tensor], mask: Optional[Tensor],
                          sizes: Optional[Tensor], bucket: bool = True) -> Tensor:
