@@ -172,3 +172,18 @@ def test_log_prob_takes_a_pyg_batch():
     assert torch.allclose(flow.log_prob(pyg), flow.log_prob(x, mask=mask), atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="without mask="):
         flow.log_prob(pyg, mask=mask)
+
+
+def test_permuteflow_iwbo_with_masks(monkeypatch):
+    import setflow.transforms.stochastic as stochastic
+
+    flow = tiny("stochastic")
+    x, mask, sets = batch()
+    torch.manual_seed(0)
+    bound = flow.iwbo(x, k=6, chunk=4, mask=mask)
+    assert bound.shape == (4,) and torch.isfinite(bound).all()
+    monkeypatch.setattr(stochastic, "random_rank_permutations",
+                        lambda sizes, n, generator=None: torch.arange(n).expand(sizes.shape[0], n))
+    monkeypatch.setattr(stochastic, "random_permutations", lambda b, n, device=None: torch.arange(n).expand(b, n))
+    # with one fixed permutation every importance weight is the same: the IWBO is that log-probability
+    assert torch.allclose(flow.iwbo(x, k=3, mask=mask), flow.log_prob(x, mask=mask), atol=1e-9, rtol=0)
