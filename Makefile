@@ -1,5 +1,5 @@
 # setflow: two commands do all the set-up on a fresh machine:
-#   make demo   prepare SpatialMNIST, train a SortFlow, evaluate, write samples.png
+#   make demo   prepare SpatialMNIST, train a class-conditional PermuteFlow, evaluate, write samples.png
 #   make test   run the test suite
 # Both create .venv, install system packages (as root; otherwise they print the sudo line),
 # install torch first on its own (override: make demo TORCH="torch==2.5.1"), then the project.
@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setflow-installed
 PYTEST_ARGS ?=
-DEMO_CONFIG ?= configs/spatial_mnist/sortflow_cpu.yaml
+DEMO_CONFIG ?= configs/spatial_mnist/permuteflow_cond_cpu.yaml
 DEMO_DIR ?= runs/demo
 
 .PHONY: install sysdeps test test-slow demo bench clean
