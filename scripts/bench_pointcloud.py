@@ -10,8 +10,9 @@ includes the interpreter and torch, so it over-states the model's own share).
     python scripts/bench_pointcloud.py                       # batch 16, N = 256..2048, CPU, 1 thread
     python scripts/bench_pointcloud.py --device cuda --threads 4
 
-Prints a Markdown table: median ms per step, microseconds per point, cost per point relative
-to the smallest N, peak memory. Targets (issue 16): per-point cost at N = 2048 <= 1.5x that at
+Prints a Markdown table: median ms per step (wall clock), microseconds per point, cost per
+point relative to the smallest N, the same for the process's CPU time per step (steadier than
+the wall clock on a machine shared with other jobs), peak memory. Targets (issue 16): per-point cost at N = 2048 <= 1.5x that at
 N = 256; peak memory at 16 x 2048 <= 4 GB.
 """
 
@@ -49,11 +50,11 @@ def child(variant: str, n: int, batch: int, reps: int, warmup: int, threads: int
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu = [], []
     for i in range(warmup + reps):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         loss = -model.log_prob(x).mean() / n
         loss.backward()
@@ -62,10 +63,11 @@ def child(variant: str, n: int, batch: int, reps: int, warmup: int, threads: int
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"variant": variant, "n": n, "median_s": statistics.median(times), "peak_bytes": peak,
-            "loss": float(loss), "times": times}
+    return {"variant": variant, "n": n, "median_s": statistics.median(times), "cpu_s": statistics.median(cpu),
+            "peak_bytes": peak, "loss": float(loss), "times": times, "cpu_times": cpu}
 
 
 def main(argv=None) -> int:
@@ -99,15 +101,17 @@ def main(argv=None) -> int:
                   file=sys.stderr)
     mem = "peak GPU alloc" if a.device.startswith("cuda") else "peak RSS"
     print(f"\nbatch {a.batch}, float32, {a.device}, {a.threads} thread(s), median of {a.reps} steps\n")
-    print(f"| conditioner | N | ms / step | us / point | per-point cost vs N={min(a.points)} | {mem} (GiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    base_n = min(a.points)
+    print(f"| conditioner | N | ms / step | us / point | per-point cost vs N={base_n} | "
+          f"CPU ms / step | per-point CPU vs N={base_n} | {mem} (GiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for variant in a.variants:
         rows = [r for r in results if r["variant"] == variant]
-        base = rows[0]["median_s"] / rows[0]["n"]
+        base, cbase = rows[0]["median_s"] / rows[0]["n"], rows[0]["cpu_s"] / rows[0]["n"]
         for r in rows:
-            per = r["median_s"] / r["n"]
+            per, cper = r["median_s"] / r["n"], r["cpu_s"] / r["n"]
             print(f"| {variant} | {r['n']} | {r['median_s'] * 1e3:.0f} | {per / a.batch * 1e6:.1f} | "
-                  f"{per / base:.2f}x | {r['peak_bytes'] / 2**30:.2f} |")
+                  f"{per / base:.2f}x | {r['cpu_s'] * 1e3:.0f} | {cper / cbase:.2f}x | {r['peak_bytes'] / 2**30:.2f} |")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0

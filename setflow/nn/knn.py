@@ -1,11 +1,10 @@
-"""Chunked k-nearest neighbours (no full-row sort) and a dense EdgeConv set network.
+"""Exact k-nearest neighbours in ``O(N k)`` and a dense EdgeConv set network.
 
-:func:`knn_neighbors` finds each point's ``k`` nearest points with ``torch.topk`` on
-``torch.cdist`` blocks of ``chunk`` query rows, so the transient distance block is
-``B x chunk x N`` and what is kept is ``(B, N, k)``: memory ``O(N k)`` per set for a fixed
-chunk. It takes dense ``(B, N, D)`` sets (with an optional mask) or PyG-style
-``(num_nodes, D)`` points with a ``batch`` vector. :func:`knn_edge_index` returns the PyG
-``edge_index`` (named so as not to clash with ``torch_geometric.nn.knn_graph``).
+:func:`knn_neighbors` finds each point's ``k`` nearest points with the grid search of
+:mod:`setflow.nn.neighbors` (chunked: transient blocks of a bounded number of distances, and
+what is kept is ``(B, N, k)``, memory ``O(N k)`` per set). It takes dense ``(B, N, D)`` sets
+(with an optional mask) or PyG-style ``(num_nodes, D)`` points with a ``batch`` vector.
+:func:`knn_edge_index` returns the PyG ``edge_index`` (named so as not to clash with ``torch_geometric.nn.knn_graph``).
 """
 
 from __future__ import annotations
@@ -17,50 +16,35 @@ from torch import Tensor, nn
 
 from setflow.nn.base import ConditionerSpec, PointEmbedding, SetConditioner
 from setflow.nn.mlp import get_activation
+from setflow.nn.neighbors import MAX_ELEMENTS, nearest_neighbors
 from setflow.registry import register_set_conditioner
 
 __all__ = ["knn_neighbors", "knn_edge_index", "KNNEdgeConv", "KNNEdgeConvNet"]
 
-_CHUNK_ELEMENTS = 1 << 22  # distance entries per block (16 MiB in float32)
-
 
 def knn_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = False,
                   chunk: Optional[int] = None) -> Tensor:
-    r"""Indices of the ``k`` nearest points of every point of every set (Euclidean).
+    r"""Indices of the ``k`` nearest points of every point of every set (Euclidean, exact).
+
+    :func:`setflow.nn.neighbors.nearest_neighbors`: a uniform-grid search (``O(N k)`` work per set)
+    for 1-3 coordinates and more than ``GRID_MIN_POINTS`` points, all pairs otherwise.
 
     Args:
         x: ``(B, N, D)`` points.
         k: neighbours per point; ``1 <= k < N`` (``<= N`` with ``loop``).
-        mask: ``(B, N)`` bool, True = a point; padded points are never neighbours (a set
-            needs more than ``k`` real points for its real points' rows to be all real).
+        mask: ``(B, N)`` bool, True = a point; padded points are never neighbours (rows with
+            fewer than ``k`` real neighbours are completed with the point's own index).
         loop: whether a point is its own neighbour.
-        chunk: query rows per ``cdist`` block (default: about 4M distances per block).
+        chunk: bounds a transient block to ``B x chunk x N`` distances (default about 4M).
 
     Returns:
-        ``(B, N, k)`` long, nearest first. Ties are broken by ``torch.topk``.
+        ``(B, N, k)`` long, nearest first, ties by the smaller index.
     """
     if x.dim() != 3:
         raise ValueError(f"expected points of shape (B, N, D); got {tuple(x.shape)}")
     B, N, _ = x.shape
-    k_max = N if loop else N - 1
-    if not 1 <= k <= k_max:
-        raise ValueError(f"k={k} neighbours is impossible for sets of N={N} points (need 1 <= k <= {k_max})")
-    if mask is not None and mask.shape != (B, N):
-        raise ValueError(f"expected mask of shape {(B, N)}; got {tuple(mask.shape)}")
-    chunk = chunk or max(1, _CHUNK_ELEMENTS // max(1, B * N))
-    out = torch.empty(B, N, k, dtype=torch.long, device=x.device)
-    with torch.no_grad():
-        xd = x.detach()
-        cols = torch.arange(N, device=x.device)
-        for i0 in range(0, N, chunk):
-            i1 = min(N, i0 + chunk)
-            d = torch.cdist(xd[:, i0:i1], xd, compute_mode="donot_use_mm_for_euclid_dist")  # (B, c, N)
-            if not loop:
-                d[:, cols[i0:i1] - i0, cols[i0:i1]] = float("inf")
-            if mask is not None:
-                d.masked_fill_(~mask[:, None, :], float("inf"))
-            out[:, i0:i1] = d.topk(k, dim=-1, largest=False, sorted=True).indices
-    return out
+    limit = MAX_ELEMENTS if chunk is None else max(1, chunk) * B * N
+    return nearest_neighbors(x, k, mask=mask, loop=loop, max_elements=limit)
 
 
 def knn_edge_index(x: Tensor, k: int, batch: Optional[Tensor] = None, loop: bool = False,

@@ -1,0 +1,128 @@
+"""Exact grid kNN (setflow.nn.neighbors) against an independent all-pairs reference."""
+
+import pytest
+import torch
+
+import setflow.nn.neighbors as nbm
+from setflow.nn.knn import knn_neighbors
+from setflow.nn.neighbors import brute_knn, grid_knn, nearest_neighbors
+
+
+def reference(x, k, mask=None, loop=False):
+    """All distances, a stable sort (ties -> smaller index); rows short of k real neighbours padded with self."""
+    B, N, _ = x.shape
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    if mask is not None:
+        d = d.masked_fill(~mask[:, None, :], float("inf"))
+    if not loop:
+        d = d.masked_fill(torch.eye(N, dtype=torch.bool), float("inf"))
+    val, idx = d.sort(dim=-1, stable=True)
+    own = torch.arange(N).view(1, N, 1).expand(B, N, k)
+    out = torch.where(val[..., :k] < float("inf"), idx[..., :k], own)
+    if mask is not None:
+        out = torch.where(mask[..., None], out, own)
+    return out
+
+
+def clustered(B, N, D, gen):
+    """Tight clusters of very different spreads plus far outliers: several grid passes."""
+    centres = torch.randn(B, 4, D, generator=gen) * 5
+    spread = torch.tensor([1e-2, 0.03, 0.3, 1.0])[torch.randint(0, 4, (B, N), generator=gen)]
+    x = centres[torch.arange(B)[:, None], torch.randint(0, 4, (B, N), generator=gen)]
+    x = x + torch.randn(B, N, D, generator=gen) * spread[..., None]
+    x[:, :3] = torch.randn(B, 3, D, generator=gen) * 20
+    return x
+
+
+@pytest.mark.parametrize("D", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["uniform", "gaussian", "clustered", "lattice"])
+@pytest.mark.parametrize("loop", [False, True])
+def test_grid_equals_brute_force(D, kind, loop):
+    gen = torch.Generator().manual_seed(D * 10 + len(kind))
+    B, N, k = 2, 200, 8
+    if kind == "uniform":
+        x = torch.rand(B, N, D, generator=gen)
+    elif kind == "gaussian":
+        x = torch.randn(B, N, D, generator=gen)
+    elif kind == "clustered":
+        x = clustered(B, N, D, gen)
+    else:  # duplicates and equal distances everywhere
+        x = torch.randint(0, 4, (B, N, D), generator=gen).float()
+    ref = reference(x, k, loop=loop)
+    assert torch.equal(grid_knn(x, k, loop=loop), ref)
+    assert torch.equal(brute_knn(x, k, loop=loop), ref)
+    assert torch.equal(nearest_neighbors(x, k, loop=loop), ref)
+
+
+def test_surface_points_float64_and_knn_neighbors():
+    gen = torch.Generator().manual_seed(3)
+    v = torch.randn(2, 1500, 3, generator=gen, dtype=torch.float64)
+    x = v / v.norm(dim=-1, keepdim=True)  # points on a sphere (the 3-D data's case)
+    ref = reference(x, 10)
+    assert torch.equal(grid_knn(x, 10), ref)
+    assert torch.equal(knn_neighbors(x, 10), ref)  # > GRID_MIN_POINTS: the grid route
+    assert torch.equal(knn_neighbors(x.float(), 10, chunk=64), reference(x.float(), 10))
+
+
+def test_mask_padding_never_a_neighbour():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 120, 3, generator=gen)
+    mask = torch.ones(4, 120, dtype=torch.bool)
+    mask[0, 50:] = False  # 50 real points
+    mask[1, ::3] = False  # holes
+    mask[2, 5:] = False  # 5 real points < k: rows completed with self
+    x[~mask] = 0.0  # padding sits on top of real points: must still be ignored
+    got = grid_knn(x, 8, mask=mask)
+    assert torch.equal(got, reference(x, 8, mask=mask))
+    assert torch.equal(brute_knn(x, 8, mask=mask), got)
+    real_nbr = torch.gather(mask, 1, got.reshape(4, -1)).view(4, 120, 8)
+    own = torch.arange(120).view(1, 120, 1)
+    assert (real_nbr | (got == own)).all()  # a neighbour is a real point, or the row's filler (self)
+    assert torch.equal(got[2, :5, 4:], own[0, :5].expand(5, 4))  # 4 real others, then self
+    assert torch.equal(got[3], reference(x[3:], 8)[0])  # a full set is unaffected by its neighbours' masks
+
+
+def test_small_sets_and_errors():
+    x = torch.rand(2, 9, 3)
+    assert torch.equal(grid_knn(x, 8), reference(x, 8))  # N = k + 1: every other point
+    assert torch.equal(grid_knn(x, 9, loop=True), reference(x, 9, loop=True))
+    one = torch.zeros(1, 1, 2)
+    assert torch.equal(grid_knn(one, 1, loop=True), torch.zeros(1, 1, 1, dtype=torch.long))
+    same = torch.ones(1, 20, 3)  # all points equal: ties by index
+    assert torch.equal(grid_knn(same, 4), reference(same, 4))
+    with pytest.raises(ValueError, match="k=9 neighbours is impossible"):
+        grid_knn(x, 9)
+    with pytest.raises(ValueError, match="D=4"):
+        grid_knn(torch.rand(1, 10, 4), 2)
+    x4 = torch.rand(2, 30, 4)
+    assert torch.equal(nearest_neighbors(x4, 3), reference(x4, 3))  # D > 3: all pairs
+    with pytest.raises(ValueError, match="bool mask"):
+        grid_knn(x, 2, mask=torch.ones(2, 9))
+    with pytest.raises(ValueError, match="floating-point"):
+        grid_knn(torch.ones(1, 5, 3, dtype=torch.long), 2)
+
+
+def test_work_per_point_is_flat_and_blocks_are_bounded(monkeypatch):
+    """Distances evaluated per point stay flat from 1k to 4k points; no block exceeds max_elements."""
+    seen = []
+    real = nbm._dist
+
+    def counting(q, c):
+        out = real(q, c)
+        seen.append(out.numel())
+        return out
+
+    monkeypatch.setattr(nbm, "_dist", counting)
+    gen = torch.Generator().manual_seed(0)
+    per_point = {}
+    for n in (1024, 4096):
+        v = torch.randn(2, n, 3, generator=gen)
+        x = v / v.norm(dim=-1, keepdim=True)
+        seen.clear()
+        got = grid_knn(x, 8, max_elements=1 << 16)
+        assert max(seen) <= 1 << 16
+        per_point[n] = sum(seen) / (2 * n)
+        if n == 1024:
+            assert torch.equal(got, reference(x, 8))
+    assert per_point[4096] <= 1.5 * per_point[1024], per_point
+    assert per_point[4096] < 0.1 * 4096  # far from all pairs
