@@ -34,7 +34,7 @@ from torch import Tensor
 __all__ = ["nearest_neighbors", "grid_knn", "brute_knn"]
 
 MAX_ELEMENTS = 1 << 22  # distances per transient block (16 MiB in float32)
-GRID_MIN_POINTS = 1024  # up to this many points all pairs are cheaper on a CPU (docs/performance.md)
+GRID_MIN_POINTS = 1024  # up to this many points all pairs are cheaper on a CPU (README, 3-D point clouds)
 _GUARD = 1.0 - 1e-4  # a point outside the searched block is farther than _GUARD cell sides
 
 
