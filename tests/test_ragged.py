@@ -12,7 +12,8 @@ from setflow.flows import Flow
 from setflow.sets import (check_mask, from_pyg, lengths_to_mask, mask_to_lengths, masked_sum, pad_sets, point_ranks,
                           real_first, to_pyg, unpad_sets)
 from setflow.transforms import (ActNorm, AdditiveCoupling, AffineCoupling, CompositeTransform, OrderedIncrements,
-                                Reverse, ScalarAffine, SetShuffle, Shuffle, SortSurjection, StochasticPermutation)
+                                Reverse, ScalarAffine, SetRoll, SetShuffle, Shuffle, SortSurjection,
+                                StochasticPermutation)
 from setflow.transforms.permutation_utils import fixed_rank_permutations, permute_real_points
 
 pytestmark = pytest.mark.usefixtures("double", "one_thread")
@@ -66,6 +67,7 @@ def layers():
         "parity_coupling": AffineCoupling(MaskedNet(2, 4), split_dim=1, split="parity", params_dim=-1),
         "additive_parity": AdditiveCoupling(MaskedNet(2, 2), split_dim=1, split="parity"),
         "set_shuffle": SetShuffle(seed=4),
+        "set_roll": SetRoll(shift=2),
         "reverse_coords": Reverse(dim=-1),
         "ordered_increments": OrderedIncrements(coord=0, gap_scale=0.3),
     }

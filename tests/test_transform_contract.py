@@ -109,6 +109,7 @@ CASES: dict[str, object] = {
     "Reverse": lambda: (T.Reverse(dim=1), _points()),
     "Shuffle": lambda: (T.Shuffle(4, dim=1, seed=5), _points()),
     "SetShuffle": lambda: (T.SetShuffle(seed=3), _points(n=5)),
+    "SetRoll": lambda: (T.SetRoll(shift=2), _points(n=5)),
     "ScalarAffine": lambda: (T.ScalarAffine(shift=-0.5, scale=1.0 / 28.0), _points()),
     "Squeeze2d": lambda: (T.Squeeze2d(2), _image(c=1)),
     "Unsqueeze2d": lambda: (T.Unsqueeze2d(2), _image(c=4, h=2, w=2)),

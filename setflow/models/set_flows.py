@@ -30,7 +30,7 @@ from setflow.nn.base import ConditionerSpec
 from setflow.registry import SET_CONDITIONERS, RegistryError, register_model
 from setflow.distributions.set_size import SetSizeDistribution
 from setflow.sets import real_first
-from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, SetShuffle, Shuffle
+from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, SetRoll, SetShuffle, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
 from setflow.transforms.surjections import SortSurjection
@@ -156,6 +156,7 @@ def build_set_flow(
     min_points: int = 1,
     size_smoothing: float = 1.0,
     learn_size: bool = False,
+    point_mix: str = "shuffle",
     seed: int = 0,
 ) -> SetFlow:
     """Build a SortFlow (``permutation="sort"``) or a PermuteFlow (``permutation="stochastic"``).
@@ -196,9 +197,15 @@ def build_set_flow(
             :class:`~setflow.distributions.SetSizeDistribution` over ``N``.
         size_smoothing, learn_size: that size density: fitted by the trainer to the training sizes
             with ``size_smoothing`` pseudo-counts per size, or (``learn_size``) trained as logits.
+        point_mix: variable-size SortFlow, what reorders the real points between steps:
+            ``"shuffle"`` (:class:`~setflow.transforms.SetShuffle`, a fixed permutation per set size)
+            or ``"roll"`` (:class:`~setflow.transforms.SetRoll` by one place: the sorted order keeps
+            its positions, so the parity couplings alternate and know where the first point is).
         seed: seed of the fixed shuffles and 1x1 initialisations (reproducible builds).
     """
     variable = num_points is None
+    if point_mix not in ("shuffle", "roll"):
+        raise ValueError(f"point_mix must be 'shuffle' or 'roll', got {point_mix!r}")
     if variable:
         if max_points is None or int(max_points) < 2:
             raise ValueError(f"num_points: null (sets of any size) needs max_points >= 2, got {max_points}")
@@ -250,7 +257,8 @@ def build_set_flow(
             if variable:  # even positions condition odd ones (the j-th even point's output serves the j-th odd)
                 point_coupling = AffineCoupling(point_net, split_dim=1, split="parity", scale_fn=scale_fn,
                                                 params_dim=-1)
-                mix = SetShuffle(seed=seed * 1000 + k) if permutation == "sort" else StochasticPermutation(1)
+                mix = ((SetShuffle(seed=seed * 1000 + k) if point_mix == "shuffle" else SetRoll(1))
+                       if permutation == "sort" else StochasticPermutation(1))
             else:
                 point_coupling = AffineCoupling(_FirstPoints(point_net, n_b), split_dim=1, split_sizes=(n_a, n_b),
                                                 scale_fn=scale_fn, params_dim=-1)

@@ -10,7 +10,7 @@ from setflow.transforms.base import (
 )
 from setflow.transforms.coupling import SCALE_FNS, AdditiveCoupling, AffineCoupling, round_ste
 from setflow.transforms.elementwise import Logit, Sigmoid
-from setflow.transforms.linear import Conv1x1, Reverse, ScalarAffine, SetShuffle, Shuffle
+from setflow.transforms.linear import Conv1x1, Reverse, ScalarAffine, SetRoll, SetShuffle, Shuffle
 from setflow.transforms.normalization import ActNorm
 from setflow.transforms.reshape import PermuteAxes, Reshape, Squeeze2d, Unsqueeze2d
 from setflow.transforms.augment import Augment
@@ -36,6 +36,7 @@ __all__ = [
     "Reverse",
     "Shuffle",
     "SetShuffle",
+    "SetRoll",
     "ScalarAffine",
     "Squeeze2d",
     "Unsqueeze2d",
