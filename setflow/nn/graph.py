@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from setflow.nn.base import ConditionerSpec, SetConditioner
 from setflow.nn.mlp import MLP, get_activation
+from setflow.nn.neighbors import nearest_neighbors
 from setflow.registry import register_set_conditioner
 
 __all__ = ["EdgeConvNet", "knn_graph"]
@@ -33,9 +34,9 @@ def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = No
 
     Nodes are the flattened points, node ``b * N + i`` being point ``i`` of set
     ``b``; edges never cross sets. Each point receives ``k`` edges from its
-    nearest points (Euclidean distance, computed exactly, not via the matmul
-    expansion). Ties are broken by the lower point index (a stable sort), so the
-    result is deterministic, and for tie-free inputs permuting the points of a
+    nearest points, found by :func:`~setflow.nn.neighbors.nearest_neighbors` (exact
+    Euclidean distances, not via the matmul expansion). Ties are broken by the lower point
+    index, so the result is deterministic, and for tie-free inputs permuting the points of a
     set permutes the edges the same way.
 
     Args:
@@ -62,22 +63,16 @@ def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = No
         raise ValueError(f"expected points of shape (B, N, D); got {tuple(x.shape)}")
     B, N, _ = x.shape
     _check_k(k, N, loop)
-    with torch.no_grad():
-        dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
-        if not loop:
-            dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-        if mask is not None:
-            if mask.shape != (B, N) or mask.dtype != torch.bool:
-                raise ValueError(f"expected mask of shape {(B, N)} and dtype bool; got {tuple(mask.shape)} {mask.dtype}")
-            dist.masked_fill_(~(mask[:, :, None] & mask[:, None, :]), float("inf"))
-        order = torch.sort(dist, dim=-1, stable=True)
-        nbr = order.indices[..., :k]  # (B, N, k)
-        offsets = torch.arange(B, device=x.device).mul_(N).view(B, 1, 1)
-        source = (nbr + offsets).reshape(-1)
-        target = torch.arange(B * N, device=x.device).view(B, N, 1).expand(B, N, k).reshape(-1)
-        if mask is not None:  # only finite distances: real centre, real neighbour, not itself
-            keep = torch.isfinite(order.values[..., :k]).reshape(-1)
-            source, target = source[keep], target[keep]
+    if mask is not None and (mask.shape != (B, N) or mask.dtype != torch.bool):
+        raise ValueError(f"expected mask of shape {(B, N)} and dtype bool; got {tuple(mask.shape)} {mask.dtype}")
+    nbr = nearest_neighbors(x, k, mask=mask, loop=loop)  # (B, N, k): nearest first, ties by index
+    offsets = torch.arange(B, device=x.device).mul_(N).view(B, 1, 1)
+    source = (nbr + offsets).reshape(-1)
+    target = torch.arange(B * N, device=x.device).view(B, N, 1).expand(B, N, k).reshape(-1)
+    if mask is not None:  # real centres, and of their rows only the admissible neighbours (they come first)
+        admissible = (mask.sum(1) - int(not loop)).clamp(0, k).view(B, 1, 1)
+        keep = mask[:, :, None] & (torch.arange(k, device=x.device).view(1, 1, k) < admissible)
+        source, target = source[keep.reshape(-1)], target[keep.reshape(-1)]
     return torch.stack([source, target])
 
 
