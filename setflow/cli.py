@@ -36,7 +36,7 @@ def _cmd_pointclouds(args: argparse.Namespace) -> int:
         raise ValueError("`setflow data meshes DIR` needs a folder; only 'meshes' takes one")
     d = load_pointclouds(args.dataset, data_root=args.data_root, num_points=args.num_points,
                          per_class=args.per_class, seed=args.seed, normalize=args.normalize, path=args.path,
-                         download=not getattr(args, "offline", False), verbose=False)
+                         download=not getattr(args, "offline", False), verbose=False, rotate=args.rotate)
     print("data: " + d.source)
     out = Path(args.output or resolve_data_root(args.data_root) / "pointclouds" / f"{args.dataset}_{args.num_points}.npz")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=64, help="3-D: shapes per class (shapes), clouds per mesh (cgal, meshes)")
     p.add_argument("--normalize", default="shape", choices=["shape", "global", "none"],
                    help="3-D: per-shape unit box, or per-cloud mean 0 and one global std (PointFlow)")
+    p.add_argument("--rotate", default="so3", choices=["so3", "z", "none"],
+                   help="3-D shapes: random rotation, random turn about the upright z axis, or canonical pose")
     p.add_argument("-o", "--output", default=None, help="3-D: .npz to write (default <data-root>/pointclouds/NAME_N.npz)")
     p.add_argument("--fashion", action="store_true", help="Spatial Fashion-MNIST instead of MNIST")
     p.add_argument("--seed", type=int, default=0)

@@ -145,3 +145,57 @@ def test_cli_data_shapes(tmp_path):
     with np.load(tmp_path / "s.npz") as f:
         assert f["train"].shape == (2 * len(SHAPE_CLASSES), 32, 3)
     assert main(["data", "meshes"]) == 2  # needs a folder: one-line error
+
+
+def test_procedural_shapes_poses():
+    n = len(SHAPE_CLASSES)
+    cyl, tor = SHAPE_CLASSES.index("cylinder"), SHAPE_CLASSES.index("torus")
+    for rotate in ("none", "z"):
+        clouds, _ = procedural_shapes(3, 400, seed=4, rotate=rotate)
+        for c in clouds.reshape(n, 3, 400, 3)[cyl]:  # upright: the axis stays z, radius 1, base at z = 0
+            assert c[:, 2].min() > -1e-6 and c[:, 2].max() <= 2.0 + 1e-6
+            assert np.linalg.norm(c[:, :2], axis=1).max() <= 1.0 + 1e-4
+        for c in clouds.reshape(n, 3, 400, 3)[tor]:  # flat: tube radius <= 0.5 around the z = 0 plane
+            assert np.abs(c[:, 2]).max() <= 0.5 + 1e-6
+    boxes = procedural_shapes(3, 400, seed=4, rotate="none")[0].reshape(n, 3, 400, 3)[SHAPE_CLASSES.index("box")]
+    for c in boxes:  # axis-aligned: every point lies on a face, one coordinate at +-its half-extent
+        rel = np.abs(c) / np.abs(c).max(axis=0)
+        np.testing.assert_allclose(rel.max(axis=1), 1.0, atol=1e-5)
+    tilted, _ = procedural_shapes(3, 400, seed=4, rotate="so3")
+    assert min(c[:, 2].min() for c in tilted.reshape(n, 3, 400, 3)[cyl]) < -0.05
+    assert np.array_equal(procedural_shapes(1, 50, seed=2, rotate=True)[0], procedural_shapes(1, 50, seed=2)[0])
+    with pytest.raises(ValueError, match="rotate must be one of"):
+        procedural_shapes(1, 10, rotate="x")
+    with pytest.raises(ValueError, match="procedural shapes"):
+        load_pointclouds("cgal", rotate="z", verbose=False)
+
+
+def test_pointcloud_pool_redraw_and_sizes():
+    from setflow.models.set_flows import build_set_flow
+    from setflow.train.data import load_data
+
+    args = {"num_points": 32, "per_class": 2, "pool_points": 128, "rotate": "z"}
+    d = load_data({"data": "pointclouds", "data_args": args})
+    assert d.train.shape == (2 * len(SHAPE_CLASSES), 32, 3) and "fresh subset of their 128" in d.source
+    a, b = d.train_epoch(0), d.train_epoch(1)
+    assert a.shape == d.train.shape and torch.equal(a, d.train_epoch(0)) and not torch.equal(a, b)
+    pool = d.train_epoch.pool
+    for drawn in (a, b):  # each drawn point is one of its own cloud's pooled points, none twice
+        dist = torch.cdist(drawn.double(), pool.double())
+        assert torch.all(dist.min(dim=2).values == 0)
+        assert torch.all(dist.argmin(dim=2).sort(dim=1).values.diff(dim=1) > 0)
+    assert torch.equal(d.train, pool[:, :32])
+    with pytest.raises(ValueError, match="pool_points"):
+        load_data({"data": "pointclouds", "data_args": dict(args, pool_points=16)})
+
+    v = load_data({"data": "pointclouds", "data_args": dict(args, num_points=[20, 32])})
+    sizes = v.masks["train"].sum(1)
+    assert v.masks["test"].shape == v.test.shape[:2] and sizes.min() >= 20 and sizes.max() <= 32
+    assert len(set(sizes.tolist())) > 1 and "20..32 points per cloud" in v.source
+    for x, m in ((v.train, v.masks["train"]), (v.train_epoch(3), v.masks["train"]), (v.test, v.masks["test"])):
+        assert torch.all(x[~m] == 0) and torch.all(x[m].abs().sum(-1) > 0)
+    flow = build_set_flow(num_points=None, max_points=32, dim=3, num_steps=1, d_model=16, num_heads=2,
+                          conditioner="isab", point_conditioner="isab", num_inducing=4, input_scale=1.0,
+                          input_shift=0.0)
+    lp = flow.log_prob(v.train_epoch(3)[:6], mask=v.masks["train"][:6])
+    assert lp.shape == (6,) and torch.isfinite(lp).all()

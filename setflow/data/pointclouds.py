@@ -206,21 +206,38 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
+def _yaw_rotation(rng: np.random.Generator) -> np.ndarray:
+    a = rng.uniform(0.0, 2.0 * np.pi)
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+#: ``rotate`` choices of :func:`procedural_shapes`: any rotation, about the upright z axis only, none
+ROTATIONS = ("so3", "z", "none")
+
+
 def procedural_shapes(per_class: int, num_points: int, seed: int = 0,
-                      classes: Sequence[str] = SHAPE_CLASSES, rotate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                      classes: Sequence[str] = SHAPE_CLASSES, rotate: bool | str = True) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` random shapes of each class, sampled to ``num_points`` surface points.
 
-    Each shape gets its own proportions, a random rotation (``rotate``) and its own sampling
-    seed drawn from ``seed``. Returns ``(clouds (M, N, 3) float32, labels (M,) int64)`` in
-    class order; coordinates are in shape units (normalise afterwards).
+    Each shape gets its own proportions, a rotation and its own sampling seed drawn from
+    ``seed``. ``rotate``: ``"so3"`` (or ``True``) a uniformly random rotation; ``"z"`` a random
+    turn about the upright z axis (the shapes stay upright, as aligned ShapeNet models do);
+    ``"none"`` (or ``False``) the canonical pose (tori flat, boxes axis-aligned). Returns
+    ``(clouds (M, N, 3) float32, labels (M,) int64)`` in class order; coordinates are in shape
+    units (normalise afterwards).
     """
+    if isinstance(rotate, bool):
+        rotate = "so3" if rotate else "none"
+    if rotate not in ROTATIONS:
+        raise ValueError(f"rotate must be one of {ROTATIONS}; got {rotate!r}")
     rng = np.random.default_rng(seed)
     clouds, labels = [], []
     for c, name in enumerate(classes):
         for _ in range(per_class):
             v, f = _shape_mesh(name, rng)
-            if rotate:
-                v = v @ _random_rotation(rng).T
+            if rotate != "none":
+                v = v @ (_random_rotation(rng) if rotate == "so3" else _yaw_rotation(rng)).T
             clouds.append(sample_surface(v, f, num_points, rng))
             labels.append(c)
     return np.stack(clouds), np.asarray(labels, dtype=np.int64)
@@ -238,13 +255,14 @@ def _finish(splits: dict, classes: list, normalize: str, source: str) -> PointCl
                        f"{source}; normalised: {desc}")
 
 
-def _shapes_source(per_class: int, num_points: int, seed: int, normalize: str) -> PointClouds:
-    splits = {s: procedural_shapes(n, num_points, seed=seed * 10 + i)
+def _shapes_source(per_class: int, num_points: int, seed: int, normalize: str, rotate: str = "so3") -> PointClouds:
+    splits = {s: procedural_shapes(n, num_points, seed=seed * 10 + i, rotate=rotate)
               for i, (s, n) in enumerate((("train", per_class), ("valid", max(1, per_class // 8)),
                                           ("test", max(1, per_class // 4))))}
+    pose = {"so3": "random rotation", "z": "random turn about z (upright)", "none": "canonical pose"}[rotate]
     return _finish(splits, list(SHAPE_CLASSES), normalize,
                    f"procedural shapes ({len(SHAPE_CLASSES)} classes x {per_class} train, seed {seed}, "
-                   f"{num_points} points each)")
+                   f"{num_points} points each, {pose})")
 
 
 def _clouds_of_meshes(meshes: list, per_mesh: int, num_points: int, seed: int):
@@ -392,17 +410,21 @@ def load_pyg_pointclouds(name: str, data_root=None, num_points: int = 2048, seed
 def load_pointclouds(source: str = "shapes", data_root=None, num_points: int = 512, per_class: int = 64,
                      seed: int = 0, normalize: str = "shape", path: Optional[str] = None,
                      categories: Optional[Sequence[str]] = None, download: bool = True,
-                     verbose: bool = True) -> PointClouds:
+                     verbose: bool = True, rotate: str = "so3") -> PointClouds:
     """Point clouds from ``source``: ``shapes``, ``cgal``, ``meshes`` (needs ``path``),
     ``modelnet10``, ``modelnet40`` or ``shapenet``. ``per_class`` is shapes per class
-    (``shapes``), clouds per mesh (``cgal``, ``meshes``). Prints ``data: <source>`` when
-    ``verbose``."""
+    (``shapes``), clouds per mesh (``cgal``, ``meshes``); ``rotate`` is the pose of the
+    ``shapes`` (see :func:`procedural_shapes`). Prints ``data: <source>`` when ``verbose``."""
     if num_points < 2:
         raise ValueError(f"num_points must be >= 2; got {num_points}")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}")
+    if rotate not in ROTATIONS:
+        raise ValueError(f"rotate must be one of {ROTATIONS}; got {rotate!r}")
     if source == "shapes":
-        d = _shapes_source(per_class, num_points, seed, normalize)
+        d = _shapes_source(per_class, num_points, seed, normalize, rotate)
+    elif rotate != "so3":
+        raise ValueError(f"rotate={rotate!r} is for the procedural shapes (source 'shapes'), not {source!r}")
     elif source == "cgal":
         d = _cgal_source(per_class, num_points, seed, normalize, data_root)
     elif source == "meshes":

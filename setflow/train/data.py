@@ -146,17 +146,59 @@ def _toy2d(name: str = "checkerboard", n_train: int = 20000, n_valid: int = 2000
 
 
 @register_dataset("pointclouds")
-def _pointclouds(source: str = "shapes", data_root: Optional[str] = None, num_points: int = 512, per_class: int = 64,
+def _pointclouds(source: str = "shapes", data_root: Optional[str] = None, num_points=512, per_class: int = 64,
                  seed: int = 0, normalize: str = "shape", path: Optional[str] = None, categories=None,
-                 download: bool = True) -> ExperimentData:
-    """3-D clouds ``(M, N, 3)`` from :func:`setflow.data.pointclouds.load_pointclouds`, with class labels."""
-    from setflow.data.pointclouds import load_pointclouds
+                 download: bool = True, rotate: str = "so3", pool_points: Optional[int] = None) -> ExperimentData:
+    """3-D clouds ``(M, N, 3)`` from :func:`setflow.data.pointclouds.load_pointclouds`, with class labels.
 
-    d = load_pointclouds(source, data_root=data_root, num_points=num_points, per_class=per_class, seed=seed,
-                         normalize=normalize, path=path, categories=categories, download=download, verbose=False)
-    tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
+    ``num_points``: an int, or ``[min, max]``: each cloud keeps its own point count drawn
+    uniformly in ``min..max`` (seeded), padded to ``max`` with masks. ``pool_points``: draw that
+    many surface points per cloud and train on a fresh random ``num_points`` of them every epoch
+    (PointFlow's recipe: 2,048 of 15k per shape); valid and test keep a fixed subset.
+    ``rotate``: pose of the procedural ``shapes``.
+    """
+    from setflow.data.pointclouds import load_pointclouds
+    from setflow.data.spatial_mnist import variable_size_masks
+
+    lo, hi = _point_range(num_points, 512)
+    pool = hi if pool_points is None else int(pool_points)
+    if pool < hi:
+        raise ValueError(f"data_args.pool_points={pool} must be >= num_points={hi}")
+    d = load_pointclouds(source, data_root=data_root, num_points=pool, per_class=per_class, seed=seed,
+                         normalize=normalize, path=path, categories=categories, download=download, verbose=False,
+                         rotate=rotate)
+    # surface samples are i.i.d., so the first `hi` points (and a set's first N of them) are a random subset
+    tr, va, te = (torch.as_tensor(t[:, :hi], dtype=torch.float32) for t in (d.train, d.valid, d.test))
     labels = {k: torch.as_tensor(getattr(d, f"{k}_labels")) for k in ("train", "valid", "test")}
-    return ExperimentData(tr, va, te, "data: " + d.source, "nats_per_point", "pointclouds", labels=labels)
+    source, masks = "data: " + d.source, None
+    if lo != hi:
+        masks = variable_size_masks([t.shape[0] for t in (tr, va, te)], lo, hi, seed)
+        tr, va, te = (torch.where(masks[k][..., None], t, torch.zeros(())) for k, t in
+                      zip(("train", "valid", "test"), (tr, va, te)))
+        source += f"; {lo}..{hi} points per cloud (uniform, seeded), padded to {hi} with masks"
+    hook = None
+    if pool > hi:
+        hook = SubsetRedraw(torch.as_tensor(d.train, dtype=torch.float32), hi, seed,
+                            None if masks is None else masks["train"])
+        source += f"; training clouds a fresh subset of their {pool} surface points every epoch"
+    return ExperimentData(tr, va, te, source, "nats_per_point", "pointclouds", labels=labels, train_epoch=hook,
+                          masks=masks)
+
+
+class SubsetRedraw:
+    """``epoch -> (M, n, D)``: a fresh random ``n`` of each cloud's ``P`` pooled points, seeded by
+    (seed, epoch); with ``mask`` ``(M, n)`` the padded places are zero, as in the fixed splits."""
+
+    def __init__(self, pool: Tensor, n: int, seed: int = 0, mask: Optional[Tensor] = None) -> None:
+        if pool.dim() != 3 or not 1 <= int(n) <= pool.shape[1]:
+            raise ValueError(f"expected a pool (M, P, D) with P >= n={n}, got {tuple(pool.shape)}")
+        self.pool, self.n, self.seed, self.mask = pool, int(n), int(seed), mask
+
+    def __call__(self, epoch: int) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
+        idx = torch.rand(self.pool.shape[:2], generator=g).argsort(dim=1)[:, : self.n]
+        out = torch.gather(self.pool, 1, idx[..., None].expand(-1, -1, self.pool.shape[2]))
+        return out if self.mask is None else torch.where(self.mask[..., None], out, torch.zeros(()))
 
 
 def load_data(config: dict, data_root: Optional[str] = None) -> ExperimentData:
