@@ -126,3 +126,44 @@ def test_work_per_point_is_flat_and_blocks_are_bounded(monkeypatch):
             assert torch.equal(got, reference(x, 8))
     assert per_point[4096] <= 1.5 * per_point[1024], per_point
     assert per_point[4096] < 0.1 * 4096  # far from all pairs
+
+
+@pytest.mark.parametrize("D", [1, 2, 3, 4])
+@pytest.mark.parametrize("kind", ["uniform", "gaussian", "clustered", "lattice"])
+def test_window_equals_brute_force(D, kind):
+    gen = torch.Generator().manual_seed(D * 7 + len(kind))
+    B, N, k = 3, 300, 8
+    x = {"uniform": lambda: torch.rand(B, N, D, generator=gen),
+         "gaussian": lambda: torch.randn(B, N, D, generator=gen),
+         "clustered": lambda: clustered(B, N, D, gen),
+         "lattice": lambda: torch.randint(0, 4, (B, N, D), generator=gen).float()}[kind]()
+    mask = torch.rand(B, N, generator=gen) < 0.7
+    mask[0] = True
+    mask[2, 12:] = False  # a set of 12 points: narrower than any window
+    for loop in (False, True):
+        ref, ref_m = reference(x, k, loop=loop), reference(x, k, mask=mask, loop=loop)
+        garbage = torch.where(mask[..., None], x, torch.tensor(float("nan")))  # padding holds NaNs
+        for width, block, elems in ((None, 64, nbm.MAX_ELEMENTS), (9, 1, nbm.MAX_ELEMENTS), (24, 16, 2000)):
+            assert torch.equal(nbm.window_knn(x, k, loop=loop, width=width, block=block, max_elements=elems), ref)
+            assert torch.equal(nbm.window_knn(garbage, k, mask=mask, loop=loop, width=width, block=block,
+                                              max_elements=elems), ref_m)
+
+
+def test_window_route_and_work_per_point(monkeypatch):
+    """1-2-D sets above WINDOW_MIN_POINTS take the sorted windows; their distances per point grow far
+    slower than N (all pairs: 4x from 1k to 4k points)."""
+    calls, seen = [], []
+    real_window, real_dist = nbm.window_knn, nbm._dist
+    monkeypatch.setattr(nbm, "window_knn", lambda *a, **kw: calls.append(a[0].shape) or real_window(*a, **kw))
+    monkeypatch.setattr(nbm, "_dist", lambda q, c: seen.append(q.shape[:-1].numel() * c.shape[-2]) or real_dist(q, c))
+    gen = torch.Generator().manual_seed(2)
+    per_point = {}
+    for n in (1024, 4096):
+        x = torch.randn(2, n, 2, generator=gen)
+        seen.clear()
+        assert torch.equal(nearest_neighbors(x, 8), reference(x, 8))
+        per_point[n] = sum(seen) / (2 * n)
+    assert len(calls) == 2 and per_point[4096] <= 2.0 * per_point[1024], per_point
+    assert per_point[4096] < 0.15 * 4096  # far from all pairs
+    nearest_neighbors(torch.randn(1, nbm.WINDOW_MIN_POINTS, 2), 4)  # at the threshold: all pairs
+    assert len(calls) == 2

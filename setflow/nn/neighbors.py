@@ -9,7 +9,9 @@ cell share its candidate list (distance blocks ``(groups, group, candidates)``).
 answer is exact when its ``k``-th candidate is nearer than one cell side (every point outside
 the searched block is farther) or when the block holds its whole set; the others (sparse
 regions) are searched again on a grid of twice the side. So the result equals the brute-force
-kNN exactly. :func:`brute_knn` ranks all pairs (chunked); :func:`nearest_neighbors` picks one.
+kNN exactly. :func:`window_knn` sorts each set along one axis and compares blocks of queries with the
+sorted points around them, proving exactness by the key gap to the window's edges.
+:func:`brute_knn` ranks all pairs (chunked); :func:`nearest_neighbors` picks one.
 
 Order and ties: neighbours are sorted by distance, ties by the smaller index. Every search
 takes distances from ``torch.cdist`` without its matrix-product shortcut, where a pair's value
@@ -31,10 +33,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["nearest_neighbors", "grid_knn", "brute_knn"]
+__all__ = ["nearest_neighbors", "grid_knn", "window_knn", "brute_knn"]
 
 MAX_ELEMENTS = 1 << 22  # distances per transient block (16 MiB in float32)
-GRID_MIN_POINTS = 1024  # up to this many points all pairs are cheaper on a CPU (README, 3-D point clouds)
+GRID_MIN_POINTS = 1024  # 3-D: up to this many points all pairs are cheaper on a CPU (README, 3-D point clouds)
+WINDOW_MIN_POINTS = 384  # 1-2-D: above this many points sorted windows are cheaper than all pairs
 _GUARD = 1.0 - 1e-4  # a point outside the searched block is farther than _GUARD cell sides
 
 
@@ -270,9 +273,112 @@ def grid_knn(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = Fals
         return out.view(B, N, k)
 
 
+def _window_pass(xs: Tensor, ks: Tensor, order: Tensor, n_real: Tensor, pb: Tensor, pj: Tensor, width: int, k: int,
+                 loop: bool, block: int, max_elements: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One sorted-window search of the query blocks ``(pb, pj)`` (set, block number) at ``width``.
+
+    Returns ``(flat, nbr, exact, pos)``, ``(P, block)`` each (``nbr`` with ``k`` more): the
+    queries' flat indices ``b * N + i`` (``-1`` for positions past the set's real points), their
+    neighbours, whether the answer is proven exact, and their sorted positions.
+    """
+    B, N, D = xs.shape
+    dev = xs.device
+    kk = k if loop else k + 1
+    start = (pj * block + block // 2 - width // 2).clamp(min=0)
+    start = torch.minimum(start, (n_real[pb] - width).clamp(min=0))
+    tw, tb = torch.arange(width, device=dev), torch.arange(block, device=dev)
+    flat_all, nbr_all, exact_all, pos_all = [], [], [], []
+    step = max(1, max_elements // (block * width))
+    for p0 in range(0, pb.shape[0], step):
+        b, s, j = pb[p0:p0 + step], start[p0:p0 + step], pj[p0:p0 + step]
+        nr = n_real[b].unsqueeze(-1)
+        cpos = s.unsqueeze(-1) + tw  # (n, W) a contiguous run of the sorted points
+        cval, cpos = cpos < nr, cpos.clamp(max=N - 1)
+        qpos = j.unsqueeze(-1) * block + tb  # (n, block)
+        qval, qpos = qpos < nr, qpos.clamp(max=N - 1)
+        rows = b.unsqueeze(-1)
+        d2 = _dist(xs[rows, qpos], xs[rows, cpos]).masked_fill(~cval.unsqueeze(1), float("inf"))
+        own = order[rows, qpos]
+        val, idx = _smallest(d2, order[rows, cpos].unsqueeze(1).expand_as(d2), kk, skip=~qval)
+        # every point left of the window has a key <= ks[s - 1], every point right of it >= ks[s + W]:
+        # it is farther than the key gap, so a k-th distance below the gap is exact
+        qk = ks[rows, qpos]
+        left = torch.where(s > 0, ks[b, (s - 1).clamp(min=0)], float("-inf"))
+        e = s + width
+        right = torch.where(e < n_real[b], ks[b, e.clamp(max=N - 1)], float("inf"))
+        gap = torch.minimum(qk - left.unsqueeze(-1), right.unsqueeze(-1) - qk)
+        exact = torch.isinf(gap) | (val[..., -1] < gap * _GUARD)
+        if not loop:  # drop the query itself (distance 0, own index) from its k + 1 nearest
+            after = (idx == own.unsqueeze(-1)).cumsum(-1)[..., :k] > 0
+            val = torch.where(after, val[..., 1:], val[..., :k])
+            idx = torch.where(after, idx[..., 1:], idx[..., :k])
+        flat_all.append(torch.where(qval, rows * N + own, -1))
+        nbr_all.append(torch.where(val < float("inf"), idx, own.unsqueeze(-1)))
+        exact_all.append(exact & qval)
+        pos_all.append(qpos)
+    return torch.cat(flat_all), torch.cat(nbr_all), torch.cat(exact_all), torch.cat(pos_all)
+
+
+def window_knn(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = False, width: Optional[int] = None,
+               block: int = 64, max_elements: int = MAX_ELEMENTS) -> Tensor:
+    r"""Exact kNN from sorted windows: ``O(N W)`` work per set for a window of ``W`` points.
+
+    Each set's real points are sorted along its axis of largest extent; the queries are taken
+    ``block`` consecutive sorted points at a time and compared with the ``width`` sorted points
+    centred on their block (one dense distance block, shared). Every point outside the window
+    lies beyond its first or last key, so a query whose ``k``-th distance is below its key gap
+    to the window's edges is exact; each other query is searched again in a window twice as
+    wide centred on itself, until it is exact or its window holds the whole set (queries far
+    from the sort axis in sparse regions pay most). The result equals
+    :func:`brute_knn` (same distances, ties by the smaller index).
+
+    Args:
+        x: ``(B, N, D)`` points (any ``D``; the bound uses one axis, so it pays for small ``D``).
+        k: neighbours per point, ``1 <= k < N`` (``<= N`` with ``loop``).
+        mask: ``(B, N)`` bool, True = a point; padded points are never neighbours.
+        loop: whether a point is its own neighbour.
+        width: first window (``None``: ``32 k`` in 1-2-D, ``64 k`` above); at least ``block``.
+        block: queries that share a window.
+        max_elements: candidate pairs per transient block.
+
+    Returns:
+        ``(B, N, k)`` long, nearest first, ties by the smaller index.
+    """
+    _check(x, k, mask, loop)
+    B, N, D = x.shape
+    dev = x.device
+    with torch.no_grad():
+        x = x.detach()
+        valid = torch.ones(B, N, dtype=torch.bool, device=dev) if mask is None else mask
+        n_real = valid.sum(1)
+        big = torch.finfo(x.dtype).max
+        extent = (torch.where(valid.unsqueeze(-1), x, -big).amax(1) - torch.where(valid.unsqueeze(-1), x, big).amin(1))
+        axis = extent.argmax(1)  # (B,)
+        key = x.gather(2, axis.view(B, 1, 1).expand(B, N, 1)).squeeze(-1)
+        key = torch.where(valid, key, float("inf"))  # padded points last
+        ks, order = key.sort(dim=1, stable=True)
+        xs = x.gather(1, order.unsqueeze(-1).expand(B, N, D))
+        block = max(1, min(int(block), N))
+        width = (32 if D <= 2 else 64) * k if width is None else int(width)
+        width = min(max(width, block, k + 1), N)
+        out = torch.arange(N, device=dev).repeat(B).unsqueeze(-1).repeat(1, k)  # padded queries: self
+        nblk = (n_real + block - 1) // block
+        pb = torch.repeat_interleave(torch.arange(B, device=dev), nblk)
+        pj = torch.arange(pb.shape[0], device=dev) - (nblk.cumsum(0) - nblk)[pb]
+        while pb.numel():
+            flat, nbr, exact, pos = _window_pass(xs, ks, order, n_real, pb, pj, width, k, loop, block, max_elements)
+            out[flat[exact]] = nbr[exact]
+            retry = (flat >= 0) & ~exact  # searched again one by one, each in a window centred on itself
+            pb, pj = pb.unsqueeze(-1).expand_as(retry)[retry], pos[retry]
+            block, width = 1, min(2 * width, N)
+        return out.view(B, N, k)
+
+
 def nearest_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = False,
                       max_elements: int = MAX_ELEMENTS) -> Tensor:
-    r"""Exact kNN of every point of every set: the grid search for ``D <= 3``, brute force above.
+    r"""Exact kNN of every point of every set: sorted windows (:func:`window_knn`) for 1-2
+    coordinates above ``WINDOW_MIN_POINTS`` points, the grid (:func:`grid_knn`) for 3 above
+    ``GRID_MIN_POINTS``, all pairs (:func:`brute_knn`) otherwise.
 
     Args:
         x: ``(B, N, D)`` points.
@@ -290,6 +396,8 @@ def nearest_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bo
         >>> nearest_neighbors(x, 2)[0].tolist()
         [[2, 3], [2, 0], [0, 1], [0, 2]]
     """
-    if x.dim() == 3 and 1 <= x.shape[-1] <= 3 and x.shape[1] > GRID_MIN_POINTS:
+    if x.dim() == 3 and 1 <= x.shape[-1] <= 2 and x.shape[1] > WINDOW_MIN_POINTS:
+        return window_knn(x, k, mask=mask, loop=loop, block=32, max_elements=max_elements)
+    if x.dim() == 3 and x.shape[-1] == 3 and x.shape[1] > GRID_MIN_POINTS:
         return grid_knn(x, k, mask=mask, loop=loop, max_elements=max_elements)
     return brute_knn(x, k, mask=mask, loop=loop, max_elements=max_elements)

@@ -42,10 +42,13 @@ def cloud_frame(clouds: np.ndarray, margin: float = 0.05) -> tuple[np.ndarray, f
 
 
 def plot_clouds_3d(data, samples, out_path: Union[str, Path], views: Sequence[tuple] = VIEWS, title: str = "",
-                   row_labels: Optional[Sequence[str]] = None, point_size: Optional[float] = None) -> Path:
+                   row_labels: Optional[Sequence[str]] = None, point_size: Optional[float] = None,
+                   frame: str = "shared") -> Path:
     """One row per cloud: ``len(views)`` 3-D scatter panels of the data cloud (grey-blue, coloured
-    by height) then of the sample cloud (orange). Either ``data`` or ``samples`` may be ``None``;
-    each cloud is framed from its own extent. Shapes: ``(n, N, 3)``."""
+    by height) then of the sample cloud (orange). Either ``data`` or ``samples`` may be ``None``.
+    Shapes: ``(n, N, 3)``. ``frame``: ``"shared"`` draws every panel in one cube, the extent of
+    all data clouds (of all samples without data), so sizes compare across panels and stray
+    sample points outside it are clipped; ``"own"`` frames each cloud from its own extent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,20 +58,25 @@ def plot_clouds_3d(data, samples, out_path: Union[str, Path], views: Sequence[tu
               if b is not None]
     if not blocks:
         raise ValueError("plot_clouds_3d needs data or samples")
+    if frame not in ("shared", "own"):
+        raise ValueError(f"frame must be 'shared' or 'own', got {frame!r}")
+    shared = cloud_frame(blocks[0][0]) if frame == "shared" else None
     rows = max(len(b) for b, _, _ in blocks)
     cols = len(views) * len(blocks)
     fig = plt.figure(figsize=(2.2 * cols, 2.2 * rows + 0.4))
+    # matplotlib >= 3.10 clips 3-D artists to the axes limits on request; older ones draw them all
+    clip = {"axlim_clip": True} if tuple(int(v) for v in matplotlib.__version__.split(".")[:2]) >= (3, 10) else {}
     for r in range(rows):
         for bi, (b, cmap, name) in enumerate(blocks):
             if r >= len(b):
                 continue
             pts = b[r]
-            centre, half = cloud_frame(pts[None])
+            centre, half = shared or cloud_frame(pts[None])
             s = point_size or max(0.3, min(6.0, 2000.0 / len(pts)))
             for vi, (elev, azim) in enumerate(views):
                 ax = fig.add_subplot(rows, cols, r * cols + bi * len(views) + vi + 1, projection="3d")
                 ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=pts[:, 2], cmap=cmap, s=s, linewidths=0,
-                           depthshade=True)
+                           depthshade=True, **clip)
                 for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre):
                     setter(c - half, c + half)
                 ax.set_box_aspect((1, 1, 1))
