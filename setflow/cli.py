@@ -190,11 +190,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
         if x.ndim != 3 or x.shape[-1] not in (2, 3):
             raise ValueError(f"--ply needs point sets (n, N, 2|3); the samples have shape {x.shape}")
-        if "mask" in extra:
-            raise ValueError("--ply writes equal-size clouds; this variable-size model's samples are padded "
-                             "(use the 'samples' and 'mask' arrays of the .npz)")
         pts = x if x.shape[-1] == 3 else np.concatenate([x, np.zeros(x.shape[:2] + (1,), x.dtype)], -1)
-        paths = save_clouds_ply(pts, args.ply)
+        paths = save_clouds_ply(pts, args.ply, mask=extra.get("mask"))  # variable size: real points only
         print(f"wrote {len(paths)} PLY files to {args.ply}/")
     return 0
 

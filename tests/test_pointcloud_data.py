@@ -199,3 +199,17 @@ def test_pointcloud_pool_redraw_and_sizes():
                           input_shift=0.0)
     lp = flow.log_prob(v.train_epoch(3)[:6], mask=v.masks["train"][:6])
     assert lp.shape == (6,) and torch.isfinite(lp).all()
+
+
+def test_ply_of_padded_clouds_keeps_the_real_points(tmp_path):
+    import open3d as o3d
+
+    from setflow.viz.pointclouds import save_clouds_ply
+
+    x = np.random.default_rng(0).standard_normal((3, 10, 3)).astype(np.float32)
+    mask = np.arange(10)[None] < np.array([[4], [10], [7]])
+    paths = save_clouds_ply(x, tmp_path, mask=mask)
+    for p, c, m in zip(paths, x, mask):
+        np.testing.assert_allclose(np.asarray(o3d.io.read_point_cloud(str(p)).points), c[m], rtol=1e-6)
+    with pytest.raises(ValueError, match="mask of shape"):
+        save_clouds_ply(x, tmp_path, mask=mask[:2])

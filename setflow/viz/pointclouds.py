@@ -178,11 +178,17 @@ def render_source_open3d(source: Union[str, Path], out_path: Union[str, Path], n
     return render_clouds_open3d(x, out_path)
 
 
-def save_clouds_ply(clouds, out_dir: Union[str, Path], prefix: str = "sample") -> list:
-    """Write each cloud of ``(n, N, 3)`` as ``out_dir/<prefix>_0000.ply`` (ASCII-free binary PLY)."""
+def save_clouds_ply(clouds, out_dir: Union[str, Path], prefix: str = "sample", mask=None) -> list:
+    """Write each cloud of ``(n, N, 3)`` as ``out_dir/<prefix>_0000.ply`` (ASCII-free binary PLY);
+    with ``mask (n, N)`` (clouds of different sizes, padded) each file holds its real points only."""
     import open3d as o3d
 
     arr = _np(clouds)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != arr.shape[:2]:
+            raise ValueError(f"expected a mask of shape {arr.shape[:2]}, got {mask.shape}")
+        arr = [a[m] for a, m in zip(arr, mask)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
