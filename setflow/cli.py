@@ -172,9 +172,21 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if conditional and args.label is None:
         raise ValueError(f"{args.ckpt} is class-conditional: choose the class with --label "
                          f"(0..{model.context_encoder.num_classes - 1})")
-    labels = None if args.label is None else torch.full((args.num,), args.label, dtype=torch.long)
+    labels = None
+    if args.label is not None:
+        classes = model.context_encoder.num_classes
+        if args.label == "all":
+            labels = torch.arange(classes).repeat_interleave(args.num)
+        else:
+            try:
+                label = int(args.label)
+            except ValueError:
+                raise ValueError(f"--label must be a class number or 'all', got {args.label!r}") from None
+            if not 0 <= label < classes:
+                raise ValueError(f"--label {label} is not a class of {args.ckpt} (0..{classes - 1})")
+            labels = torch.full((args.num,), label, dtype=torch.long)
     device = next(model.parameters()).device
-    x = model.sample(args.num, context=None if labels is None else labels.to(device))
+    x = model.sample(args.num if labels is None else len(labels), context=None if labels is None else labels.to(device))
     extra = {} if labels is None else {"labels": labels.numpy()}
     if isinstance(x, tuple):  # a variable-size model: zero-padded sets and their (n, N_max) mask
         x, mask = x
@@ -314,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--num", type=int, default=64)
     p.add_argument("-o", "--output", default="samples.npz")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--label", type=int, default=None, help="class to draw from (conditional checkpoints)")
+    p.add_argument("--label", default=None,
+                   help="class to draw from (conditional checkpoints), or 'all': -n samples of every class")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--ply", default=None, metavar="DIR", help="also write each sample as DIR/sample_NNNN.ply")
     p.set_defaults(func=_cmd_sample)

@@ -108,9 +108,15 @@ def test_conditional_train_eval_sample_plot(tmp_path, capsys, monkeypatch):
     assert main(["sample", ckpt, "--label", "7", "-n", "5", "-o", str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz") as f:
         assert f["samples"].shape == (5, 50, 2) and (f["labels"] == 7).all()
+    assert main(["sample", ckpt, "--label", "all", "-n", "2", "-o", str(tmp_path / "a.npz")]) == 0
+    with np.load(tmp_path / "a.npz") as f:  # two of every class, in class order
+        assert f["samples"].shape == (20, 50, 2) and np.array_equal(f["labels"], np.repeat(np.arange(10), 2))
     capsys.readouterr()
     assert main(["sample", ckpt, "-n", "5", "-o", str(tmp_path / "t.npz")]) == 2
     assert "--label" in capsys.readouterr().err
+    for bad in ("10", "seven"):
+        assert main(["sample", ckpt, "--label", bad, "-o", str(tmp_path / "t.npz")]) == 2
+        assert "--label" in capsys.readouterr().err
     assert main(["plot", ckpt, "-o", str(tmp_path / "c.png"), "-n", "20", "--data-root", str(root)]) == 0
     assert (tmp_path / "c.png").stat().st_size > 1000
 
