@@ -145,6 +145,10 @@ def test_cli_data_shapes(tmp_path):
     with np.load(tmp_path / "s.npz") as f:
         assert f["train"].shape == (2 * len(SHAPE_CLASSES), 32, 3)
     assert main(["data", "meshes"]) == 2  # needs a folder: one-line error
+    assert main(["data", "shapes", "--num-points", "32", "--per-class", "1", "--rotate", "none",
+                 "-o", str(tmp_path / "c.npz")]) == 0
+    with np.load(tmp_path / "c.npz") as f:
+        assert "canonical pose" in str(f["source"])
 
 
 def test_procedural_shapes_poses():
