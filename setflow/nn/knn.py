@@ -1,6 +1,6 @@
 """Exact k-nearest neighbours in ``O(N k)`` and a dense EdgeConv set network.
 
-:func:`knn_neighbors` finds each point's ``k`` nearest points with the grid search of
+:func:`knn_neighbors` finds each point's ``k`` nearest points with the exact searches of
 :mod:`setflow.nn.neighbors` (chunked: transient blocks of a bounded number of distances, and
 what is kept is ``(B, N, k)``, memory ``O(N k)`` per set). It takes dense ``(B, N, D)`` sets
 (with an optional mask) or PyG-style ``(num_nodes, D)`` points with a ``batch`` vector.
@@ -26,8 +26,8 @@ def knn_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool =
                   chunk: Optional[int] = None) -> Tensor:
     r"""Indices of the ``k`` nearest points of every point of every set (Euclidean, exact).
 
-    :func:`setflow.nn.neighbors.nearest_neighbors`: a uniform-grid search (``O(N k)`` work per set)
-    for 1-3 coordinates and more than ``GRID_MIN_POINTS`` points, all pairs otherwise.
+    :func:`setflow.nn.neighbors.nearest_neighbors`: sorted windows for 1-2 coordinates above
+    ``WINDOW_MIN_POINTS`` points, a uniform grid for 3 above ``GRID_MIN_POINTS``, all pairs otherwise.
 
     Args:
         x: ``(B, N, D)`` points.

@@ -86,6 +86,13 @@ def _smallest(d2: Tensor, idx: Tensor, kk: int, skip: Optional[Tensor] = None) -
     return val, sel.gather(-1, o.gather(-1, o2))
 
 
+def _drop_self(val: Tensor, idx: Tensor, own: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """From ``k + 1`` nearest ``(val, idx) (..., k + 1)`` drop the query itself (index ``own (...)``,
+    distance 0); a row without it (duplicates of smaller index fill it) keeps its first ``k``."""
+    after = (idx == own.unsqueeze(-1)).cumsum(-1)[..., :k] > 0
+    return torch.where(after, val[..., 1:], val[..., :k]), torch.where(after, idx[..., 1:], idx[..., :k])
+
+
 def brute_knn(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = False,
               max_elements: int = MAX_ELEMENTS) -> Tensor:
     r"""Exact kNN by all pairwise distances, in blocks of ``max_elements`` pairs: ``O(N^2)`` work.
@@ -215,10 +222,8 @@ def _grid_pass(x: Tensor, valid: Tensor, lo: Tensor, extent: Tensor, side: Tenso
         d2 = _dist(xs[qpos], cx[at])  # (n, group, width)
         own = local[qpos]  # (n, group); padding rows: N
         val, idx = _smallest(d2, cl[at].unsqueeze(1).expand_as(d2), kk, skip=qpos == Q)
-        if not loop:  # drop the query itself (distance 0, own index) from its k + 1 nearest
-            after = (idx == own.unsqueeze(-1)).cumsum(-1)[..., :k] > 0
-            val = torch.where(after, val[..., 1:], val[..., :k])
-            idx = torch.where(after, idx[..., 1:], idx[..., :k])
+        if not loop:
+            val, idx = _drop_self(val, idx, own, k)
         q = order[qpos]  # flat query indices (Q = padding)
         nbr[q] = torch.where(val < float("inf"), idx, own.unsqueeze(-1))
         exact[q] = (val[..., -1] < guard[c].unsqueeze(-1)) | done_all[c].unsqueeze(-1)
@@ -308,10 +313,8 @@ def _window_pass(xs: Tensor, ks: Tensor, order: Tensor, n_real: Tensor, pb: Tens
         right = torch.where(e < n_real[b], ks[b, e.clamp(max=N - 1)], float("inf"))
         gap = torch.minimum(qk - left.unsqueeze(-1), right.unsqueeze(-1) - qk)
         exact = torch.isinf(gap) | (val[..., -1] < gap * _GUARD)
-        if not loop:  # drop the query itself (distance 0, own index) from its k + 1 nearest
-            after = (idx == own.unsqueeze(-1)).cumsum(-1)[..., :k] > 0
-            val = torch.where(after, val[..., 1:], val[..., :k])
-            idx = torch.where(after, idx[..., 1:], idx[..., :k])
+        if not loop:
+            val, idx = _drop_self(val, idx, own, k)
         flat_all.append(torch.where(qval, rows * N + own, -1))
         nbr_all.append(torch.where(val < float("inf"), idx, own.unsqueeze(-1)))
         exact_all.append(exact & qval)

@@ -63,18 +63,14 @@ def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed:
     """``num_points``: ``None`` (50, the paper), an int, or ``[min, max]``: each digit gets its own
     point count drawn uniformly in ``min..max`` (seeded), sets padded to ``max`` with masks."""
     from setflow.data import load_spatial_mnist
-    from setflow.data.spatial_mnist import NUM_POINTS, variable_size_masks
+    from setflow.data.spatial_mnist import NUM_POINTS
 
     lo, hi = _point_range(num_points, NUM_POINTS)
     d = load_spatial_mnist(data_root=data_root, fashion=fashion, seed=seed, download=download, verbose=False,
                            num_points=hi)
     tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
     labels = dict(d.labels)
-    masks = None
-    if lo != hi:
-        masks = variable_size_masks([t.shape[0] for t in (tr, va, te)], lo, hi, seed)
-        tr, va, te = (torch.where(masks[k][..., None], t, torch.zeros(())) for k, t in
-                      zip(("train", "valid", "test"), (tr, va, te)))
+    (tr, va, te), masks = _sized((tr, va, te), lo, hi, seed)
     if limit is not None:
         tr, va, te = tr[:limit], va[:limit], te[:limit]
         labels = {k: v[:limit] for k, v in labels.items()}
@@ -89,6 +85,22 @@ def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed:
         source += (f"; {lo}..{hi} points per digit (uniform, seeded; the first N of its {hi} draws without "
                    f"replacement), padded to {hi} with masks")
     return ExperimentData(tr, va, te, source, "nats_per_point", "sets", labels=labels, train_epoch=hook, masks=masks)
+
+
+def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype))
+
+
+def _sized(splits: tuple, lo: int, hi: int, seed: int) -> tuple[tuple, Optional[dict]]:
+    """``(train, valid, test)`` of ``hi`` points each -> the same with each set's own size drawn in
+    ``lo..hi`` (seeded; padding zeroed) and the split -> ``(M, hi)`` masks; unchanged with ``None``
+    when ``lo == hi``."""
+    if lo == hi:
+        return splits, None
+    from setflow.data.spatial_mnist import variable_size_masks
+
+    masks = variable_size_masks([t.shape[0] for t in splits], lo, hi, seed)
+    return tuple(_zero_padding(t, masks[k]) for k, t in zip(("train", "valid", "test"), splits)), masks
 
 
 def _point_range(num_points, default: int) -> tuple[int, int]:
@@ -158,7 +170,6 @@ def _pointclouds(source: str = "shapes", data_root: Optional[str] = None, num_po
     ``rotate``: pose of the procedural ``shapes``.
     """
     from setflow.data.pointclouds import load_pointclouds
-    from setflow.data.spatial_mnist import variable_size_masks
 
     lo, hi = _point_range(num_points, 512)
     pool = hi if pool_points is None else int(pool_points)
@@ -170,11 +181,9 @@ def _pointclouds(source: str = "shapes", data_root: Optional[str] = None, num_po
     # surface samples are i.i.d., so the first `hi` points (and a set's first N of them) are a random subset
     tr, va, te = (torch.as_tensor(t[:, :hi], dtype=torch.float32) for t in (d.train, d.valid, d.test))
     labels = {k: torch.as_tensor(getattr(d, f"{k}_labels")) for k in ("train", "valid", "test")}
-    source, masks = "data: " + d.source, None
-    if lo != hi:
-        masks = variable_size_masks([t.shape[0] for t in (tr, va, te)], lo, hi, seed)
-        tr, va, te = (torch.where(masks[k][..., None], t, torch.zeros(())) for k, t in
-                      zip(("train", "valid", "test"), (tr, va, te)))
+    source = "data: " + d.source
+    (tr, va, te), masks = _sized((tr, va, te), lo, hi, seed)
+    if masks is not None:
         source += f"; {lo}..{hi} points per cloud (uniform, seeded), padded to {hi} with masks"
     hook = None
     if pool > hi:
@@ -198,7 +207,7 @@ class SubsetRedraw:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
         idx = torch.rand(self.pool.shape[:2], generator=g).argsort(dim=1)[:, : self.n]
         out = torch.gather(self.pool, 1, idx[..., None].expand(-1, -1, self.pool.shape[2]))
-        return out if self.mask is None else torch.where(self.mask[..., None], out, torch.zeros(()))
+        return out if self.mask is None else _zero_padding(out, self.mask)
 
 
 def load_data(config: dict, data_root: Optional[str] = None) -> ExperimentData:
