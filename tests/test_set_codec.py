@@ -125,7 +125,7 @@ def test_fuzz_flips_truncations_crafted_headers():
     body = data[:-4]
     fields = list(_HEAD.unpack_from(body))
     for k, values in ((2, [0, 3, 255]), (3, [0, 5, 65535]), (4, [0, 21, 2**24, 2**32 - 1]), (5, [0, 4097, 65535]),
-                      (8, [0, 2**32 - 1])):
+                      (8, [1, 2, 255]), (9, [0, 2**32 - 1])):
         for v in values:
             f = fields.copy()
             f[k] = v

@@ -1,31 +1,50 @@
 """Lossless coding of pixel multisets with :class:`~setflow.models.set_codec.SortedSetAR` and ANS.
 
-A set is coded as its sorted tuple (the canonical order of the multiset), one symbol per step:
-step ``i`` of a block of sets pushes the gap ``idx_i - idx_{i-1}`` (``idx_1`` itself first) with the categorical ``p(. | idx_<i)`` of every
-set of the block in one batched ``constriction`` call (``Categorical(perfect=False)``, 2-D table).
-Encoder and decoder compute each table by the same call ``model.step_log_probs(prefix)`` on the
-same ``(block, i)`` prefix tensor (CPU, float64 copy of the weights, one thread: see
-:func:`setflow.coding.codec.deterministic_cpu`), so the tables are bit-identical. The block size
-is part of the file; the encoder pushes blocks and steps in reverse (ANS is a stack).
+A set is coded as its sorted tuple (the canonical order of the multiset), one symbol per point:
+step ``i`` codes the gap ``idx_i - idx_{i-1}`` (``idx_1`` itself first) with the categorical
+``p(. | idx_<i)``. The sets of a block are coded together, one step for all of them at a time:
+a :class:`~setflow.models.set_codec.SetStepper` (keys and values cached, so each step costs one
+token per set) gives every table, and one batched ``constriction`` call
+(``Categorical(perfect=False)``) codes the step. Encoder and decoder run the *same* stepper over
+the *same* block (CPU, float64 copy of the weights, one thread: see
+:func:`setflow.coding.codec.deterministic_cpu`), so their tables are bit-identical; the block size
+is part of the file. ANS is a stack, so the encoder pushes in the reverse of the decoding order.
 
-Container ``.sfs`` (little-endian)::
+How the decoder knows where the data ends (never from the coder's state): the header gives the
+number of sets, and a variable-size file codes each set's size (uniform over ``1..N``) before
+its points; so the decoder pops exactly the symbols that were pushed. Under them all lies one
+guard symbol (``0xA5``, uniform over 256, pushed first): it keeps the coder's state off its
+initial value while real symbols remain, so a coder that runs empty mid-stream means a damaged
+file, and after the last set the guard must pop back intact and leave the coder exactly empty.
+
+Bounded work: every set costs at least one bit. Where a block's tables give its sets fewer bits
+than it has sets (a model sure of its gaps; a set stuck at the last pixel, whose only gap is 0),
+the block is padded with ``0xA5`` symbols of 8 bits each, their number computed on both sides
+from the same tables (trained models never need it). So a file of ``K`` words holds at most
+``32 K`` sets (checked before decoding), and a header whose set count was raised runs dry
+within a few phantom sets instead of decoding them for free.
+
+Container ``.sfs`` version 2 (little-endian)::
 
     0   4  magic b"\\x89SFS"
-    4   1  format version
+    4   1  format version (2)
     5   1  grid side G
-    6   2  points per set N
+    6   2  points per set N (the largest set of a variable-size file)
     8   4  number of sets M
     12  2  sets per coded block
     14  8  model fingerprint (SHA-256 of weights + model config)
-    22  4  CRC-32 of the decoded sets (int16 canonical indices), checked before returning
-    26  4  payload words K
-    30  4K ANS words
+    22  4  CRC-32 of the decoded sets (int16 canonical indices, -1 padding), checked before returning
+    26  1  flags: bit 0 = variable sizes (coded in the payload)
+    27  4  payload words K
+    31  4K ANS words
     -4  4  CRC-32 of every byte before it
 
-Every field is checked against the file length, the model and fixed limits before anything is
-allocated; a file claiming more than 64 sets per payload word (under half a bit per set) is
-refused, so a crafted header cannot make the decoder loop for long. All failures raise
-:class:`~setflow.coding.format.CodecError` subclasses.
+All failures raise :class:`~setflow.coding.format.CodecError` subclasses.
+
+Sets are ``(M, N)`` linear indices ``row * G + col`` (or ``(M, N, 2)`` integer ``(col, row)``);
+``-1`` marks an absent point, so a batch of sets of different sizes is one padded array (a
+sequence of 1-D arrays is accepted too). :func:`decompress_sets` returns the same layout: each
+row sorted, its ``-1`` padding last.
 
 Example::
 
@@ -35,6 +54,8 @@ Example::
     >>> data = compress_sets(m, sets)
     >>> np.array_equal(decompress_sets(m, data), sets)
     True
+    >>> decompress_sets(m, compress_sets(m, [[7], [3, 3]])).tolist()   # sets of different sizes
+    [[7, -1], [3, 3]]
 """
 
 from __future__ import annotations
@@ -46,6 +67,7 @@ import math
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import constriction
 import numpy as np
@@ -53,20 +75,23 @@ import torch
 from torch import nn
 
 from setflow.coding.codec import deterministic_cpu
-from setflow.coding.format import CodecError, CorruptFileError, DecodeMismatchError, FormatError, ModelMismatchError
+from setflow.coding.format import (CodecError, CorruptFileError, DecodeMismatchError, FormatError,
+                                   ModelMismatchError, codec_errors)
 from setflow.data.pixel_sets import canonical_sets
 
 __all__ = ["SETS_MAGIC", "SETS_VERSION", "SetsHeader", "compress_sets", "decompress_sets", "read_sets_header",
-           "holds_set_codec", "cli_compress_sets", "cli_decompress_sets",
+           "holds_set_codec", "cli_compress_sets", "cli_decompress_sets", "read_sets_file",
            "set_fingerprint", "set_bits"]
 
 SETS_MAGIC = b"\x89SFS"
-SETS_VERSION = 1
-_HEAD = struct.Struct("<4sBBHIH8sII")
+SETS_VERSION = 2
+_HEAD = struct.Struct("<4sBBHIH8sIBI")
 MAX_SETS = 1 << 24
 MAX_BLOCK = 4096
-SETS_PER_WORD = 64
-DEFAULT_BLOCK = 128
+SETS_PER_WORD = 32  # every set costs at least one bit of payload (padded blocks guarantee it)
+GUARD_SYMBOL, GUARD_ALPHABET = 0xA5, 256
+VARIABLE = 1  # flags bit: sizes are coded
+DEFAULT_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,7 @@ class SetsHeader:
     block: int
     fingerprint: bytes
     sets_crc: int
+    variable: bool
     words: int
 
 
@@ -99,120 +125,195 @@ def _coding_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).to("cpu", torch.float64).eval()
 
 
-def _table(m: nn.Module, prefix: torch.Tensor) -> np.ndarray:
-    """float64 ``(B, G^2)`` probabilities of the next gap after ``prefix`` ``(B, i)``."""
-    return m.step_log_probs(prefix)[:, -1].exp().numpy()
-
-
-def _gap(x: torch.Tensor, i: int) -> torch.Tensor:
-    """The symbol of step ``i``: ``x[:, 0]``, or the gap ``x[:, i] - x[:, i - 1]``."""
-    return x[:, i] - x[:, i - 1] if i else x[:, 0]
-
-
-def _check_sets(model: nn.Module, sets) -> np.ndarray:
+def _check_sets(model: nn.Module, sets) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical ``(M, N)`` sets (``-1`` padding last) and their sizes ``(M,)``, or a FormatError."""
     try:
-        arr = canonical_sets(np.asarray(sets), model.grid)
+        arr = canonical_sets(sets, model.grid, absent=True)
     except ValueError as e:
         raise FormatError(str(e)) from None
-    if not 1 <= arr.shape[1] <= model.num_points:
-        raise FormatError(f"sets of {arr.shape[1]} points; this model codes 1..{model.num_points} points per set")
+    sizes = (arr >= 0).sum(1)
+    n = int(sizes.max(initial=arr.shape[1]))
+    if not 1 <= n <= model.num_points:
+        raise FormatError(f"sets of {n} points; this model codes 1..{model.num_points} points per set")
     if arr.shape[0] > MAX_SETS:
         raise FormatError(f"at most {MAX_SETS} sets per file, got {arr.shape[0]}")
-    return arr
+    return arr[:, :n], sizes
+
+
+def _cat():
+    return constriction.stream.model.Categorical(perfect=False)
+
+
+def _step_table(stepper, prev: torch.Tensor, active: torch.Tensor, step: int) -> np.ndarray:
+    """float64 ``(active, W)`` probabilities of the next gap of the active sets of a block.
+
+    ``W`` is the widest support among them (gaps that stay on the grid, at least two entries: the
+    coder needs two), the same on both sides."""
+    width = max(stepper.model.cells - (int(prev[active].min()) if step else 0), 2)  # constriction needs 2
+    return stepper.step(prev if step else None, rows=active, width=width).numpy()
+
+
+def _block_steps(m: nn.Module, x: torch.Tensor, sizes: torch.Tensor) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(symbols, table)`` of every step of a known block ``x`` ``(b, n)``, in decoding order."""
+    stepper = m.stepper(x.shape[0])
+    prev = torch.zeros(x.shape[0], dtype=torch.long)
+    for i in range(int(sizes.max())):
+        active = sizes > i
+        table = _step_table(stepper, prev, active, i)
+        cur = torch.where(active, x[:, i], prev)
+        yield (cur - prev)[active].numpy().astype(np.int32), table
+        prev = cur
+
+
+def _step_bits(symbols: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Bits of each coded symbol of a step under its table (float64; the same on both sides)."""
+    with np.errstate(divide="ignore"):
+        return -np.log2(table[np.arange(len(symbols)), symbols] / table.sum(1))
+
+
+def _padding(bits: float, sets: int) -> int:
+    """Guard symbols (8 bits each) that bring a block to at least one bit per set."""
+    return 0 if bits >= sets else math.ceil((sets - bits) / 8)
+
+
+def _uniform(rows: int, n: int) -> np.ndarray:
+    return np.full((rows, n), 1.0 / n)
+
+
+def _guard(coder, cat, count: int, encode: bool) -> None:
+    if encode:
+        coder.encode_reverse(np.full(count, GUARD_SYMBOL, np.int32), cat, _uniform(count, GUARD_ALPHABET))
+    elif count and (coder.decode(cat, _uniform(count, GUARD_ALPHABET)) != GUARD_SYMBOL).any():
+        raise CorruptFileError("a guard symbol decoded wrong: the payload is damaged")
+
+
+def _guard_bits() -> int:
+    """Valid bits of a coder that holds only the guard: every state of a valid stream above it has more."""
+    coder = constriction.stream.stack.AnsCoder()
+    _guard(coder, _cat(), 1, encode=True)
+    return coder.num_valid_bits()
 
 
 def set_bits(model: nn.Module, sets, block: int = DEFAULT_BLOCK) -> np.ndarray:
-    """Analytic code length (bits) of each set under the coding tables, ``(M,)`` float64."""
-    arr = _check_sets(model, sets)
+    """Analytic code length (bits) of each set's points under the coding tables, ``(M,)`` float64
+    (a variable-size file adds ``log2 N`` bits a set for its size)."""
+    arr, sizes = _check_sets(model, sets)
     m = _coding_model(model)
     bits = np.zeros(arr.shape[0])
     with deterministic_cpu():
         for s in range(0, arr.shape[0], block):
-            x = torch.from_numpy(arr[s:s + block])
-            for i in range(x.shape[1]):
-                p = _table(m, x[:, :i])
-                bits[s:s + block] -= np.log2(p[np.arange(x.shape[0]), _gap(x, i).numpy()])
+            x, n = torch.from_numpy(arr[s:s + block]), torch.from_numpy(sizes[s:s + block])
+            for i, (sym, table) in enumerate(_block_steps(m, x, n)):
+                bits[s:s + block][(n > i).numpy()] += _step_bits(sym, table)
     return bits
 
 
 def compress_sets(model: nn.Module, sets, config: dict | None = None, block: int = DEFAULT_BLOCK) -> bytes:
-    """Code ``(M, N)`` pixel indices (or ``(M, N, 2)`` integer (col, row)) into ``.sfs`` bytes.
+    """Code ``(M, N)`` pixel indices (or ``(M, N, 2)`` integer ``(col, row)``; ``-1`` marks an absent
+    point) into ``.sfs`` bytes.
 
-    Sets are multisets: any order of each row gives the same file. ``block`` sets share each
-    batched coder call (written into the file; the decoder uses it).
+    Sets are multisets: any order of each row gives the same file. ``block`` sets are coded
+    together (written into the file; the decoder uses it).
     """
-    arr = _check_sets(model, sets)
+    arr, sizes = _check_sets(model, sets)
     if not 1 <= block <= MAX_BLOCK:
         raise FormatError(f"block must be in 1..{MAX_BLOCK}, got {block}")
+    variable = bool((sizes < arr.shape[1]).any())
     m = _coding_model(model)
-    coder = constriction.stream.stack.AnsCoder()
-    cat = constriction.stream.model.Categorical(perfect=False)
+    coder, cat = constriction.stream.stack.AnsCoder(), _cat()
     with deterministic_cpu():
+        _guard(coder, cat, 1, encode=True)
         for s in reversed(range(0, arr.shape[0], block)):
-            x = torch.from_numpy(arr[s:s + block])
-            for i in reversed(range(x.shape[1])):
-                coder.encode_reverse(_gap(x, i).numpy().astype(np.int32), cat, _table(m, x[:, :i]))
+            x, n = torch.from_numpy(arr[s:s + block]), torch.from_numpy(sizes[s:s + block])
+            steps = list(_block_steps(m, x, n))
+            bits = 0.0
+            for sym, table in steps:
+                bits += float(_step_bits(sym, table).sum())
+            _guard(coder, cat, _padding(bits, len(n)), encode=True)
+            for sym, table in reversed(steps):
+                coder.encode_reverse(sym, cat, table)
+            if variable:
+                coder.encode_reverse((n - 1).numpy().astype(np.int32), cat, _uniform(len(n), arr.shape[1]))
     words = coder.get_compressed().astype("<u4")
-    if arr.shape[0] > SETS_PER_WORD * max(int(words.size), 1):
-        raise FormatError(f"{arr.shape[0]} sets coded in {words.size} word(s): more than {SETS_PER_WORD} sets "
-                          "per word would be refused by the decoder")
+    if arr.shape[0] > SETS_PER_WORD * words.size:  # padded blocks make this impossible; never write such a file
+        raise CodecError(f"internal error: {arr.shape[0]} sets in {words.size} words")
     head = _HEAD.pack(SETS_MAGIC, SETS_VERSION, model.grid, arr.shape[1], arr.shape[0], block,
-                      set_fingerprint(model, config), _sets_crc(arr), int(words.size))
+                      set_fingerprint(model, config), _sets_crc(arr), VARIABLE if variable else 0, int(words.size))
     body = head + words.tobytes()
     return body + struct.pack("<I", zlib.crc32(body))
 
 
 def read_sets_header(data: bytes) -> SetsHeader:
-    """Parse and check the container (magic, version, lengths, CRC) without decoding."""
+    """Parse and check the container (magic, version, lengths, CRC, work bounds) without decoding."""
     data = bytes(data)
     if len(data) < _HEAD.size + 4:
         raise CorruptFileError(f"not a .sfs file or truncated: {len(data)} bytes, expected at least {_HEAD.size + 4}")
-    magic, version, grid, n, count, block, fp, sets_crc, words = _HEAD.unpack_from(data)
+    magic, version, grid, n, count, block, fp, sets_crc, flags, words = _HEAD.unpack_from(data)
     if magic != SETS_MAGIC:
         raise FormatError(f"not a .sfs file (magic {magic!r}, expected {SETS_MAGIC!r})")
     if version != SETS_VERSION:
-        raise FormatError(f"unsupported .sfs format version {version}, expected {SETS_VERSION}")
+        raise FormatError(f"unsupported .sfs format version {version}, expected {SETS_VERSION}"
+                          + (" (version 1 files: decode them with the setflow release that wrote them)"
+                             if version == 1 else ""))
     if len(data) != _HEAD.size + 4 * words + 4:
         raise CorruptFileError(f"file is {len(data)} bytes, the header announces {_HEAD.size + 4 * words + 4}")
     if zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
         raise CorruptFileError("checksum mismatch: the file is damaged")
-    if not (1 <= grid and 1 <= n and 1 <= block <= MAX_BLOCK and count <= MAX_SETS
-            and count <= SETS_PER_WORD * max(words, 1)):
+    if not (1 <= grid and 1 <= n and 1 <= block <= MAX_BLOCK and count <= MAX_SETS and flags in (0, VARIABLE)
+            and count <= SETS_PER_WORD * words):
         raise CorruptFileError(f"implausible header: grid {grid}, {n} points, {count} sets, block {block}, "
-                               f"{words} words")
-    return SetsHeader(grid, n, count, block, fp, sets_crc, words)
+                               f"flags {flags}, {words} words (a set costs at least one bit)")
+    return SetsHeader(grid, n, count, block, fp, sets_crc, bool(flags & VARIABLE), words)
 
 
 def decompress_sets(model: nn.Module, data: bytes, config: dict | None = None) -> np.ndarray:
-    """Decode ``.sfs`` bytes -> ``(M, N)`` int64 pixel indices, each set sorted (canonical order)."""
+    """Decode ``.sfs`` bytes -> ``(M, N)`` int64 pixel indices, each set sorted, ``-1`` padding last."""
     h = read_sets_header(data)
     if h.grid != model.grid or h.num_points > model.num_points:
         raise ModelMismatchError(f"file codes {h.num_points}-point sets on a {h.grid}x{h.grid} grid; the model "
                                  f"codes up to {model.num_points} points on {model.grid}x{model.grid}")
     if h.fingerprint != set_fingerprint(model, config):
         raise ModelMismatchError("the file was written with a different model (fingerprint mismatch)")
-    words = np.frombuffer(data, dtype="<u4", count=h.words, offset=_HEAD.size).astype(np.uint32)
-    coder = constriction.stream.stack.AnsCoder(words)
-    cat = constriction.stream.model.Categorical(perfect=False)
     m = _coding_model(model)
-    out = np.empty((h.count, h.num_points), dtype=np.int64)
-    with deterministic_cpu():
-        for s in range(0, h.count, h.block):
-            x = torch.empty(min(h.block, h.count - s), 0, dtype=torch.long)
-            for i in range(h.num_points):
-                if coder.is_empty():
-                    raise CorruptFileError("payload ended before every set was decoded")
-                sym = torch.from_numpy(coder.decode(cat, _table(m, x)).astype(np.int64))
-                if i:
-                    sym = sym + x[:, -1]
-                if bool((sym >= m.cells).any()):
-                    raise CorruptFileError("decoded an index off the grid: the payload is damaged")
-                x = torch.cat([x, sym[:, None]], 1)
-            out[s:s + x.shape[0]] = x.numpy()
-    if not coder.is_empty():
-        raise CorruptFileError("payload has words left after the last set")
+    with codec_errors("the set payload is damaged"), deterministic_cpu():
+        out = _decode(m, h, np.frombuffer(data, dtype="<u4", count=h.words, offset=_HEAD.size).astype(np.uint32))
     if _sets_crc(out) != h.sets_crc:
         raise DecodeMismatchError("decoded sets do not match their checksum (not returned)")
+    return out
+
+
+def _decode(m: nn.Module, h: SetsHeader, words: np.ndarray) -> np.ndarray:
+    coder, cat = constriction.stream.stack.AnsCoder(words), _cat()
+    floor = _guard_bits()
+    out = np.full((h.count, h.num_points), -1, dtype=np.int64)
+    for s in range(0, h.count, h.block):
+        b = min(h.block, h.count - s)
+        if h.variable:
+            sizes = torch.from_numpy(coder.decode(cat, _uniform(b, h.num_points)).astype(np.int64) + 1)
+        else:
+            sizes = torch.full((b,), h.num_points, dtype=torch.long)
+        stepper, prev = m.stepper(b), torch.zeros(b, dtype=torch.long)
+        x = torch.full((b, h.num_points), -1, dtype=torch.long)
+        bits = 0.0
+        for i in range(int(sizes.max())):
+            if coder.num_valid_bits() < floor:  # the guard lies under every real symbol: a valid file never
+                raise CorruptFileError("payload ended before every set was decoded")  # dips into it here
+            active = sizes > i
+            table = _step_table(stepper, prev, active, i)
+            gaps = coder.decode(cat, table)
+            bits += float(_step_bits(gaps, table).sum())
+            cur = prev[active] + torch.from_numpy(gaps.astype(np.int64))
+            if bool((cur >= m.cells).any()):
+                raise CorruptFileError("decoded an index off the grid: the payload is damaged")
+            x[active, i] = cur
+            prev = prev.masked_scatter(active, cur)
+        _guard(coder, cat, _padding(bits, b), encode=False)
+        if coder.num_valid_bits() < floor:
+            raise CorruptFileError("payload ended before every set was decoded")
+        out[s:s + b] = x.numpy()
+    _guard(coder, cat, 1, encode=False)
+    if not coder.is_empty():
+        raise CorruptFileError("the payload does not end where the header says: the file is damaged")
     return out
 
 
@@ -224,43 +325,93 @@ def holds_set_codec(ckpt: str) -> bool:
     return load_checkpoint(ckpt)["config"].get("model") == "set_codec"
 
 
-def _read_npz_sets(path: str) -> np.ndarray:
-    """The sets of an ``.npz``: key ``sets``, else ``test``, else its only array."""
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".jxl")
+
+
+def read_sets_file(path: str) -> np.ndarray:
+    """The sets of an ``.npz`` (key ``sets``, else ``test``, else its only array; a boolean ``mask``
+    beside them marks the present points) or of an ``.npy``; a one-line FormatError otherwise."""
+    import zipfile
+
+    if str(path).lower().endswith(_IMAGE_SUFFIXES):
+        raise FormatError(f"{path} is an image: the set codec codes an .npz or .npy of pixel sets (M, N); "
+                          "images need an IDF checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            key = "sets" if "sets" in keys else "test" if "test" in keys else keys[0] if len(keys) == 1 else None
-            if key is None:
-                raise FormatError(f"{path}: expected an array 'sets' (or 'test', or a single array), got {keys}")
-            return z[key]
-    except (OSError, ValueError) as e:
-        raise FormatError(f"{path}: not a readable .npz of sets ({e})") from None
+        with open(path, "rb") as fh:
+            z = np.load(fh, allow_pickle=False)
+            if isinstance(z, np.ndarray):
+                return z
+            with z:
+                keys = list(z.keys())
+                key = "sets" if "sets" in keys else "test" if "test" in keys else keys[0] if len(keys) == 1 else None
+                if key is None:
+                    raise FormatError(f"{path}: expected an array 'sets' (or 'test', or a single array), got {keys}")
+                sets = z[key]
+                if "mask" in keys and key == "sets":
+                    mask = z["mask"]
+                    if mask.dtype != bool or mask.shape != sets.shape[:2]:
+                        raise FormatError(f"{path}: 'mask' must be boolean {sets.shape[:2]}, got {mask.dtype} "
+                                          f"{mask.shape}")
+                    sets = np.where(mask if sets.ndim == 2 else mask[..., None], sets, -1)
+                return sets
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise FormatError(f"{path}: not a readable .npz or .npy of pixel sets ({type(e).__name__}: {e})") from None
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write through a temporary file in the same folder and rename: a failure leaves no partial file."""
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".setflow-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def cli_compress_sets(args) -> int:
-    """``setflow compress SETCODEC.pt sets.npz -o out.sfs``: all sets of the file into one ``.sfs``."""
+    """``setflow compress SETCODEC.pt sets.npz -o out.sfs``: all sets of the file into one ``.sfs``,
+    decoded again before it is written unless ``--no-verify``."""
     import time
 
     from setflow.train.checkpoint import load_model
 
     if len(args.inputs) != 1:
-        raise FormatError("the set codec takes one .npz of sets (M, N) per call")
+        raise FormatError("the set codec takes one .npz (or .npy) of sets (M, N) per call")
     model, cfg = load_model(args.ckpt, device="cpu")
-    sets = _read_npz_sets(args.inputs[0])
+    sets, _ = _check_sets(model, read_sets_file(args.inputs[0]))
+    if sets.shape[0] == 0:
+        raise FormatError(f"{args.inputs[0]} holds no sets: nothing to compress")
     t0 = time.perf_counter()
     data = compress_sets(model, sets, cfg)
     dt = time.perf_counter() - t0
-    with open(args.output, "wb") as fh:
-        fh.write(data)
-    m, n = sets.shape[:2]
-    print(f"{args.inputs[0]} -> {args.output}: {m} sets x {n} points, {len(data)} bytes, "
-          f"{8 * len(data) / (m * n):.3f} bits/point, {m / dt:.0f} sets/s")
+    note = "not verified (--no-verify)"
+    if getattr(args, "verify", True):
+        t1 = time.perf_counter()
+        try:
+            back = decompress_sets(model, data, cfg)
+            why = "" if np.array_equal(back, sets) else "it decoded to other sets"
+        except CodecError as e:
+            why = str(e)
+        if why:
+            raise DecodeMismatchError(f"verification failed, nothing written ({args.output} untouched, the input "
+                                      f"too): the new file does not decode back to the sets: {why}")
+        note = f"verified: decodes back bit-exact ({sets.shape[0] / max(time.perf_counter() - t1, 1e-9):.0f} sets/s)"
+    _write_atomic(args.output, data)
+    points = int((sets >= 0).sum())
+    print(f"{args.inputs[0]} -> {args.output}: {sets.shape[0]} sets, {points} points, {len(data)} bytes, "
+          f"{8 * len(data) / points:.3f} bits/point, {sets.shape[0] / max(dt, 1e-9):.0f} sets/s; {note}")
     return 0
 
 
 def cli_decompress_sets(args) -> int:
     """``setflow decompress SETCODEC.pt out.sfs -o sets.npz``: writes ``sets`` (M, N) sorted indices
-    and ``pixels`` (M, N, 2) integer (col, row)."""
+    (``-1`` marks an absent point), ``pixels`` (M, N, 2) integer (col, row) and ``mask`` (M, N)."""
     import time
 
     from setflow.train.checkpoint import load_model
@@ -268,12 +419,17 @@ def cli_decompress_sets(args) -> int:
     if len(args.inputs) != 1:
         raise FormatError("the set codec decodes one .sfs file per call")
     model, cfg = load_model(args.ckpt, device="cpu")
-    with open(args.inputs[0], "rb") as fh:
-        data = fh.read()
+    try:
+        with open(args.inputs[0], "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise FormatError(f"{args.inputs[0]}: cannot read ({e.strerror})") from None
     t0 = time.perf_counter()
     sets = decompress_sets(model, data, cfg)
     dt = time.perf_counter() - t0
-    np.savez(args.output, sets=sets, pixels=np.stack([sets % model.grid, sets // model.grid], -1))
-    print(f"{args.inputs[0]} -> {args.output}: {sets.shape[0]} sets x {sets.shape[1]} points, "
+    mask = sets >= 0
+    pixels = np.where(mask[..., None], np.stack([sets % model.grid, sets // model.grid], -1), -1)
+    np.savez(args.output, sets=sets, pixels=pixels, mask=mask)
+    print(f"{args.inputs[0]} -> {args.output}: {sets.shape[0]} sets, {int(mask.sum())} points, "
           f"{sets.shape[0] / max(dt, 1e-9):.0f} sets/s")
     return 0

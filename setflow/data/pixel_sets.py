@@ -50,23 +50,48 @@ def pixels_to_points(idx: np.ndarray, grid: int = GRID) -> np.ndarray:
     return np.stack([idx % grid + 0.5, grid - 0.5 - idx // grid], axis=-1).astype(np.float32)
 
 
-def canonical_sets(sets: np.ndarray, grid: int = GRID) -> np.ndarray:
+def canonical_sets(sets, grid: int = GRID, absent: bool = False) -> np.ndarray:
     """Check ``(M, N)`` integer pixel sets (or ``(M, N, 2)`` integer ``(col, row)`` pairs) and
-    return them as ``(M, N)`` int64 linear indices sorted per set (the canonical order)."""
+    return them as ``(M, N)`` int64 linear indices sorted per set (the canonical order).
+
+    With ``absent=True``, ``-1`` (or ``(-1, -1)``) marks an absent point, so sets of different
+    sizes share one padded array; each returned row is sorted with its ``-1`` entries last, and a
+    sequence of 1-D index arrays of different lengths is padded that way. Every set keeps at
+    least one point."""
+    if absent and isinstance(sets, (list, tuple)) and len({np.shape(s) for s in sets}) > 1:
+        rows = [np.asarray(s) for s in sets]
+        if any(r.ndim != 1 for r in rows):
+            raise DataError("expected a sequence of 1-D index arrays for sets of different sizes")
+        padded = np.full((len(rows), max(len(r) for r in rows)), -1, dtype=np.result_type(*rows, np.int8))
+        for k, r in enumerate(rows):
+            padded[k, :len(r)] = r
+        sets = padded
     arr = np.asarray(sets)
     if arr.dtype.kind not in "iu":
         raise DataError(f"expected integer pixel sets, got dtype {arr.dtype}")
     if arr.ndim == 3 and arr.shape[-1] == 2:
+        gone = (arr == -1).all(-1) if absent else np.zeros(arr.shape[:2], bool)
         col, row = arr[..., 0].astype(np.int64), arr[..., 1].astype(np.int64)
-        if arr.size and (min(col.min(), row.min()) < 0 or max(col.max(), row.max()) >= grid):
-            raise DataError(f"(col, row) pairs must lie in 0..{grid - 1}")
-        arr = row * grid + col
+        if arr.size and (min(col[~gone].min(initial=0), row[~gone].min(initial=0)) < 0
+                         or max(col.max(), row.max()) >= grid):
+            raise DataError(f"(col, row) pairs must lie in 0..{grid - 1}"
+                            + (" ((-1, -1) marks an absent point)" if absent else ""))
+        arr = np.where(gone, -1, row * grid + col)
     if arr.ndim != 2:
         raise DataError(f"expected sets of shape (M, N) (linear indices) or (M, N, 2) (col, row), got {arr.shape}")
     arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= grid * grid):
-        raise DataError(f"pixel indices must lie in 0..{grid * grid - 1}, got {arr.min()}..{arr.max()}")
-    return np.sort(arr, axis=1)
+    gone = arr == -1 if absent else np.zeros(arr.shape, bool)
+    if arr.size and (arr[~gone].min(initial=0) < 0 or arr.max() >= grid * grid):
+        raise DataError(f"pixel indices must lie in 0..{grid * grid - 1}"
+                        + (" (-1 marks an absent point)" if absent else "")
+                        + f", got {arr[~gone].min(initial=0)}..{arr.max()}")
+    if not gone.any():
+        return np.sort(arr, axis=1)
+    if gone.all(1).any():
+        raise DataError(f"set {int(np.flatnonzero(gone.all(1))[0])} has no points: every set needs at least one")
+    out = np.sort(np.where(gone, grid * grid, arr), axis=1)  # absent points sort last
+    out[out == grid * grid] = -1
+    return out
 
 
 def pixel_set_splits(

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from setflow.registry import register_model
 
-__all__ = ["SortedSetAR", "build_set_codec"]
+__all__ = ["SortedSetAR", "SetStepper", "build_set_codec"]
 
 
 class SortedSetAR(nn.Module):
@@ -91,18 +91,30 @@ class SortedSetAR(nn.Module):
         b, length = prefix.shape
         start = torch.full((b, 1), self.cells, dtype=torch.long, device=prefix.device)
         prev = torch.cat([start, prefix.long()], 1)  # (B, L + 1)
+        h = self._embed(prev, torch.arange(length + 1, device=prefix.device)[None])
+        mask = torch.triu(torch.full((length + 1, length + 1), float("-inf"), dtype=h.dtype, device=h.device), 1)
+        return torch.log_softmax(self._gap_logits(self.body(h, mask=mask), prev), -1)
+
+    def _embed(self, prev: Tensor, pos: Tensor) -> Tensor:
+        """Input embedding of previous indices ``prev`` (``cells`` = start token) at positions ``pos``."""
         g = self.grid
         first = prev == self.cells
         row = torch.where(first, g, prev // g)
         col = torch.where(first, g, prev % g)
-        pos = torch.arange(length + 1, device=prefix.device)
-        h = self.tok(prev) + self.row(row) + self.col(col) + self.pos(pos)[None]
-        mask = torch.triu(torch.full((length + 1, length + 1), float("-inf"), dtype=h.dtype, device=h.device), 1)
-        h = self.norm(self.body(h, mask=mask))
-        room = self.cells - 1 - torch.where(first, 0, prev)  # largest gap that stays on the grid
-        gap = torch.arange(self.cells, device=prefix.device)
-        logits = (self.head(h) + self.gap_bias).masked_fill(gap > room[..., None], float("-inf"))
-        return torch.log_softmax(logits, -1)
+        return self.tok(prev) + self.row(row) + self.col(col) + self.pos(pos)
+
+    def _gap_logits(self, h: Tensor, prev: Tensor, width: int | None = None) -> Tensor:
+        """Final norm, head and the on-grid mask: hidden states -> logits of the first ``width`` gaps
+        (all ``G^2`` by default; ``-inf`` off the grid)."""
+        width = self.cells if width is None else width
+        room = self.cells - 1 - torch.where(prev == self.cells, 0, prev)  # largest gap that stays on the grid
+        gap = torch.arange(width, device=h.device)
+        w, b = self.head.weight[:width], self.head.bias[:width] + self.gap_bias[:width]
+        return torch.nn.functional.linear(self.norm(h), w, b).masked_fill(gap > room[..., None], float("-inf"))
+
+    def stepper(self, batch: int) -> "SetStepper":
+        """An incremental (key/value-cached) evaluator of :meth:`step_log_probs` for ``batch`` sets."""
+        return SetStepper(self, batch)
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Exact log-probability (nats) of each sorted set ``x`` ``(B, L)`` -> ``(B,)``.
@@ -128,6 +140,57 @@ class SortedSetAR(nn.Module):
             last = out[:, -1:] if out.shape[1] else torch.zeros_like(out[:, :1].expand(n, 1))
             out = torch.cat([out, last + torch.multinomial(p, 1, generator=generator)], 1)
         return out
+
+
+class SetStepper:
+    """Step-by-step evaluation of a :class:`SortedSetAR` over a batch of sets, with each layer's
+    keys and values cached: step ``i`` costs one token per set instead of the whole prefix.
+
+    ``step(prev)`` takes the previous index of every set (``(B,)``; ignored at step 0, which reads
+    the start token) and returns ``(B, G^2)`` probabilities of the next gap, equal (to rounding)
+    to ``model.step_log_probs(prefix)[:, -1].exp()``. ``rows`` (boolean ``(B,)``) scores only those
+    sets (the others still advance), ``width`` only the first gaps (the rest have no mass: the
+    caller knows them off the grid). The model must be in eval mode (no dropout).
+
+    Shapes:
+        prev: ``(B,)`` int64  ->  ``(rows, width)`` float (the model's dtype).
+    """
+
+    def __init__(self, model: SortedSetAR, batch: int) -> None:
+        if model.training:
+            raise ValueError("SetStepper needs the model in eval mode (dropout off)")
+        self.model, self.batch, self.t = model, int(batch), 0
+        w = model.head.weight
+        layers = list(model.body.layers)
+        self.heads = layers[0].self_attn.num_heads if layers else 1
+        self.hd = w.shape[1] // self.heads
+        shape = (self.batch, self.heads, model.num_points, self.hd)
+        self.keys = [w.new_empty(shape) for _ in layers]
+        self.values = [w.new_empty(shape) for _ in layers]
+        self.prev = torch.full((self.batch,), model.cells, dtype=torch.long, device=w.device)
+
+    def step(self, prev: Tensor | None = None, rows: Tensor | None = None, width: int | None = None) -> Tensor:
+        m, t = self.model, self.t
+        if t >= m.num_points:
+            raise ValueError(f"the model codes at most {m.num_points} points per set")
+        if t:
+            self.prev = prev.long()
+        h = m._embed(self.prev, torch.full_like(self.prev, t))  # (B, d)
+        b, nh, hd = self.batch, self.heads, self.hd
+        for layer, kc, vc in zip(m.body.layers, self.keys, self.values):
+            att = layer.self_attn
+            q, k, v = torch.nn.functional.linear(layer.norm1(h), att.in_proj_weight, att.in_proj_bias).chunk(3, -1)
+            kc[:, :, t] = k.view(b, nh, hd)
+            vc[:, :, t] = v.view(b, nh, hd)
+            scores = torch.matmul(q.view(b, nh, 1, hd), kc[:, :, :t + 1].transpose(-1, -2)) / hd ** 0.5
+            mixed = torch.matmul(scores.softmax(-1), vc[:, :, :t + 1]).reshape(b, nh * hd)
+            h = h + att.out_proj(mixed)
+            h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
+        self.t = t + 1
+        prev = self.prev
+        if rows is not None:
+            h, prev = h[rows], prev[rows]
+        return m._gap_logits(h, prev, width).softmax(-1)
 
 
 @register_model("set_codec")
