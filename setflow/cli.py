@@ -64,9 +64,38 @@ def _cmd_pixel_sets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_photos(args: argparse.Namespace) -> int:
+    """``setflow data photos [--size 32|64] [--factor F] [--preview PNG]``: offline photo tiles from Debian
+    packages (apt-get download + dpkg-deb -x, checksummed), cached under <data-root>/photos/."""
+    from setflow.data.photos import prepare_photo_tiles
+
+    if args.output is not None:
+        raise ValueError("`setflow data photos` writes <data-root>/photos/photos{SIZE}_f{FACTOR}.npz (where the "
+                         "photos32/photos64 data sets read it); choose the folder with --data-root, not -o")
+    if args.factor < 2:
+        raise ValueError(f"--factor must be an integer >= 2 (area averaging), got {args.factor}")
+    arrays, source, info = prepare_photo_tiles(args.data_root, args.size, args.factor, download=not args.offline,
+                                               rebuild=args.rebuild)
+    print("data: " + source)
+    photos = {s: len(set(arrays[f"{s}_photo"].tolist())) for s in ("train", "valid", "test")}
+    print(f"photos{args.size} (factor {args.factor}): " + ", ".join(
+        f"{s} {len(arrays[s]):,} tiles from {photos[s]} photos" for s in ("train", "valid", "test"))
+          + f"; {'reused' if info['reused'] else 'built'} {info['path']} in {info['seconds']:.1f} s")
+    if args.preview:
+        from setflow.viz.images import image_grid
+
+        tiles = arrays["test"][:64].transpose(0, 3, 1, 2)
+        image_grid(tiles, args.preview, title=f"offline photo tiles: {len(tiles)} test tiles, {args.size}x{args.size}, "
+                                              f"factor {args.factor}", nrow=8)
+        print(f"wrote {args.preview}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from setflow.data import load_spatial_mnist
 
+    if args.dataset == "photos":
+        return _cmd_photos(args)
     if args.dataset == "spatial-mnist-pixels":
         return _cmd_pixel_sets(args)
     if args.dataset != "spatial-mnist":
@@ -277,9 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("data", help="prepare a data set (spatial-mnist; 3-D: shapes, cgal, meshes DIR, modelnet10/40, "
-                                    "shapenet)")
+                                    "shapenet; images: photos)")
     p.add_argument("dataset", choices=["spatial-mnist", "spatial-mnist-pixels", "shapes", "cgal", "meshes", "modelnet10", "modelnet40",
-                                       "shapenet"])
+                                       "shapenet", "photos"])
     p.add_argument("path", nargs="?", default=None, help="with 'meshes': folder of OFF/PLY/OBJ/STL, a class per sub-folder")
     p.add_argument("--num-points", type=int, default=2048, help="3-D: points sampled per surface")
     p.add_argument("--per-class", type=int, default=64, help="3-D: shapes per class (shapes), clouds per mesh (cgal, meshes)")
@@ -290,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="3-D: .npz to write (default <data-root>/pointclouds/NAME_N.npz)")
     p.add_argument("--fashion", action="store_true", help="Spatial Fashion-MNIST instead of MNIST")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=32, choices=[32, 64], help="photos: tile side in pixels (photos32/64)")
+    p.add_argument("--factor", type=int, default=4, help="photos: area-averaging (box) downsampling factor, >= 2")
+    p.add_argument("--preview", default=None, metavar="PNG", help="photos: also write a grid of 64 test tiles")
+    p.add_argument("--rebuild", action="store_true", help="photos: rebuild the tile cache even if it is valid")
     _add_data_root(p)
     p.set_defaults(func=_cmd_data)
 

@@ -497,7 +497,8 @@ def test_imagenet_errors(tmp_path):
 
 
 def test_image_registry_and_unknown_name(tmp_path):
-    assert sorted(IMAGE_DATASETS) == ["cifar10", "fashion_mnist", "imagenet32", "imagenet64", "mnist"]
+    assert sorted(IMAGE_DATASETS) == ["cifar10", "fashion_mnist", "imagenet32", "imagenet64", "mnist", "photos32",
+                                      "photos64"]
     with pytest.raises(DataError, match="unknown image data set 'svhn'"):
         load_image_dataset("svhn", tmp_path)
 

@@ -116,7 +116,7 @@ def test_registry_populates_lazily_and_refuses_bad_names():
 EXPECTED = {
     "MODELS": EXPECTED_MODELS,
     "DATASETS": {"spatial_mnist", "spatial_mnist_pixels", "mnist", "fashion_mnist", "cifar10", "imagenet32",
-                 "imagenet64", "toy2d", "pointclouds"},
+                 "imagenet64", "photos32", "photos64", "toy2d", "pointclouds"},
     "IMAGE_CONDITIONERS": {"densenet", "shallow"},
     "OPTIMIZERS": {"adam", "adamax", "adamw"},
     "PLOTTERS": {"sets", "images", "toy2d", "pointclouds"},

@@ -3,7 +3,8 @@
 * sets: :func:`load_spatial_mnist` (SpatialMNIST / Spatial Fashion-MNIST, ``(N, 50, 2)``
   float32, cached) and :func:`spatial_mnist_splits` (numpy splits + source, no printing);
 * images: :func:`load_image_dataset` (``mnist``, ``fashion_mnist``, ``cifar10``,
-  ``imagenet32``, ``imagenet64``; uint8 ``(N, C, H, W)``) and the :data:`IMAGE_DATASETS`
+  ``imagenet32``, ``imagenet64``, and the offline photo tiles ``photos32`` / ``photos64``
+  of :mod:`setflow.data.photos`; uint8 ``(N, C, H, W)``) and the :data:`IMAGE_DATASETS`
   registry;
 * 2-D toys: :data:`TOY_DATASETS` (``checkerboard``, ``corners``, ``eight_gaussians``,
   ``four_circles``);

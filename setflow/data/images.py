@@ -8,6 +8,8 @@ name                    shape                      sources (in order)
 ``cifar10``             ``(N, 3, 32, 32)``         pickle batches, download
 ``imagenet32``          ``(N, 3, 32, 32)``         npz files placed by hand
 ``imagenet64``          ``(N, 3, 64, 64)``         npz files placed by hand
+``photos32``            ``(N, 3, 32, 32)``         offline photo tiles (Debian photos)
+``photos64``            ``(N, 3, 64, 64)``         offline photo tiles (Debian photos)
 ======================  =========================  ===================================
 
 Names map to loaders in :data:`IMAGE_DATASETS`; each loader takes
@@ -34,6 +36,7 @@ from .cifar import load_cifar10
 from .common import DataError, PathLike, report_source, resolve_data_root
 from .imagenet import load_imagenet
 from .mnist import SPLITS, load_digit_splits
+from .photos import DEFAULT_FACTOR, load_photo_tiles
 
 __all__ = ["ImageData", "IMAGE_DATASETS", "ImageLoader", "load_image_dataset", "image_dataset_splits"]
 
@@ -91,12 +94,23 @@ def _imagenet(size: int) -> ImageLoader:
     return load
 
 
+def _photos(size: int) -> ImageLoader:
+    def load(root: Path, download: bool, max_examples: Optional[int]) -> tuple[Arrays, Optional[Arrays], str]:
+        # built once from the checksummed Debian photos (apt only when downloads are allowed)
+        return load_photo_tiles(size, root, download, DEFAULT_FACTOR, max_examples)
+
+    load.__name__ = f"load_photos{size}"
+    return load
+
+
 IMAGE_DATASETS: dict[str, ImageLoader] = {
     "mnist": _digits("mnist"),
     "fashion_mnist": _digits("fashion_mnist"),
     "cifar10": _cifar10,
     "imagenet32": _imagenet(32),
     "imagenet64": _imagenet(64),
+    "photos32": _photos(32),
+    "photos64": _photos(64),
 }
 
 

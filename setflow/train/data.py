@@ -23,7 +23,8 @@ class ExperimentData:
     models). ``train_epoch``: optional ``epoch -> training tensor`` (e.g. SpatialMNIST points
     redrawn every epoch); the trainer uses it instead of ``train`` when set. ``masks``: split ->
     bool ``(M, N_max)`` real points of sets of different sizes (the tensors are then padded to
-    ``N_max``; see :mod:`setflow.sets`), ``None`` when every set has ``N`` points.
+    ``N_max``; see :mod:`setflow.sets`), ``None`` when every set has ``N`` points. ``label``:
+    what figures call the data (e.g. ``"offline photo tiles"``); empty means ``"data"``.
     """
 
     train: Tensor
@@ -35,6 +36,7 @@ class ExperimentData:
     labels: Optional[dict] = None
     train_epoch: Optional[Callable[[int], Tensor]] = None
     masks: Optional[dict] = None
+    label: str = ""
 
     def split_mask(self, name: str) -> Optional[Tensor]:
         """The ``(M, N_max)`` mask of ``name`` for sets of different sizes, else ``None``."""
@@ -132,6 +134,27 @@ def _image_loader(name: str) -> Callable[..., ExperimentData]:
 
 for _name in ("mnist", "fashion_mnist", "cifar10", "imagenet32", "imagenet64"):
     register_dataset(_name, _image_loader(_name))
+
+
+def _photo_loader(size: int) -> Callable[..., ExperimentData]:
+    def load(data_root: Optional[str] = None, download: bool = True, limit: Optional[int] = None,
+             factor: int = 4) -> ExperimentData:
+        """Offline photo tiles ``(N, 3, size, size)`` uint8 (:mod:`setflow.data.photos`); ``factor``:
+        the box-downsampling factor (built and cached on first use)."""
+        from setflow.data.common import resolve_data_root
+        from setflow.data.photos import load_photo_tiles
+
+        images, _, source = load_photo_tiles(size, resolve_data_root(data_root), download, factor, limit)
+        splits = [torch.from_numpy(images[s]) for s in ("train", "valid", "test")]
+        return ExperimentData(*splits, source="data: " + source, unit="bits_per_dim", kind="images",
+                              label="offline photo tiles")
+
+    load.__name__ = f"load_photos{size}"
+    return load
+
+
+for _size in (32, 64):
+    register_dataset(f"photos{_size}", _photo_loader(_size))
 
 
 @register_dataset("spatial_mnist_pixels")

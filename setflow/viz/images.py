@@ -107,4 +107,5 @@ def plot_checkpoint(model: Any, config: dict, data: Any, out_path: Union[str, Pa
     real = data.test[:n]
     num_bits = int(config.get("model_args", {}).get("num_bits", 8))
     title = f"{config.get('name') or config.get('model')} ({config.get('model')})"
-    plot_grids([("data", real), ("samples", samples)], out_path, num_bits=num_bits, title=title)
+    label = getattr(data, "label", "") or "data"
+    plot_grids([(label, real), ("samples", samples)], out_path, num_bits=num_bits, title=title)
