@@ -3,6 +3,12 @@
 Usage::
 
     python scripts/bench_set_codecs.py runs/set_codec_cpu/last.pt [--split test] [--per-set 100]
+    python scripts/bench_set_codecs.py --speed [--sets 512] [--rounds 3]   # throughput only
+
+``--speed`` times the learned codec (a random-init model of the README's size unless a checkpoint
+is given: speed does not depend on the weights) against JPEG XL (effort 9, occupancy images, one
+file per set) in the same run: CPU seconds of this process (so another process on the cores
+does not count), median and range over rounds after a warm-up, one thread.
 
 Rows (all on the same sorted pixel sets of the split; one file for all sets, and one file per
 set where it applies; bits per point = 8 * bytes / (sets * points)):
@@ -67,9 +73,41 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
+def speed(model, sets: np.ndarray, rounds: int) -> dict:
+    """Median (min, max) sets/s by CPU time: .sfs encode/decode vs JPEG XL per-set files."""
+    import torch
+
+    torch.set_num_threads(1)
+    occ = _occupancy(sets)
+    m = sets.shape[0]
+
+    def rate(fn):
+        fn()  # warm-up
+        out = []
+        for _ in range(rounds):
+            t0 = time.process_time()
+            fn()
+            out.append(m / (time.process_time() - t0))
+        return float(np.median(out)), min(out), max(out)
+
+    data = compress_sets(model, sets)
+    files = [imagecodecs.jpegxl_encode(o, lossless=True, effort=9) for o in occ]
+    res = {"sfs_encode": rate(lambda: compress_sets(model, sets)),
+           "sfs_decode": rate(lambda: decompress_sets(model, data)),
+           "jxl9_encode": rate(lambda: [imagecodecs.jpegxl_encode(o, lossless=True, effort=9) for o in occ]),
+           "jxl9_decode": rate(lambda: [imagecodecs.jpegxl_decode(f) for f in files])}
+    res["encode_ratio"] = res["sfs_encode"][0] / res["jxl9_encode"][0]
+    res["decode_ratio"] = res["sfs_decode"][0] / res["jxl9_decode"][0]
+    res["sfs_bits_per_point"] = 8 * len(data) / sets.size
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ckpt", help="a set_codec checkpoint")
+    ap.add_argument("ckpt", nargs="?", help="a set_codec checkpoint (--speed: optional)")
+    ap.add_argument("--speed", action="store_true", help="throughput against JPEG XL only")
+    ap.add_argument("--sets", type=int, default=512, help="--speed: sets of the split to time")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--split", default="test")
     ap.add_argument("--per-set", type=int, default=100, help="sets coded one file each (the first K)")
     ap.add_argument("--json", default=None, help="also write the rows here")
@@ -77,8 +115,32 @@ def main(argv=None) -> int:
 
     from setflow.train.checkpoint import load_model
 
+    sets, source = pixel_set_splits(download=False)
+    sets = sets[args.split]
+    print(f"data: {source}")
+    if args.speed:
+        if args.ckpt:
+            model, what = load_model(args.ckpt, device="cpu")[0], args.ckpt
+        else:
+            from setflow.models.set_codec import SortedSetAR
+
+            model = SortedSetAR(grid=28, num_points=50, d_model=64, num_heads=4, num_layers=2,
+                                dim_feedforward=128).eval()
+            what = "random-init model of the README's size (d_model 64, 2 layers, 4 heads)"
+        res = speed(model, sets[:args.sets], args.rounds)
+        print(f"{min(args.sets, len(sets))} sets x 50 points, {what}; sets/s by CPU time, median (min-max) of "
+              f"{args.rounds} rounds, one thread")
+        for k in ("sfs_encode", "sfs_decode", "jxl9_encode", "jxl9_decode"):
+            med, lo, hi = res[k]
+            print(f"  {k:12s} {med:8.0f} ({lo:.0f}-{hi:.0f})")
+        print(f"  .sfs / JPEG XL: encode {res['encode_ratio']:.3f}x, decode {res['decode_ratio']:.3f}x")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(res, fh, indent=1)
+        return 0
+    if not args.ckpt:
+        ap.error("a set_codec checkpoint is needed unless --speed")
     model, cfg = load_model(args.ckpt, device="cpu")
-    sets = pixel_set_splits(download=False)[0][args.split]
     m, n = sets.shape
     pts = m * n
     rows = []

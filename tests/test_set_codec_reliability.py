@@ -328,3 +328,15 @@ def test_cli_verify_on_write_leaves_no_file_when_the_check_fails(tmp_path, codec
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".setflow-")] == []  # no temp left
     sets_mod.cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "old.sfs", verify=False))
     assert (tmp_path / "old.sfs").read_bytes()[:4] == b"\x89SFS"  # --no-verify skips the check
+
+
+def test_a_model_changed_in_place_is_not_served_from_the_coding_cache():
+    from setflow.coding.format import ModelMismatchError
+
+    m = _model(seed=4)
+    data = compress_sets(m, [[1, 2, 3]])
+    with torch.no_grad():
+        m.gap_bias[0] += 1.0
+    with pytest.raises(ModelMismatchError):
+        decompress_sets(m, data)
+    assert np.array_equal(decompress_sets(m, compress_sets(m, [[1, 2, 3]])), [[1, 2, 3]])

@@ -91,7 +91,7 @@ MAX_BLOCK = 4096
 SETS_PER_WORD = 32  # every set costs at least one bit of payload (padded blocks guarantee it)
 GUARD_SYMBOL, GUARD_ALPHABET = 0xA5, 256
 VARIABLE = 1  # flags bit: sizes are coded
-DEFAULT_BLOCK = 256
+DEFAULT_BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,19 @@ def _sets_crc(sets: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(sets, dtype="<i2").tobytes())
 
 
-def _coding_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model).to("cpu", torch.float64).eval()
+_PREPARED: dict = {}
+
+
+def _coding_model(model: nn.Module, config: dict | None = None) -> tuple[nn.Module, bytes]:
+    """``(float64 CPU eval copy, fingerprint)`` of ``model``, kept while no tensor of it changes
+    (the key holds every parameter's and buffer's identity and in-place version counter)."""
+    key = (id(model), json.dumps(config or {}, sort_keys=True, default=str),
+           tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values()))
+    if key not in _PREPARED:
+        if len(_PREPARED) >= 4:
+            _PREPARED.pop(next(iter(_PREPARED)))
+        _PREPARED[key] = (copy.deepcopy(model).to("cpu", torch.float64).eval(), set_fingerprint(model, config))
+    return _PREPARED[key]
 
 
 def _check_sets(model: nn.Module, sets) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +209,7 @@ def set_bits(model: nn.Module, sets, block: int = DEFAULT_BLOCK) -> np.ndarray:
     """Analytic code length (bits) of each set's points under the coding tables, ``(M,)`` float64
     (a variable-size file adds ``log2 N`` bits a set for its size)."""
     arr, sizes = _check_sets(model, sets)
-    m = _coding_model(model)
+    m, _ = _coding_model(model)
     bits = np.zeros(arr.shape[0])
     with deterministic_cpu():
         for s in range(0, arr.shape[0], block):
@@ -219,7 +230,7 @@ def compress_sets(model: nn.Module, sets, config: dict | None = None, block: int
     if not 1 <= block <= MAX_BLOCK:
         raise FormatError(f"block must be in 1..{MAX_BLOCK}, got {block}")
     variable = bool((sizes < arr.shape[1]).any())
-    m = _coding_model(model)
+    m, fingerprint = _coding_model(model, config)
     coder, cat = constriction.stream.stack.AnsCoder(), _cat()
     with deterministic_cpu():
         _guard(coder, cat, 1, encode=True)
@@ -238,7 +249,7 @@ def compress_sets(model: nn.Module, sets, config: dict | None = None, block: int
     if arr.shape[0] > SETS_PER_WORD * words.size:  # padded blocks make this impossible; never write such a file
         raise CodecError(f"internal error: {arr.shape[0]} sets in {words.size} words")
     head = _HEAD.pack(SETS_MAGIC, SETS_VERSION, model.grid, arr.shape[1], arr.shape[0], block,
-                      set_fingerprint(model, config), _sets_crc(arr), VARIABLE if variable else 0, int(words.size))
+                      fingerprint, _sets_crc(arr), VARIABLE if variable else 0, int(words.size))
     body = head + words.tobytes()
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -272,9 +283,9 @@ def decompress_sets(model: nn.Module, data: bytes, config: dict | None = None) -
     if h.grid != model.grid or h.num_points > model.num_points:
         raise ModelMismatchError(f"file codes {h.num_points}-point sets on a {h.grid}x{h.grid} grid; the model "
                                  f"codes up to {model.num_points} points on {model.grid}x{model.grid}")
-    if h.fingerprint != set_fingerprint(model, config):
+    m, fingerprint = _coding_model(model, config)
+    if h.fingerprint != fingerprint:
         raise ModelMismatchError("the file was written with a different model (fingerprint mismatch)")
-    m = _coding_model(model)
     with codec_errors("the set payload is damaged"), deterministic_cpu():
         out = _decode(m, h, np.frombuffer(data, dtype="<u4", count=h.words, offset=_HEAD.size).astype(np.uint32))
     if _sets_crc(out) != h.sets_crc:

@@ -164,7 +164,7 @@ class SetStepper:
         layers = list(model.body.layers)
         self.heads = layers[0].self_attn.num_heads if layers else 1
         self.hd = w.shape[1] // self.heads
-        shape = (self.batch, self.heads, model.num_points, self.hd)
+        shape = (model.num_points, self.batch, self.heads, self.hd)  # time-major: a step reads a contiguous prefix
         self.keys = [w.new_empty(shape) for _ in layers]
         self.values = [w.new_empty(shape) for _ in layers]
         self.prev = torch.full((self.batch,), model.cells, dtype=torch.long, device=w.device)
@@ -180,10 +180,10 @@ class SetStepper:
         for layer, kc, vc in zip(m.body.layers, self.keys, self.values):
             att = layer.self_attn
             q, k, v = torch.nn.functional.linear(layer.norm1(h), att.in_proj_weight, att.in_proj_bias).chunk(3, -1)
-            kc[:, :, t] = k.view(b, nh, hd)
-            vc[:, :, t] = v.view(b, nh, hd)
-            scores = torch.matmul(q.view(b, nh, 1, hd), kc[:, :, :t + 1].transpose(-1, -2)) / hd ** 0.5
-            mixed = torch.matmul(scores.softmax(-1), vc[:, :, :t + 1]).reshape(b, nh * hd)
+            kc[t] = k.view(b, nh, hd)
+            vc[t] = v.view(b, nh, hd)
+            weights = ((kc[:t + 1] * q.view(b, nh, hd)).sum(-1) / hd ** 0.5).softmax(0)  # (t + 1, B, heads)
+            mixed = (weights[..., None] * vc[:t + 1]).sum(0).reshape(b, nh * hd)
             h = h + att.out_proj(mixed)
             h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
         self.t = t + 1
