@@ -257,6 +257,8 @@ class Flow(nn.Module):
 
     def _log_prob_latent(self, x: Tensor, context: Optional[Tensor], mask: Optional[Tensor],
                          sizes: Optional[Tensor], bucket: bool = True) -> Tensor:
+        if x.shape[0] == 0:  # no data: no layer runs (an empty batch would initialise ActNorm & co. on nothing)
+            return x.new_zeros(0)
         groups = None if mask is None or not bucket else self._buckets(mask)
         if groups is not None:
             parts = []
@@ -314,7 +316,8 @@ class Flow(nn.Module):
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         """Log-density (nats) of each datum, shape ``(B,)``. A lower bound when ``not is_exact``.
 
-        ``mask`` ``(B, N)`` bool marks the real points of padded sets of different sizes.
+        ``mask`` ``(B, N)`` bool marks the real points of padded sets of different sizes. An empty
+        batch (``B = 0``) gives an empty ``(0,)`` result (its shape is still checked; no layer runs).
         """
         x, mask, sizes = self._prepare_masked(x, mask)
         context = self._context(context, x.shape[0])
@@ -355,10 +358,17 @@ class Flow(nn.Module):
 
     def _sample_latent(self, num_samples, context, num_points):
         sizes = self._sample_sizes(num_samples, context, num_points)
-        mask = lengths_to_mask(sizes, int(sizes.max()))
+        mask = lengths_to_mask(sizes, int(sizes.max()) if sizes.numel() else 0)
         z = self.base.sample(sizes.shape[0], context, num_points=mask.shape[1])
         z = torch.where(mask[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
         return z, mask, sizes
+
+    def _empty_data(self, z: Tensor) -> Optional[Tensor]:
+        """``(0, *event_shape)`` in ``z``'s dtype for an empty latent batch ``z`` (no layer runs on it), else
+        ``None`` (also when the event shape is not fully known: then the layers map the empty batch)."""
+        if z.shape[0] or self.event_shape is None or None in self.event_shape:
+            return None
+        return z.new_zeros(0, *self.event_shape)
 
     @torch.no_grad()
     def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None,
@@ -367,6 +377,8 @@ class Flow(nn.Module):
 
         A variable-size flow draws each set's size from ``size_dist`` (or takes ``num_points``, an int or
         ``(B,)`` sizes) and returns ``(x, mask)``: ``x`` ``(B, N_max, D)`` zero-padded, ``mask`` ``(B, N_max)``.
+        No samples (``num_samples=0``) give an empty batch, ``(0, *event_shape)`` (``(0, 0, D)`` and a
+        ``(0, 0)`` mask for sets of any size), without running the layers.
         """
         context = self._context(context, num_samples)
         if not self.variable_size:
@@ -374,8 +386,11 @@ class Flow(nn.Module):
                 z = self.base.sample(num_samples, context, num_points=int(num_points))
             else:
                 z = self.base.sample(num_samples, context)
-            return self.transform.inverse(z, context)
+            empty = self._empty_data(z)
+            return self.transform.inverse(z, context) if empty is None else empty
         z, mask, _ = self._sample_latent(num_samples, context, num_points)
+        if z.shape[0] == 0:
+            return z, mask
         full = bool(mask.all())
         x = self.transform.inverse(z, context) if full else self.transform.inverse(z, context, mask=mask)
         return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask
@@ -399,6 +414,9 @@ class Flow(nn.Module):
                              "x, mask = sample(n) and log_prob(x, mask=mask)")
         context = self._context(context, num_samples)
         z = self.base.sample(num_samples, context)
+        empty = self._empty_data(z)
+        if empty is not None:
+            return empty, z.new_zeros(0)
         log_p = self.base.log_prob(z, context)
         x, inv_ldj = _inverse_with_ldj(self.transform, z, context)
         return x, log_p - inv_ldj

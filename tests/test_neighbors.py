@@ -167,3 +167,41 @@ def test_window_route_and_work_per_point(monkeypatch):
     assert per_point[4096] < 0.15 * 4096  # far from all pairs
     nearest_neighbors(torch.randn(1, nbm.WINDOW_MIN_POINTS, 2), 4)  # at the threshold: all pairs
     assert len(calls) == 2
+
+
+def reference_by_coordinates(x, k, mask=None):
+    """All distances; ties by the lexicographically smaller point, then the smaller index (loop=False)."""
+    B, N, D = x.shape
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    if mask is not None:
+        d = d.masked_fill(~mask[:, None, :], float("inf"))
+    d = d.masked_fill(torch.eye(N, dtype=torch.bool), float("inf"))
+    order = torch.arange(N).expand(B, N, N)  # per row: stable sorts from the last criterion to the first
+    for key in [x[..., c] for c in reversed(range(D))] + [None]:
+        v = (d.gather(-1, order) if key is None else key[:, None, :].expand(B, N, N).gather(-1, order))
+        order = order.gather(-1, v.argsort(dim=-1, stable=True))
+    val = d.gather(-1, order)[..., :k]
+    own = torch.arange(N).view(1, N, 1).expand(B, N, k)
+    out = torch.where(val < float("inf"), order[..., :k], own)
+    return out if mask is None else torch.where(mask[..., None], out, own)
+
+
+@pytest.mark.parametrize("D, N", [(2, 60), (2, 500), (3, 1100)])  # all pairs, sorted windows, grid
+def test_ties_by_coordinates_are_permutation_equivariant(D, N):
+    gen = torch.Generator().manual_seed(N)
+    x = torch.randint(0, 4 if N < 100 else 9, (2, N, D), generator=gen).double()  # duplicates and equal distances
+    mask = torch.rand(2, N, generator=gen) < 0.8
+    mask[0] = True
+    k = 6
+    got = nearest_neighbors(x, k, ties="coordinates")
+    assert torch.equal(got, reference_by_coordinates(x, k))
+    assert torch.equal(nearest_neighbors(x, k, mask=mask, ties="coordinates"), reference_by_coordinates(x, k, mask))
+    assert not torch.equal(got, nearest_neighbors(x, k))  # the index rule picks others on this grid
+    perm = torch.randperm(N, generator=gen)
+    gp = nearest_neighbors(x[:, perm], k, ties="coordinates")
+    coords = lambda pts, nbr: pts.gather(1, nbr.reshape(2, -1, 1).expand(-1, -1, D)).view(2, N, k, D)
+    assert torch.equal(coords(x[:, perm], gp), coords(x, got)[:, perm])  # the same neighbours (duplicates alike)
+    smooth = torch.randn(2, N, D, generator=gen, dtype=torch.float64)  # no ties: the same as by index
+    assert torch.equal(nearest_neighbors(smooth, k, ties="coordinates"), nearest_neighbors(smooth, k))
+    with pytest.raises(ValueError, match="ties must be one of"):
+        nearest_neighbors(x, k, ties="random")

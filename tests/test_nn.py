@@ -273,10 +273,19 @@ def test_bad_k_raises() -> None:
     with pytest.raises(ValueError, match="k=0"):
         knn_graph(x, 0)
     knn_graph(x, 5, loop=True)  # fine with self-loops
-    with pytest.raises(ValueError, match="k=8"):
-        EdgeConvNet(2, 2, k=8)(x)
     with pytest.raises(ValueError):
         knn_graph(torch.randn(5, 2), 2)
+
+
+def test_edgeconv_takes_at_most_n_minus_1_neighbours() -> None:
+    x = torch.randn(2, 5, 2, dtype=DTYPE)
+    big = EdgeConvNet(2, 3, hidden=8, k=8, zero_init=False).to(DTYPE)
+    capped = EdgeConvNet(2, 3, hidden=8, k=4, zero_init=False).to(DTYPE)
+    capped.load_state_dict(big.state_dict())
+    assert torch.equal(big(x), capped(x))  # k=8 on 5 points: the 4 others
+    one = torch.randn(3, 1, 2, dtype=DTYPE)  # no neighbours: every EdgeConv aggregates to 0
+    expect = big.out(big.act(torch.zeros(3, 8, dtype=DTYPE))).view(3, 1, 3)
+    assert torch.equal(big(one), expect)
 
 
 # ----------------------------------------------------------------------------- DeepSets / MLP

@@ -93,6 +93,10 @@ class SetSizeDistribution(Distribution):
     def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
         if num_samples is None:
             raise ValueError("SetSizeDistribution.sample needs num_samples")
+        if int(num_samples) < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if int(num_samples) == 0:  # multinomial refuses to draw nothing
+            return torch.zeros(0, dtype=torch.long, device=self.logits.device)
         draw = torch.multinomial(self.probs().float(), int(num_samples), replacement=True)
         return draw + self.min_points
 

@@ -106,7 +106,7 @@ class SetFlow(Flow):
 
     def _prepare_masked(self, x, mask):
         if (self.variable_size and mask is not None and isinstance(x, Tensor) and x.dim() == 3
-                and x.shape[1] > self.max_points and tuple(mask.shape) == tuple(x.shape[:2])):
+                and x.shape[1] > self.max_points and tuple(mask.shape) == tuple(x.shape[:2]) and x.shape[0]):
             # more padding than the model's max_points: move the real points first and drop empty columns
             order = real_first(mask)
             keep = max(int(mask.sum(1).max()), 1)
@@ -179,7 +179,8 @@ def build_set_flow(
             ``None`` makes ties an error instead.
         conditioner: equivariant net of the coordinate-wise coupling: ``transformer``,
             ``deepsets``, ``edgeconv`` (kNN graph + PyG EdgeConv), ``isab`` (induced attention,
-            ``num_inducing`` points) or ``knn`` (chunked kNN + dense EdgeConv, ``knn_k`` neighbours).
+            ``num_inducing`` points) or ``knn`` (chunked kNN + dense EdgeConv, ``knn_k`` neighbours; both
+            kNN nets use ``min(knn_k, N - 1)`` in a set of ``N`` points, ties by coordinates).
         point_conditioner: net of the point-wise coupling, with learned positions where it has
             them (``transformer``, ``isab``, ``knn``); ``isab`` / ``knn`` keep a step O(N).
         input_scale, input_shift: the fixed affine pre-processing ``x * scale + shift``.
@@ -194,7 +195,10 @@ def build_set_flow(
             ``min_points..max_points``: every layer takes masks (the point-wise coupling splits by
             the parity of the position, :class:`~setflow.transforms.SetShuffle` replaces the fixed
             shuffles), and ``log p(X) = log p(N) + log p(X | N)`` with a
-            :class:`~setflow.distributions.SetSizeDistribution` over ``N``.
+            :class:`~setflow.distributions.SetSizeDistribution` over ``N``. Every layer takes sets down
+            to 1 point, alone or padded (a parity coupling with no odd point is the identity, the kNN
+            conditioners take ``min(knn_k, N - 1)`` neighbours), so a set scores the same alone, in a
+            padded batch and in any size bucket.
         size_smoothing, learn_size: that size density: fitted by the trainer to the training sizes
             with ``size_smoothing`` pseudo-counts per size, or (``learn_size``) trained as logits.
         point_mix: variable-size SortFlow, what reorders the real points between steps:

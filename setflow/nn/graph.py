@@ -29,7 +29,7 @@ def _check_k(k: int, num_points: int, loop: bool) -> None:
         )
 
 
-def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = None) -> Tensor:
+def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = None, ties: str = "index") -> Tensor:
     r"""k-nearest-neighbour graph of every set in a batch, as a PyG ``edge_index``.
 
     Nodes are the flattened points, node ``b * N + i`` being point ``i`` of set
@@ -37,7 +37,8 @@ def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = No
     nearest points, found by :func:`~setflow.nn.neighbors.nearest_neighbors` (exact
     Euclidean distances, not via the matmul expansion). Ties are broken by the lower point
     index, so the result is deterministic, and for tie-free inputs permuting the points of a
-    set permutes the edges the same way.
+    set permutes the edges the same way; with ``ties="coordinates"`` by the lexicographically
+    smaller point, so that holds with ties too (up to swapping duplicate points).
 
     Args:
         x: point coordinates / features.
@@ -45,6 +46,7 @@ def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = No
         loop: whether a point counts as its own neighbour (distance 0).
         mask: ``(B, N)`` bool, True = a real point: edges join real points only (a real point of
             a set with at most ``k`` real points gets fewer than ``k`` edges; padded points none).
+        ties: ``"index"`` or ``"coordinates"`` (:data:`setflow.nn.neighbors.TIES`).
 
     Returns:
         ``edge_index`` of dtype ``long``: row 0 the neighbour (source ``j``),
@@ -65,7 +67,7 @@ def knn_graph(x: Tensor, k: int, loop: bool = False, mask: Optional[Tensor] = No
     _check_k(k, N, loop)
     if mask is not None and (mask.shape != (B, N) or mask.dtype != torch.bool):
         raise ValueError(f"expected mask of shape {(B, N)} and dtype bool; got {tuple(mask.shape)} {mask.dtype}")
-    nbr = nearest_neighbors(x, k, mask=mask, loop=loop)  # (B, N, k): nearest first, ties by index
+    nbr = nearest_neighbors(x, k, mask=mask, loop=loop, ties=ties)  # (B, N, k): nearest first
     offsets = torch.arange(B, device=x.device).mul_(N).view(B, 1, 1)
     source = (nbr + offsets).reshape(-1)
     target = torch.arange(B * N, device=x.device).view(B, N, 1).expand(B, N, k).reshape(-1)
@@ -87,11 +89,18 @@ class EdgeConvNet(SetConditioner):
     :class:`~setflow.nn.base.SetConditioner` contract (no learned positions); with a ``mask``
     the graph joins real points only.
 
+    Small sets: a point has ``min(k, n - 1)`` neighbours in a set of ``n`` points (the same alone
+    and in a padded batch); a 1-point set has none, and a point without edges aggregates to 0.
+    Ties: of neighbours at equal distance the lexicographically smaller point wins
+    (``ties="coordinates"`` of :func:`knn_graph`), so the output is permutation-equivariant even on
+    grids and with duplicate points (duplicates have equal features, so which of them wins does not
+    matter).
+
     Args:
         in_features: features per point (also the space the graph is built in).
         out_features: output features per point.
         hidden: width of the edge MLPs and node features.
-        k: neighbours per point (``k < N`` for every set passed in).
+        k: neighbours per point (at most ``n - 1`` are used in a set of ``n`` points).
         num_layers: EdgeConv layers (>= 1).
         aggr: ``"max"``, ``"mean"`` or ``"add"`` neighbour aggregation.
         activation: registry name of the activation.
@@ -165,7 +174,9 @@ class EdgeConvNet(SetConditioner):
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         x, mask = self.check_input(x, context, mask)
         B, N, D = x.shape
-        edge_index = knn_graph(x, self.k, mask=mask)
+        k = min(self.k, N - 1)
+        edge_index = (knn_graph(x, k, mask=mask, ties="coordinates") if k > 0
+                      else torch.zeros(2, 0, dtype=torch.long, device=x.device))
         h = x.reshape(B * N, D)
         for i, conv in enumerate(self.convs):
             h = self.act(conv(h, edge_index))

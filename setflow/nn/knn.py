@@ -23,7 +23,7 @@ __all__ = ["knn_neighbors", "knn_edge_index", "KNNEdgeConv", "KNNEdgeConvNet"]
 
 
 def knn_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = False,
-                  chunk: Optional[int] = None) -> Tensor:
+                  chunk: Optional[int] = None, ties: str = "index") -> Tensor:
     r"""Indices of the ``k`` nearest points of every point of every set (Euclidean, exact).
 
     :func:`setflow.nn.neighbors.nearest_neighbors`: sorted windows for 1-2 coordinates above
@@ -36,15 +36,16 @@ def knn_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool =
             fewer than ``k`` real neighbours are completed with the point's own index).
         loop: whether a point is its own neighbour.
         chunk: bounds a transient block to ``B x chunk x N`` distances (default about 4M).
+        ties: ``"index"`` or ``"coordinates"`` (:data:`setflow.nn.neighbors.TIES`).
 
     Returns:
-        ``(B, N, k)`` long, nearest first, ties by the smaller index.
+        ``(B, N, k)`` long, nearest first, ties by the smaller index (or point).
     """
     if x.dim() != 3:
         raise ValueError(f"expected points of shape (B, N, D); got {tuple(x.shape)}")
     B, N, _ = x.shape
     limit = MAX_ELEMENTS if chunk is None else max(1, chunk) * B * N
-    return nearest_neighbors(x, k, mask=mask, loop=loop, max_elements=limit)
+    return nearest_neighbors(x, k, mask=mask, loop=loop, max_elements=limit, ties=ties)
 
 
 def knn_edge_index(x: Tensor, k: int, batch: Optional[Tensor] = None, loop: bool = False,
@@ -84,7 +85,7 @@ class KNNEdgeConv(nn.Module):
     tensor of edge features is formed.
 
     With ``valid`` ``(B, N, k)`` bool only the neighbours where it is True are maxed over (a row
-    without any gives 0).
+    without any gives 0, as does every row of an empty table, ``k = 0``).
 
     Shapes:
         - h: ``(B, N, F)``, nbr: ``(B, N, k)`` long, valid: ``(B, N, k)`` bool optional -> ``(B, N, H)``
@@ -99,6 +100,8 @@ class KNNEdgeConv(nn.Module):
 
     def forward(self, h: Tensor, nbr: Tensor, valid: Optional[Tensor] = None) -> Tensor:
         B, N, k = nbr.shape
+        if k == 0:  # no neighbours (1-point sets)
+            return h.new_zeros(B, N, self.lin2.out_features)
         a = self.lin_centre(h) - self.lin_nbr(h)  # (W_a - W_b) h_i + b
         b = self.lin_nbr(h)
         hj = torch.gather(b, 1, nbr.reshape(B, N * k, 1).expand(-1, -1, b.shape[-1])).view(B, N, k, -1)
@@ -116,7 +119,10 @@ class KNNEdgeConvNet(SetConditioner):
     Permutation-equivariant without ``positional``; with it a learned per-index embedding is
     added (point-wise coupling of sorted sets). Zero-initialised read-out by default. A
     :class:`~setflow.nn.base.SetConditioner`: with a ``mask`` the neighbours are real points only
-    (a real point of a set with ``n <= k`` real points has its ``n - 1`` others as neighbours).
+    (a real point of a set with ``n <= k`` real points has its ``n - 1`` others as neighbours, alone
+    or in a padded batch; a 1-point set has none and its EdgeConv messages are 0). Of neighbours at
+    equal distance the lexicographically smaller point wins (``ties="coordinates"``), so the net is
+    equivariant on grids and with duplicate points too.
 
     Shapes:
         - x: ``(B, N, in_features)``, context ``(B, C)`` optional, mask ``(B, N)`` optional
@@ -153,7 +159,9 @@ class KNNEdgeConvNet(SetConditioner):
     def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         x, mask = self.check_input(x, context, mask)
         h = self.embed(x, context)
-        nbr = knn_neighbors(x, min(self.k, x.shape[1] - 1), mask=mask, chunk=self.chunk)
+        k = min(self.k, x.shape[1] - 1)
+        nbr = (knn_neighbors(x, k, mask=mask, chunk=self.chunk, ties="coordinates") if k > 0
+               else torch.zeros(*x.shape[:2], 0, dtype=torch.long, device=x.device))
         valid = None
         if mask is not None:  # a neighbour is real and not the point itself (sets with <= k real points)
             B, N, k = nbr.shape

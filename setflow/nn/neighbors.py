@@ -17,6 +17,9 @@ Order and ties: neighbours are sorted by distance, ties by the smaller index. Ev
 takes distances from ``torch.cdist`` without its matrix-product shortcut, where a pair's value
 depends on the two points only, so all searches rank the same numbers. A float ``topk``
 selects; a row whose cut runs through a tie is ranked whole, lexicographically.
+``nearest_neighbors(..., ties="coordinates")`` searches the points in :func:`lexicographic_order`,
+so ties go to the lexicographically smaller point instead: a rule that does not depend on the
+order of the points (the set conditioners use it).
 
 Rows that have fewer than ``k`` admissible neighbours (a masked set with few real points,
 or a padded query) are filled with the query's own index after the real neighbours; padded
@@ -33,7 +36,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["nearest_neighbors", "grid_knn", "window_knn", "brute_knn"]
+__all__ = ["nearest_neighbors", "grid_knn", "window_knn", "brute_knn", "lexicographic_order", "TIES"]
 
 MAX_ELEMENTS = 1 << 22  # distances per transient block (16 MiB in float32)
 GRID_MIN_POINTS = 1024  # 3-D: up to this many points all pairs are cheaper on a CPU (README, 3-D point clouds)
@@ -377,11 +380,31 @@ def window_knn(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = Fa
         return out.view(B, N, k)
 
 
+#: how :func:`nearest_neighbors` orders neighbours at equal distance: ``"index"`` (the smaller point
+#: index first; depends on the order of the points) or ``"coordinates"`` (the lexicographically smaller
+#: point first, then the smaller index: only exact duplicates are told apart by their index, so
+#: permuting a set permutes its neighbour table, up to swapping duplicates, which are the same point)
+TIES = ("index", "coordinates")
+
+
+def lexicographic_order(x: Tensor) -> Tensor:
+    """``(B, N)`` indices putting the points of each set of ``x`` ``(B, N, D)`` in lexicographic order of
+    their coordinates (equal points keep their order): one stable sort per coordinate, last to first."""
+    order = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+    for c in range(x.shape[-1] - 1, -1, -1):
+        order = order.gather(1, x[..., c].gather(1, order).argsort(dim=1, stable=True))
+    return order
+
+
 def nearest_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bool = False,
-                      max_elements: int = MAX_ELEMENTS) -> Tensor:
+                      max_elements: int = MAX_ELEMENTS, ties: str = "index") -> Tensor:
     r"""Exact kNN of every point of every set: sorted windows (:func:`window_knn`) for 1-2
     coordinates above ``WINDOW_MIN_POINTS`` points, the grid (:func:`grid_knn`) for 3 above
     ``GRID_MIN_POINTS``, all pairs (:func:`brute_knn`) otherwise.
+
+    With ``ties="coordinates"`` the search runs on the points in :func:`lexicographic_order`, so
+    "the smaller index" among points at equal distance becomes "the lexicographically smaller
+    point" (see :data:`TIES`); without ties the result is the same as with ``"index"``.
 
     Args:
         x: ``(B, N, D)`` points.
@@ -390,15 +413,29 @@ def nearest_neighbors(x: Tensor, k: int, mask: Optional[Tensor] = None, loop: bo
             with fewer than ``k`` admissible neighbours is completed with the query's own index.
         loop: whether a point is its own neighbour.
         max_elements: candidate pairs per transient block (memory ``O(max_elements + N k)``).
+        ties: ``"index"`` or ``"coordinates"``, the order of neighbours at equal distance (:data:`TIES`).
 
     Returns:
-        ``(B, N, k)`` long, nearest first, ties by the smaller index.
+        ``(B, N, k)`` long, nearest first, ties by the smaller index (or point, ``ties="coordinates"``).
 
     Example:
-        >>> x = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 2.0]]])
+        >>> x = torch.tensor([[[0.0, 0.0], [3.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
         >>> nearest_neighbors(x, 2)[0].tolist()
-        [[2, 3], [2, 0], [0, 1], [0, 2]]
+        [[2, 3], [2, 0], [0, 3], [0, 2]]
+        >>> nearest_neighbors(x, 2, ties="coordinates")[0].tolist()  # points 2 and 3 tie for point 0: (0, 1) < (1, 0)
+        [[3, 2], [2, 0], [0, 3], [0, 2]]
     """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    if ties == "coordinates":
+        _check(x, k, mask, loop)
+        B, N, _ = x.shape
+        x = x.detach()
+        order = lexicographic_order(x)
+        xs = x.gather(1, order.unsqueeze(-1).expand_as(x))
+        nbr = nearest_neighbors(xs, k, None if mask is None else mask.gather(1, order), loop, max_elements)
+        nbr = order.gather(1, nbr.reshape(B, -1)).view(B, N, -1)  # sorted positions -> point indices
+        return torch.empty_like(nbr).scatter_(1, order.unsqueeze(-1).expand_as(nbr), nbr)  # rows back in place
     if x.dim() == 3 and 1 <= x.shape[-1] <= 2 and x.shape[1] > WINDOW_MIN_POINTS:
         return window_knn(x, k, mask=mask, loop=loop, block=32, max_elements=max_elements)
     if x.dim() == 3 and x.shape[-1] == 3 and x.shape[1] > GRID_MIN_POINTS:

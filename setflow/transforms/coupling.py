@@ -67,7 +67,8 @@ def round_ste(x: Tensor) -> Tensor:
 
 #: how a coupling splits its input: ``"halves"`` (the first ``n_a`` entries condition the last ``n_b``)
 #: or ``"parity"`` (along the points of sets of any size: the real points at even positions condition
-#: those at odd positions; the conditioner's output at the ``j``-th even point parametrises the ``j``-th odd one)
+#: those at odd positions; the conditioner's output at the ``j``-th even point parametrises the ``j``-th odd one;
+#: a 1-point set has no odd point and passes through unchanged, ``ldj = 0``)
 SPLITS = ("halves", "parity")
 
 
@@ -106,8 +107,8 @@ class _Coupling(Bijection):
                                  "use split='parity' for sets of different sizes")
             x_a, x_b = x.split(self._sizes(x), dim=self.split_dim)
             return x_a, x_b, mask, mask, None
-        if x.dim() < 2 or (mask is None and x.shape[1] < 2):
-            raise ValueError(f"a parity coupling needs sets (B, N, ...) with N >= 2, got shape {tuple(x.shape)}")
+        if x.dim() < 2:
+            raise ValueError(f"a parity coupling needs sets (B, N, ...), got shape {tuple(x.shape)}")
         order = None
         if mask is not None:
             order = real_first(mask)
@@ -138,12 +139,17 @@ class _Coupling(Bijection):
 
     def _condition(self, x_a: Tensor, context: Optional[Tensor], x_b: Tensor, factor: int,
                    mask_a: Optional[Tensor] = None) -> Tensor:
-        """The conditioner's output, checked to have ``x_b``'s shape with ``params_dim`` times ``factor``."""
+        """The conditioner's output, checked to have ``x_b``'s shape with ``params_dim`` times ``factor``.
+
+        With nothing to transform (``x_b`` empty: a 1-point set under a parity split) the coupling is
+        the identity: zeros, without calling the conditioner."""
+        want = list(x_b.shape)
+        want[self.params_dim] *= factor
+        if x_b.numel() == 0:
+            return x_b.new_zeros(want)
         params = call_net(self.conditioner, x_a, context, mask_a)
         if self.split == "parity" and params.dim() > 1 and params.shape[1] == x_a.shape[1] > x_b.shape[1]:
             params = params[:, : x_b.shape[1]]  # one output per even point; the j-th serves the j-th odd point
-        want = list(x_b.shape)
-        want[self.params_dim] *= factor
         if list(params.shape) != want:
             what = "(shift, scale) pairs" if factor == 2 else "shifts"
             raise ValueError(

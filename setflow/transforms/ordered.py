@@ -140,9 +140,7 @@ class OrderedIncrements(Bijection):
                 ) -> tuple[Tensor, Tensor]:
         if mask is not None:
             return self._forward_masked(x, mask)
-        k = self._split(x)
-        if k.shape[1] < 2:
-            raise ValueError(f"OrderedIncrements needs N >= 2 points, got shape {tuple(x.shape)}")
+        k = self._split(x)  # a 1-point set has no gaps: z = x, ldj = 0
         gaps = self._check_gaps(k[:, 1:] - k[:, :-1])
         log_gaps = torch.log(gaps)
         zk = torch.cat([k[:, :1], log_gaps - math.log(self.gap_scale)], dim=1)
