@@ -257,11 +257,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Prepare SpatialMNIST, train the demo flow for a bounded time, evaluate, plot samples (by class if conditional)."""
     import torch
 
-    from setflow.evaluate import evaluate, format_metrics, format_sample_quality, sample_quality
+    from setflow.evaluate import evaluate, format_metrics, format_sample_quality, sample_quality, split_masks
     from setflow.train.config import load_config
     from setflow.train.data import load_data
     from setflow.train.trainer import Trainer
-    from setflow.viz.sets import plot_checkpoint, plot_sets_grid
+    from setflow.viz.sets import plot_checkpoint
 
     from setflow.train.config import check_positive
 
@@ -278,20 +278,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ec = cfg["eval"]
     conditional = bool(getattr(model, "conditional", False))
     test_labels = data.split_labels("test") if conditional else None
+    masks = {split: split_masks(model, data, split) for split in ("train", "test")}  # None: sets of one size
     res = evaluate(model, data.test, data.unit, batch_size=ec["batch_size"], iwbo_k=ec["iwbo_k"],
-                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"], labels=test_labels)
+                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"], labels=test_labels,
+                   masks=masks["test"])
     torch.manual_seed(0)
     out_png = Path(args.samples)
-    if conditional:  # one row per class: test sets, then samples of that class
-        plot_checkpoint(model, cfg, data, str(out_png), n=40)
-    else:
-        plot_sets_grid(data.test[:32], model.sample(32).cpu(), out_png,
-                       title=f"{cfg['model']}: data (left) vs samples (right)")
+    plot_checkpoint(model, cfg, data, str(out_png), n=40 if conditional else 32)  # by class if conditional
     print(f"wrote {out_png}")
     print(format_metrics(res, "test") + (" [conditional on the class label]" if conditional else ""))
     # sample quality beside the likelihood: 500 samples vs 500 test sets, and real train sets vs the same
     q = sample_quality(model, data.test, data.train, args.quality_samples, seed=0, ref_labels=test_labels,
-                       other_labels=data.split_labels("train") if conditional else None)
+                       other_labels=data.split_labels("train") if conditional else None,
+                       ref_masks=masks["test"], other_masks=masks["train"])
     print(format_sample_quality(q, "test", "train"))
     print(f"demo finished in {time.time() - t0:.0f} s; checkpoint {summary['checkpoint']}")
     return 0

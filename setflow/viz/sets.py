@@ -172,5 +172,18 @@ def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> No
         plot_sets_by_class(data.test, data.split_labels("test"), samples, labels, out_path, per_class=per_class,
                            title=f"{config['model']} (conditional): data vs samples, one row per class")
         return
-    samples = model.sample(n).cpu()
-    plot_sets_grid(data.test[:n], samples, out_path, title=f"{config['model']}: data vs samples")
+    samples = nan_padded(model.sample(n))  # a variable-size flow returns (x, mask)
+    mask = data.split_mask("test")
+    plot_sets_grid(nan_padded((data.test[:n], None if mask is None else mask[:n])), samples, out_path,
+                   title=f"{config['model']}: data vs samples")
+
+
+def nan_padded(sets) -> np.ndarray:
+    """Sets as a float array with NaN where a padded batch has no point (matplotlib skips NaN).
+
+    Takes ``(n, N, D)`` or a pair ``(x, mask)`` with ``mask (n, N)`` bool (or ``None``)."""
+    x, mask = sets if isinstance(sets, tuple) else (sets, None)
+    arr = _np(x).astype(np.float64)
+    if mask is not None:
+        arr[~_np(mask).astype(bool)] = np.nan
+    return arr
