@@ -25,6 +25,18 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- handlers
+def _output_file(path, suffix: str = ".npz") -> Path:
+    """The file an ``-o`` writes, its folder made: ``suffix`` appended as the writer would (np.savez
+    adds ``.npz`` unless present, matplotlib ``.png`` where there is none); a folder is refused."""
+    out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"-o {path} is a folder; name the file to write (e.g. -o {out / ('out' + suffix)})")
+    if out.suffix != suffix and (suffix == ".npz" or not out.suffix):
+        out = out.with_name(out.name + suffix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def _cmd_pointclouds(args: argparse.Namespace) -> int:
     """``setflow data shapes|cgal|meshes DIR|modelnet10|modelnet40|shapenet``: sample, report, save .npz."""
     import numpy as np
@@ -38,8 +50,7 @@ def _cmd_pointclouds(args: argparse.Namespace) -> int:
                          per_class=args.per_class, seed=args.seed, normalize=args.normalize, path=args.path,
                          download=not getattr(args, "offline", False), verbose=False, rotate=args.rotate)
     print("data: " + d.source)
-    out = Path(args.output or resolve_data_root(args.data_root) / "pointclouds" / f"{args.dataset}_{args.num_points}.npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = _output_file(args.output or resolve_data_root(args.data_root) / "pointclouds" / f"{args.dataset}_{args.num_points}.npz")
     np.savez(out, **{k: getattr(d, k) for k in ("train", "valid", "test", "train_labels", "valid_labels",
                                                 "test_labels")}, classes=np.asarray(d.classes), source=d.source)
     print(f"{args.dataset}: {len(d.classes)} classes; train {len(d.train)}, valid {len(d.valid)}, test {len(d.test)} "
@@ -55,8 +66,7 @@ def _cmd_pixel_sets(args: argparse.Namespace) -> int:
     from setflow.data.pixel_sets import pixel_set_splits
 
     sets, source = pixel_set_splits(args.data_root, seed=args.seed, download=not args.offline)
-    out = Path(args.output or resolve_data_root(args.data_root) / "spatial_mnist" / f"pixel_sets_seed{args.seed}.npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = _output_file(args.output or resolve_data_root(args.data_root) / "spatial_mnist" / f"pixel_sets_seed{args.seed}.npz")
     np.savez(out, **sets)
     print("data: " + source)
     print(f"pixel sets: {', '.join(f'{k} {v.shape}' for k, v in sets.items())} (sorted int64 indices row*28+col); "
@@ -94,16 +104,16 @@ def _cmd_photos(args: argparse.Namespace) -> int:
 def _cmd_data(args: argparse.Namespace) -> int:
     from setflow.data import load_spatial_mnist
 
+    if args.seed < 0:  # every source seeds numpy, which refuses negative seeds without naming the option
+        from setflow.train.config import ConfigError
+
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if args.dataset == "photos":
         return _cmd_photos(args)
     if args.dataset == "spatial-mnist-pixels":
         return _cmd_pixel_sets(args)
     if args.dataset != "spatial-mnist":
         return _cmd_pointclouds(args)
-    if args.seed < 0:
-        from setflow.train.config import ConfigError
-
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     t0 = time.perf_counter()
     d = load_spatial_mnist(data_root=args.data_root, fashion=args.fashion, seed=args.seed,
                            download=not args.offline, verbose=False, source=args.source)
@@ -191,6 +201,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from setflow.models.set_codec import SortedSetAR
     from setflow.train.config import check_positive
 
     check_positive(args.num, "-n/--num")
@@ -222,10 +233,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         x, mask = x
         extra["mask"] = mask.cpu().numpy()
     x = x.cpu().numpy()
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, samples=x, model=cfg["model"], data=cfg["data"], **extra)
+    if isinstance(model, SortedSetAR):  # the set codec draws (n, N) sorted pixel indices
+        from setflow.data.pixel_sets import pixels_to_points
+
+        extra["sets"] = x  # what `setflow compress` codes
+        x = pixels_to_points(x, model.grid)  # pixel centres in SpatialMNIST's frame, for `setflow plot`
+    out = _output_file(args.output)
+    np.savez(out, samples=x, model=cfg["model"], data=cfg.get("data", ""), **extra)
     sizes = "" if "mask" not in extra else f" (padded; {int(extra['mask'].sum(1).min())}..{int(extra['mask'].sum(1).max())} real points, 'mask' in the file)"
+    sizes += "" if "sets" not in extra else " (pixel centres; the sorted pixel indices as 'sets')"
     print(f"wrote {x.shape[0]} samples of shape {tuple(x.shape[1:])}{sizes} to {out}")
     if args.ply:
         from setflow.viz.pointclouds import save_clouds_ply
@@ -239,18 +255,20 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from setflow.train.config import check_positive
     from setflow.viz import plot_source
 
+    check_positive(args.num, "-n/--num")
+    out = _output_file(args.output, ".png")
     if args.open3d:
         from setflow.viz.pointclouds import render_source_open3d
 
-        render_source_open3d(args.source, args.output, n=args.num, seed=args.seed)
-        print(f"wrote {args.output}")
+        render_source_open3d(args.source, out, n=args.num, seed=args.seed)
+        print(f"wrote {out}")
         return 0
 
-    plot_source(args.source, args.output, n=args.num, data_root=args.data_root, fashion=args.fashion,
-                seed=args.seed)
-    print(f"wrote {args.output}")
+    plot_source(args.source, str(out), n=args.num, data_root=args.data_root, fashion=args.fashion, seed=args.seed)
+    print(f"wrote {out}")
     return 0
 
 

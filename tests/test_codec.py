@@ -332,3 +332,67 @@ def test_readme_codec_examples_use_the_tools_suffix():
     # several inputs always go to a folder written with a trailing '/'
     assert all(" -o " in ln and ln.split(" -o ")[1].split()[0].endswith("/") for ln in lines
                if ln.startswith("setflow compress") and len(ln.split(" -o ")[0].split()) > 4)
+
+
+def test_values_outside_8_bits_are_a_format_error_naming_the_range(codec):
+    with pytest.raises(FormatError, match=r"\[0, 255\] \(8-bit images\), got values 0\.\.300"):
+        codec.compress(np.concatenate([np.zeros((3, 4, 8)), np.full((3, 4, 8), 300)], 1).astype(np.uint16))
+    with pytest.raises(FormatError, match=r"got values -1\.\.0"):
+        codec.check_image(-np.eye(8, dtype=np.int16)[None].repeat(3, 0))
+
+
+def test_compress_decodes_what_it_wrote_before_keeping_it(ckpt, images, tmp_path, capsys, monkeypatch):
+    from setflow.cli import main
+
+    src = tmp_path / "a.npy"
+    np.save(src, images[0])
+    before = src.read_bytes()
+    (tmp_path / "old.idf").write_bytes(b"an earlier output")
+    decode = IDFCodec.decompress
+    monkeypatch.setattr(IDFCodec, "decompress", lambda self, data, as_tensor=False: decode(self, data) ^ 1)
+    for out in ("a.idf", "old.idf"):
+        assert main(["compress", ckpt, str(src), "-o", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "verification failed" in err and "input is untouched" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "old.idf"]  # no output, no temp file left
+    assert src.read_bytes() == before and (tmp_path / "old.idf").read_bytes() == b"an earlier output"
+
+    def undecodable(self, data, as_tensor=False):
+        raise CorruptFileError("checksum mismatch")
+
+    monkeypatch.setattr(IDFCodec, "decompress", undecodable)
+    assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "a.idf")]) == 2
+    assert "verification failed" in capsys.readouterr().err and not (tmp_path / "a.idf").exists()
+    # --no-verify never decodes (and says so); the default path keeps a file that does decode
+    assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "a.idf"), "--no-verify"]) == 0
+    assert "(not verified)" in capsys.readouterr().out
+    monkeypatch.setattr(IDFCodec, "decompress", decode)
+    assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "b.idf")]) == 0
+    assert np.array_equal(IDFCodec.from_checkpoint(ckpt).decompress((tmp_path / "b.idf").read_bytes()), images[0])
+
+
+def test_compress_verify_flag_is_shared_with_the_set_codec():
+    from setflow.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["compress", "c.pt", "x.npz", "-o", "y"]).verify is True
+    assert parser.parse_args(["compress", "c.pt", "x.npz", "-o", "y", "--no-verify"]).verify is False
+
+
+def test_cli_never_overwrites_an_input_and_progressive_checks_its_options(ckpt, images, tmp_path, capsys):
+    from setflow.cli import main
+
+    src = tmp_path / "a.npy"
+    np.save(src, images[0])
+    before = src.read_bytes()
+    assert main(["compress", ckpt, str(src), "-o", str(src)]) == 2
+    assert "is the input itself" in capsys.readouterr().err and src.read_bytes() == before
+    np.save(tmp_path / "wide.npy", np.full((3, 8, 8), 300, np.uint16))
+    for img, extra, part in ((src, ["--max-images", "0"], "--max-images must be >= 1"),
+                             (src, ["--fractions", "0.5,x"], "--fractions must be comma-separated numbers"),
+                             (tmp_path / "wide.npy", [], "wide.npy: image values must lie in [0, 255]")):
+        argv = ["progressive", ckpt, str(img), "-o", str(tmp_path / "p.png"), *extra]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and part in err and "Traceback" not in err, err
+    assert not (tmp_path / "p.png").exists()

@@ -217,3 +217,24 @@ def test_ply_of_padded_clouds_keeps_the_real_points(tmp_path):
         np.testing.assert_allclose(np.asarray(o3d.io.read_point_cloud(str(p)).points), c[m], rtol=1e-6)
     with pytest.raises(ValueError, match="mask of shape"):
         save_clouds_ply(x, tmp_path, mask=mask[:2])
+
+
+def test_mesh_folders_that_give_empty_splits_or_hold_junk_are_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        _write_off(tmp_path / "a" / f"m{i}.off", TETRA_V * (1 + i), TETRA_F)
+    with pytest.raises(DataError, match=r"2 clouds per mesh would leave the valid and test splits empty; use 3 or more"):
+        load_pointclouds("meshes", path=str(tmp_path), num_points=8, per_class=2, verbose=False)
+    with pytest.raises(DataError, match=r"no class has the 8 meshes.*use --per-class 3 or more"):
+        load_pointclouds("meshes", path=str(tmp_path), num_points=8, per_class=1, verbose=False)
+    d = load_pointclouds("meshes", path=str(tmp_path), num_points=8, per_class=3, verbose=False)
+    assert len(d.train) == len(d.valid) == len(d.test) == 3  # the minimum: one cloud of each mesh per split
+    junk = tmp_path / "a" / "junk.off"
+    junk.write_bytes(np.random.default_rng(0).bytes(2000))  # binary junk: open3d's warning was a UnicodeDecodeError
+    with pytest.raises(DataError, match=rf"{junk}: open3d read no triangles; expected a triangle mesh in OFF format"):
+        load_pointclouds("meshes", path=str(tmp_path), num_points=8, per_class=3, verbose=False)
+    junk.unlink()
+    (tmp_path / "a" / "points.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\n"
+                                                "property float y\nproperty float z\nend_header\n0 0 0\n")
+    with pytest.raises(DataError, match=r"points.ply: open3d read no triangles; expected a triangle mesh in PLY format"):
+        load_pointclouds("meshes", path=str(tmp_path), num_points=8, per_class=3, verbose=False)

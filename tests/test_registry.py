@@ -119,7 +119,7 @@ EXPECTED = {
                  "imagenet64", "photos32", "photos64", "toy2d", "pointclouds"},
     "IMAGE_CONDITIONERS": {"densenet", "shallow"},
     "OPTIMIZERS": {"adam", "adamax", "adamw"},
-    "PLOTTERS": {"sets", "images", "toy2d", "pointclouds"},
+    "PLOTTERS": {"sets", "images", "toy2d", "pointclouds", "pixel_sets"},
     "SCALE_FNS": {"exp", "softplus", "sigmoid", "tanh_exp"},
     "SET_CONDITIONERS": {"transformer", "deepsets", "edgeconv", "isab", "knn"},
 }

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from setflow.coding.codec import IDFCodec, load_idf, to_model_layout
-from setflow.coding.format import SOURCE_PNG
+from setflow.coding.codec import IDFCodec, check_pixels, load_idf, to_model_layout
+from setflow.coding.format import SOURCE_PNG, CodecError, DecodeMismatchError
 from setflow.coding.io import IMAGE_SUFFIXES, collect_files, output_paths, png_layout, read_image, write_image
+from setflow.data.common import atomic_write
 
 __all__ = ["register", "run_compress", "run_decompress", "run_progressive"]
 
@@ -50,6 +51,22 @@ def _validate(items, check, skip: bool, what: str) -> list:
     return good
 
 
+def _decodes_to(codec: IDFCodec, arr: np.ndarray, src: Path, dst: Path):
+    """The check :func:`~setflow.data.common.atomic_write` runs on the written temp file: it must
+    decode to ``arr`` exactly (values, shape, dtype), or nothing is written for ``src``."""
+    def check(tmp: Path) -> None:
+        try:
+            back = codec.decompress(tmp.read_bytes())
+            same = back.dtype == arr.dtype and back.shape == arr.shape and np.array_equal(back, arr)
+            why = "" if same else "it decodes to a different image"
+        except CodecError as e:
+            why = f"{type(e).__name__}: {e}"
+        if why:
+            raise DecodeMismatchError(f"{src}: verification failed, {dst} was not written (the compressed file "
+                                      f"does not decode back to the input: {why}); the input is untouched")
+    return check
+
+
 def run_compress(args: argparse.Namespace) -> int:
     from setflow.coding.sets import cli_compress_sets, holds_set_codec
 
@@ -65,16 +82,17 @@ def run_compress(args: argparse.Namespace) -> int:
 
     good = _validate(collect_files(args.inputs, IMAGE_SUFFIXES), check, args.skip_errors, "inputs")
     outputs = output_paths([src for src, _ in good], args.output, lambda p: ".idf")
+    verify = getattr(args, "verify", True)
     total_in = total_out = 0
     for (src, (arr, source)), dst in zip(good, outputs):
         t0 = time.perf_counter()
         data = codec.compress(arr, source=source)
         dt = time.perf_counter() - t0
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(data)
+        atomic_write(dst, lambda f: f.write(data), check=_decodes_to(codec, arr, src, dst) if verify else None)
         total_in += arr.size
         total_out += len(data)
-        print(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / arr.size:.3f} bits/dim, {dt:.2f} s")
+        print(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / arr.size:.3f} bits/dim, {dt:.2f} s"
+              + ("" if verify else " (not verified)"))
     if len(good) > 1:
         print(f"total: {total_out} bytes for {total_in} values, {8 * total_out / total_in:.3f} bits/dim, "
               f"ratio {total_in / total_out:.2f}")
@@ -114,13 +132,21 @@ def run_decompress(args: argparse.Namespace) -> int:
 
 def run_progressive(args: argparse.Namespace) -> int:
     from setflow.coding.progressive import plot_progressive, progressive_decode
+    from setflow.train.config import check_positive
 
+    check_positive(args.max_images, "--max-images")
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise ValueError(f"--fractions must be comma-separated numbers in [0, 1], got {args.fractions!r}") from None
     model, cfg = load_idf(args.ckpt)
-    fractions = [float(f) for f in args.fractions.split(",")]
     images = []
     for src in collect_files(args.inputs, IMAGE_SUFFIXES):
         arr, _ = read_image(src, channels=model.input_shape[0])
-        xb, _ = to_model_layout(arr, tuple(model.input_shape))
+        try:
+            xb, _ = to_model_layout(check_pixels(arr), tuple(model.input_shape))
+        except ValueError as e:
+            raise ValueError(f"{src}: {e}") from None
         images.append(xb)
     x = torch.from_numpy(np.concatenate(images)[: args.max_images]).to(torch.uint8)
     rows = progressive_decode(model, x, fractions, seed=args.seed)
@@ -141,6 +167,9 @@ def register(subparsers) -> None:
                         "folder or a new one with a trailing '/'")
     p.add_argument("--skip-errors", action="store_true",
                    help="skip unreadable or unfitting inputs (listed at the end) instead of stopping before writing")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip decoding each output before it is kept (faster; by default a file that does not "
+                        "decode back to its input is never written)")
     p.set_defaults(func=run_compress)
 
     p = subparsers.add_parser("decompress", help="decode .idf files back to PNG/NPY, bit-exact")

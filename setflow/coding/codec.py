@@ -44,6 +44,7 @@ from setflow.coding.format import (
     SOURCE_ARRAY,
     CorruptFileError,
     DecodeMismatchError,
+    FormatError,
     Header,
     ModelMismatchError,
     check_payload_bits,
@@ -56,7 +57,8 @@ from setflow.coding.format import (
 )
 from setflow.coding.tables import TableSpec, decode_group, encode_group, log2_prob, make_table, open_decoder
 
-__all__ = ["IDFCodec", "deterministic_cpu", "model_fingerprint", "to_model_layout", "from_model_layout", "load_idf"]
+__all__ = ["IDFCodec", "deterministic_cpu", "model_fingerprint", "check_pixels", "to_model_layout", "from_model_layout",
+           "load_idf"]
 
 ArrayLike = Union[np.ndarray, Tensor]
 
@@ -100,6 +102,18 @@ def model_fingerprint(model: nn.Module, config: dict, spec: TableSpec) -> bytes:
         h.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.contiguous().numpy().tobytes())
     return h.digest()[:8]
+
+
+def check_pixels(arr: ArrayLike) -> np.ndarray:
+    """``arr`` as an array if it holds 8-bit pixel values: an integer dtype and every value in
+    ``[0, 255]``, whatever the dtype's own range (a uint16 300 is refused, not wrapped); else a
+    one-line :class:`FormatError` naming the range and what was found."""
+    a = np.asarray(arr)
+    if a.dtype.kind not in "iu":
+        raise FormatError(f"images must have an integer dtype (uint8), got {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() > 255):
+        raise FormatError(f"image values must lie in [0, 255] (8-bit images), got values {a.min()}..{a.max()}")
+    return a
 
 
 def to_model_layout(arr: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, int]:
@@ -193,12 +207,8 @@ class IDFCodec:
     def _prepare(self, x: ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
         if isinstance(x, Tensor):
             x = x.detach().cpu().numpy()
-        a = np.asarray(x)
-        if a.dtype.kind not in "iu":
-            raise ValueError(f"images must have an integer dtype (uint8), got {a.dtype}")
+        a = check_pixels(x)
         dtype_code(a.dtype)  # raises for unsupported dtypes
-        if a.size and (a.min() < 0 or a.max() > 255):
-            raise ValueError("image values must lie in [0, 255] (8-bit images)")
         xb, layout = to_model_layout(a, self.input_shape)
         if xb.shape[0] == 0:
             raise ValueError("nothing to compress: the batch is empty")

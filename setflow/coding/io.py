@@ -111,14 +111,17 @@ def output_paths(inputs: Sequence[Path], out: str, suffix_of) -> list[Path]:
         if not o.suffix:
             raise ValueError(f"-o {out}: give the output file a suffix (e.g. {o.name}{suffix_of(inputs[0])}), "
                              f"or write a folder with a trailing '/' (-o {out}/)")
-        return [o]
-    if not folder:
+        paths = [o]
+    elif not folder:
         raise ValueError(f"{len(inputs)} inputs need -o to be a folder: an existing one, or a new one written "
                          f"with a trailing '/' (e.g. -o {o.with_suffix('')}/); {out} is neither")
-    paths = [o / (p.stem + suffix_of(p)) for p in inputs]
+    else:
+        paths = [o / (p.stem + suffix_of(p)) for p in inputs]
     seen: dict[Path, Path] = {}
     for src, dst in zip(inputs, paths):
         if dst in seen:
             raise ValueError(f"{src} and {seen[dst]} would both be written to {dst}")
+        if dst.exists() and dst.samefile(src):
+            raise ValueError(f"{src}: the output {dst} is the input itself; choose another -o (nothing was written)")
         seen[dst] = src
     return paths

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Mapping, Optional
 
 import numpy as np
 
-from .common import PathLike, atomic_write, file_digest, warn
+from .common import DataError, PathLike, atomic_write, file_digest, read_npz, warn
 
 __all__ = ["CACHE_FORMAT_VERSION", "manifest_path", "save_npz_cache", "load_npz_cache"]
 
@@ -83,9 +83,8 @@ def _check(npz_path: Path, expect: Mapping[str, Any]) -> tuple[Optional[dict], O
     if digest != manifest.get("sha256"):
         return None, None, f"sha256 mismatch: manifest says {manifest.get('sha256')}, file has {digest}"
     try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
+        arrays = read_npz(npz_path)
+    except DataError as exc:
         return None, None, f"unreadable archive ({exc})"
     shapes = {k: list(v.shape) for k, v in arrays.items()}
     if shapes != manifest.get("shapes"):

@@ -32,6 +32,8 @@ __all__ = [
     "offline",
     "downloads_allowed",
     "atomic_write",
+    "read_npz",
+    "not_a_zip",
     "set_default_mode",
     "file_digest",
     "report_source",
@@ -84,11 +86,14 @@ def downloads_allowed(download: bool) -> bool:
     return bool(download) and not offline()
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], None],
+                 check: Optional[Callable[[Path], None]] = None) -> Path:
     """Write ``path`` atomically: ``write(f)`` fills a temp file next to it, then ``os.replace``.
 
-    A crash or an exception in ``write`` never leaves a half-written ``path`` behind (the
-    temp file is removed); readers see either the old file or the complete new one.
+    ``check(tmp)``, when given, reads the complete temp file before the rename (e.g. a codec
+    decoding what it wrote) and raises to refuse it. A crash or an exception in ``write`` or
+    ``check`` never leaves a half-written ``path`` behind (the temp file is removed, an
+    existing ``path`` is untouched); readers see either the old file or the complete new one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +103,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp_name))
         set_default_mode(tmp_name)
         os.replace(tmp_name, path)
     except BaseException:
@@ -107,6 +114,47 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
             pass
         raise
     return path
+
+
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members, an empty archive
+
+
+def not_a_zip(path: PathLike) -> Optional[str]:
+    """``None`` when the file starts like a zip archive (an ``.npz``, a PyTorch ``.pt``), else
+    what it looks like instead ("an empty file", "a .npy array", ...), for error messages."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] in _ZIP_MAGIC:
+        return None
+    if not head:
+        return "an empty file"
+    known = {b"\x93NUMPY": "a .npy array", b"\x89PNG": "a PNG image", b"\x80": "a bare pickle, never unpickled"}
+    return next((what for magic, what in known.items() if head.startswith(magic)), "not a zip archive")
+
+
+def read_npz(path: PathLike, expected: str = "an .npz archive of arrays") -> dict:
+    """Every array of an ``.npz`` file as ``{name: ndarray}``, read without unpickling anything.
+
+    A missing file, a folder, an empty, truncated or damaged archive, a ``.npy`` or any other
+    file, or an archive holding pickled objects raises one :class:`DataError` line naming the
+    file and ``expected`` (what it should have been, e.g. "a samples .npz from `setflow sample`").
+    """
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}; expected {expected}")
+    found = not_a_zip(path)
+    if found:
+        raise DataError(f"{path}: {found}; expected {expected}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise DataError(f"{path}: a damaged or unreadable .npz ({type(e).__name__}: {e}); expected {expected}") from None
 
 
 def set_default_mode(path: PathLike, directory: bool = False) -> None:

@@ -116,10 +116,15 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path}: no such mesh file")
     import open3d as o3d
 
-    mesh = o3d.io.read_triangle_mesh(str(path))
+    kind = f"a triangle mesh in {path.suffix[1:].upper()} format"
+    try:  # quiet: open3d's warning repeats the error below, and quotes binary junk as a UnicodeDecodeError
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+            mesh = o3d.io.read_triangle_mesh(str(path))
+    except (UnicodeDecodeError, RuntimeError, ValueError) as e:
+        raise DataError(f"{path}: not readable as {kind} ({type(e).__name__}: {e})") from None
     v, f = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
     if len(v) == 0 or len(f) == 0:
-        raise DataError(f"{path}: open3d read no triangles (not a triangle mesh, or a corrupt file)")
+        raise DataError(f"{path}: open3d read no triangles; expected {kind} (a corrupt file, or points only)")
     return v, f.astype(np.int64)
 
 
@@ -265,10 +270,22 @@ def _shapes_source(per_class: int, num_points: int, seed: int, normalize: str, r
                    f"{num_points} points each, {pose})")
 
 
+#: clouds per mesh that give every mesh one valid, one test and at least one training cloud
+MIN_CLOUDS_PER_MESH = 3
+
+
+def _check_clouds_per_mesh(per_mesh: int) -> None:
+    """Refuse (before any mesh is read) a count that would leave the valid and test splits empty."""
+    if per_mesh < MIN_CLOUDS_PER_MESH:
+        raise DataError(f"per_class (--per-class) = {per_mesh} clouds per mesh would leave the valid and test splits "
+                        f"empty; use {MIN_CLOUDS_PER_MESH} or more (one valid, one test, the rest train)")
+
+
 def _clouds_of_meshes(meshes: list, per_mesh: int, num_points: int, seed: int):
-    """For each ``(label, vertices, faces)`` draw ``per_mesh`` clouds; split 3/4, 1/8, 1/8 per mesh."""
+    """For each ``(label, vertices, faces)`` draw ``per_mesh`` clouds (checked by
+    :func:`_check_clouds_per_mesh`); split 3/4, 1/8, 1/8 per mesh, at least one valid and one test cloud."""
     rng = np.random.default_rng(seed)
-    n_va = max(1, per_mesh // 8) if per_mesh >= 3 else 0
+    n_va = max(1, per_mesh // 8)
     n_te = n_va
     out = {"train": ([], []), "valid": ([], []), "test": ([], [])}
     for label, v, f in meshes:
@@ -313,6 +330,7 @@ def load_cgal_meshes(data_root=None, names: Sequence[str] = CGAL_MESHES) -> list
 
 
 def _cgal_source(per_mesh: int, num_points: int, seed: int, normalize: str, data_root=None) -> PointClouds:
+    _check_clouds_per_mesh(per_mesh)
     meshes = load_cgal_meshes(data_root)
     splits = _clouds_of_meshes([(i, v, f) for i, (_, v, f) in enumerate(meshes)], per_mesh, num_points, seed)
     return _finish(splits, [m[0] for m in meshes], normalize,
@@ -335,6 +353,7 @@ def load_mesh_folder(root: str | Path, num_points: int = 2048, per_mesh: int = 1
     label_of = {c: i for i, c in enumerate(classes)}
     rng = np.random.default_rng(seed)
     if per_mesh > 1:
+        _check_clouds_per_mesh(per_mesh)
         meshes = [(label_of[p.parent.relative_to(root).parts[0] if p.parent != root else root.name], *read_mesh(p))
                   for p in files]
         splits = _clouds_of_meshes(meshes, per_mesh, num_points, seed)
@@ -343,6 +362,10 @@ def load_mesh_folder(root: str | Path, num_points: int = 2048, per_mesh: int = 1
         by_class: dict = {}
         for p in files:
             by_class.setdefault(p.parent.relative_to(root).parts[0] if p.parent != root else root.name, []).append(p)
+        if max(len(paths) for paths in by_class.values()) < 8:
+            raise DataError(f"{root}: one cloud per mesh (per_class 1) splits each class's meshes 3/4, 1/8, 1/8, but no "
+                            f"class has the 8 meshes that gives one valid and one test mesh, so those splits would be "
+                            f"empty; use --per-class {MIN_CLOUDS_PER_MESH} or more (each mesh's clouds are split)")
         for c, paths in by_class.items():
             n_va = len(paths) // 8
             for k, p in enumerate(paths):
@@ -417,6 +440,8 @@ def load_pointclouds(source: str = "shapes", data_root=None, num_points: int = 5
     ``shapes`` (see :func:`procedural_shapes`). Prints ``data: <source>`` when ``verbose``."""
     if num_points < 2:
         raise ValueError(f"num_points must be >= 2; got {num_points}")
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1; got {per_class}")
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}")
     if rotate not in ROTATIONS:

@@ -132,12 +132,18 @@ class SortedSetAR(nn.Module):
         return self.log_prob(x, context)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``(n, N)`` sorted sets drawn from the model."""
+    def sample(self, n: int, context: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """``(n, N)`` sorted sets drawn from the model (linear pixel indices ``row * G + col``).
+
+        ``context`` is accepted for the sampling contract and must be ``None``; ``generator``
+        (on the model's device) makes the draw reproducible.
+        """
+        if context is not None:
+            raise ValueError("the set codec model takes no context (class-conditional sampling is not supported)")
         out = torch.empty(n, 0, dtype=torch.long, device=self.head.weight.device)
         for _ in range(self.num_points):
             p = self.step_log_probs(out)[:, -1].exp()
-            last = out[:, -1:] if out.shape[1] else torch.zeros_like(out[:, :1].expand(n, 1))
+            last = out[:, -1:] if out.shape[1] else out.new_zeros(n, 1)  # idx_0 = 0
             out = torch.cat([out, last + torch.multinomial(p, 1, generator=generator)], 1)
         return out
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from setflow.data.common import set_default_mode
+from setflow.data.common import not_a_zip, set_default_mode
 
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint", "load_model", "rng_state",
            "set_rng_state", "clean_stale_temp_files"]
@@ -111,6 +111,10 @@ def load_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    found = not_a_zip(path)  # torch.save writes a zip archive; anything else is no checkpoint of ours
+    if found:
+        raise CheckpointError(f"{path}: not a setflow checkpoint ({found}); expected the .pt archive `setflow train` "
+                              "writes")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:  # a global outside the allow-list: never executed

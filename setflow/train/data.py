@@ -240,6 +240,8 @@ class SubsetRedraw:
 
 def load_data(config: dict, data_root: Optional[str] = None) -> ExperimentData:
     """The data set ``config['data']`` loaded with ``config['data_args']`` (checked by name first)."""
+    if "data" not in config:  # e.g. a checkpoint written outside the trainer
+        raise ValueError(f"the config names no data set (key 'data'; one of {', '.join(DATASETS.names())})")
     name = config["data"]
     args = dict(config.get("data_args", {}))
     DATASETS.check_args(name, args)  # an unknown name or argument: one line listing the valid ones

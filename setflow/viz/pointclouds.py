@@ -106,6 +106,7 @@ def point_size_for(points: np.ndarray, width: int, fov_deg: float = 60.0, distan
 
 
 def _render_one(o3d, pts: np.ndarray, width: int, height: int, front, fov: float = 60.0) -> np.ndarray:
+    pts = pts[np.isfinite(pts).all(1)]  # padding of variable-size samples (NaN) is not drawn
     pcd = o3d.geometry.PointCloud()
     pcd.points = o3d.utility.Vector3dVector(pts)
     z = pts[:, 2]
