@@ -295,8 +295,9 @@ def test_cli_npy_and_masked_npz_round_trip(tmp_path, codec_ckpt):
 
 @pytest.mark.parametrize("name, content, match", [
     ("img.png", b"\x89PNG\r\n\x1a\n", "is an image"),
-    ("bad.npz", b"PK\x03\x04 not really a zip", "not a readable .npz or .npy"),
-    ("empty.npy", b"", "not a readable"),
+    ("bad.npz", b"PK\x03\x04 not really a zip", "damaged or unreadable .npz"),
+    ("empty.npy", b"", "an empty file; expected an .npz or .npy"),
+    ("text.npz", b"hello", "not a zip archive; expected an .npz or .npy"),
 ])
 def test_cli_refuses_wrong_files_in_one_line(tmp_path, codec_ckpt, name, content, match):
     from setflow.coding.sets import cli_compress_sets
@@ -305,6 +306,16 @@ def test_cli_refuses_wrong_files_in_one_line(tmp_path, codec_ckpt, name, content
     with pytest.raises(CodecError, match=match):
         cli_compress_sets(_compress_args(codec_ckpt, tmp_path / name, tmp_path / "o.sfs"))
     assert not (tmp_path / "o.sfs").exists()
+
+
+def test_cli_refuses_to_write_over_its_input(tmp_path, codec_ckpt):
+    from setflow.coding.sets import cli_compress_sets
+
+    np.save(tmp_path / "s.npy", np.ones((2, 6), np.int64))
+    before = (tmp_path / "s.npy").read_bytes()
+    with pytest.raises(CodecError, match="is the input itself"):
+        cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "s.npy"))
+    assert (tmp_path / "s.npy").read_bytes() == before
 
 
 def test_cli_zero_sets_is_refused_before_writing(tmp_path, codec_ckpt):
@@ -325,7 +336,7 @@ def test_cli_verify_on_write_leaves_no_file_when_the_check_fails(tmp_path, codec
     with pytest.raises(CodecError, match="verification failed"):
         sets_mod.cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "old.sfs"))
     assert (tmp_path / "old.sfs").read_bytes() == b"keep me"  # the old output is untouched
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".setflow-")] == []  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "old.sfs", "s.npy"]  # no temp file left
     sets_mod.cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "old.sfs", verify=False))
     assert (tmp_path / "old.sfs").read_bytes()[:4] == b"\x89SFS"  # --no-verify skips the check
 

@@ -64,6 +64,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -341,48 +342,44 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 
 def read_sets_file(path: str) -> np.ndarray:
     """The sets of an ``.npz`` (key ``sets``, else ``test``, else its only array; a boolean ``mask``
-    beside them marks the present points) or of an ``.npy``; a one-line FormatError otherwise."""
-    import zipfile
+    beside ``sets`` marks the present points) or of an ``.npy``; a one-line FormatError otherwise."""
+    from setflow.data.common import DataError, not_a_zip, read_npz
 
+    expected = "an .npz or .npy of pixel sets (M, N)"
     if str(path).lower().endswith(_IMAGE_SUFFIXES):
-        raise FormatError(f"{path} is an image: the set codec codes an .npz or .npy of pixel sets (M, N); "
-                          "images need an IDF checkpoint")
+        raise FormatError(f"{path} is an image: the set codec codes {expected}; images need an IDF checkpoint")
     try:
-        with open(path, "rb") as fh:
-            z = np.load(fh, allow_pickle=False)
-            if isinstance(z, np.ndarray):
-                return z
-            with z:
-                keys = list(z.keys())
-                key = "sets" if "sets" in keys else "test" if "test" in keys else keys[0] if len(keys) == 1 else None
-                if key is None:
-                    raise FormatError(f"{path}: expected an array 'sets' (or 'test', or a single array), got {keys}")
-                sets = z[key]
-                if "mask" in keys and key == "sets":
-                    mask = z["mask"]
-                    if mask.dtype != bool or mask.shape != sets.shape[:2]:
-                        raise FormatError(f"{path}: 'mask' must be boolean {sets.shape[:2]}, got {mask.dtype} "
-                                          f"{mask.shape}")
-                    sets = np.where(mask if sets.ndim == 2 else mask[..., None], sets, -1)
-                return sets
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise FormatError(f"{path}: not a readable .npz or .npy of pixel sets ({type(e).__name__}: {e})") from None
+        if os.path.isfile(path) and not_a_zip(path) == "a .npy array":
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise DataError(f"{path}: a damaged .npy ({type(e).__name__}: {e}); expected {expected}") from None
+        z = read_npz(path, expected)
+    except DataError as e:
+        raise FormatError(str(e)) from None
+    keys = list(z)
+    key = "sets" if "sets" in keys else "test" if "test" in keys else keys[0] if len(keys) == 1 else None
+    if key is None:
+        raise FormatError(f"{path}: expected an array 'sets' (or 'test', or a single array), got {keys}")
+    sets = z[key]
+    if "mask" in keys and key == "sets":
+        mask = z["mask"]
+        if mask.dtype != bool or mask.shape != sets.shape[:2]:
+            raise FormatError(f"{path}: 'mask' must be boolean {sets.shape[:2]}, got {mask.dtype} {mask.shape}")
+        sets = np.where(mask if sets.ndim == 2 else mask[..., None], sets, -1)
+    return sets
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    """Write through a temporary file in the same folder and rename: a failure leaves no partial file."""
-    import os
-    import tempfile
+def _output(args, suffix: str):
+    """The one output path of a set-codec command (a folder gets ``<input stem><suffix>``); never the input."""
+    from pathlib import Path
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".setflow-", suffix=".part", dir=folder)
+    from setflow.coding.io import output_paths
+
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        return output_paths([Path(args.inputs[0])], args.output, lambda p: suffix)[0]
+    except ValueError as e:
+        raise FormatError(str(e)) from None
 
 
 def cli_compress_sets(args) -> int:
@@ -390,10 +387,12 @@ def cli_compress_sets(args) -> int:
     decoded again before it is written unless ``--no-verify``."""
     import time
 
+    from setflow.data.common import atomic_write
     from setflow.train.checkpoint import load_model
 
     if len(args.inputs) != 1:
         raise FormatError("the set codec takes one .npz (or .npy) of sets (M, N) per call")
+    dst = _output(args, ".sfs")
     model, cfg = load_model(args.ckpt, device="cpu")
     sets, _ = _check_sets(model, read_sets_file(args.inputs[0]))
     if sets.shape[0] == 0:
@@ -401,8 +400,10 @@ def cli_compress_sets(args) -> int:
     t0 = time.perf_counter()
     data = compress_sets(model, sets, cfg)
     dt = time.perf_counter() - t0
-    note = "not verified (--no-verify)"
-    if getattr(args, "verify", True):
+    verify = getattr(args, "verify", True)
+    checked = []
+
+    def decodes_back(_tmp) -> None:
         t1 = time.perf_counter()
         try:
             back = decompress_sets(model, data, cfg)
@@ -410,12 +411,14 @@ def cli_compress_sets(args) -> int:
         except CodecError as e:
             why = str(e)
         if why:
-            raise DecodeMismatchError(f"verification failed, nothing written ({args.output} untouched, the input "
+            raise DecodeMismatchError(f"verification failed, nothing written ({dst} untouched, the input "
                                       f"too): the new file does not decode back to the sets: {why}")
-        note = f"verified: decodes back bit-exact ({sets.shape[0] / max(time.perf_counter() - t1, 1e-9):.0f} sets/s)"
-    _write_atomic(args.output, data)
+        checked.append(sets.shape[0] / max(time.perf_counter() - t1, 1e-9))
+
+    atomic_write(dst, lambda f: f.write(data), check=decodes_back if verify else None)
+    note = f"verified: decodes back bit-exact ({checked[0]:.0f} sets/s)" if verify else "not verified (--no-verify)"
     points = int((sets >= 0).sum())
-    print(f"{args.inputs[0]} -> {args.output}: {sets.shape[0]} sets, {points} points, {len(data)} bytes, "
+    print(f"{args.inputs[0]} -> {dst}: {sets.shape[0]} sets, {points} points, {len(data)} bytes, "
           f"{8 * len(data) / points:.3f} bits/point, {sets.shape[0] / max(dt, 1e-9):.0f} sets/s; {note}")
     return 0
 
@@ -425,10 +428,12 @@ def cli_decompress_sets(args) -> int:
     (``-1`` marks an absent point), ``pixels`` (M, N, 2) integer (col, row) and ``mask`` (M, N)."""
     import time
 
+    from setflow.data.common import atomic_write
     from setflow.train.checkpoint import load_model
 
     if len(args.inputs) != 1:
         raise FormatError("the set codec decodes one .sfs file per call")
+    dst = _output(args, ".npz")
     model, cfg = load_model(args.ckpt, device="cpu")
     try:
         with open(args.inputs[0], "rb") as fh:
@@ -440,7 +445,7 @@ def cli_decompress_sets(args) -> int:
     dt = time.perf_counter() - t0
     mask = sets >= 0
     pixels = np.where(mask[..., None], np.stack([sets % model.grid, sets // model.grid], -1), -1)
-    np.savez(args.output, sets=sets, pixels=pixels, mask=mask)
-    print(f"{args.inputs[0]} -> {args.output}: {sets.shape[0]} sets, {int(mask.sum())} points, "
+    atomic_write(dst, lambda f: np.savez(f, sets=sets, pixels=pixels, mask=mask))
+    print(f"{args.inputs[0]} -> {dst}: {sets.shape[0]} sets, {int(mask.sum())} points, "
           f"{sets.shape[0] / max(dt, 1e-9):.0f} sets/s")
     return 0
