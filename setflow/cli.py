@@ -38,7 +38,7 @@ def _output_file(path, suffix: str = ".npz") -> Path:
 
 
 def _cmd_pointclouds(args: argparse.Namespace) -> int:
-    """``setflow data shapes|cgal|meshes DIR|modelnet10|modelnet40|shapenet``: sample, report, save .npz."""
+    """``setflow data shapes|cgal|meshes DIR|modelnet10|modelnet40|shapenet|airplanes``: sample, report, save .npz."""
     import numpy as np
 
     from setflow.data.common import resolve_data_root
@@ -51,10 +51,11 @@ def _cmd_pointclouds(args: argparse.Namespace) -> int:
                          download=not getattr(args, "offline", False), verbose=False, rotate=args.rotate)
     print("data: " + d.source)
     out = _output_file(args.output or resolve_data_root(args.data_root) / "pointclouds" / f"{args.dataset}_{args.num_points}.npz")
+    names = {f"{split}_names": np.asarray(n) for split, n in d.names.items()}
     np.savez(out, **{k: getattr(d, k) for k in ("train", "valid", "test", "train_labels", "valid_labels",
-                                                "test_labels")}, classes=np.asarray(d.classes), source=d.source)
+                                                "test_labels")}, classes=np.asarray(d.classes), source=d.source, **names)
     print(f"{args.dataset}: {len(d.classes)} classes; train {len(d.train)}, valid {len(d.valid)}, test {len(d.test)} "
-          f"clouds of {args.num_points} points; wrote {out}")
+          f"clouds of {args.num_points} points{' (model names in *_names)' if names else ''}; wrote {out}")
     return 0
 
 
@@ -347,14 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("data", help="prepare a data set (spatial-mnist; 3-D: shapes, cgal, meshes DIR, modelnet10/40, "
-                                    "shapenet; images: photos)")
+                                    "shapenet, airplanes; images: photos)")
     p.add_argument("dataset", choices=["spatial-mnist", "spatial-mnist-pixels", "shapes", "cgal", "meshes", "modelnet10", "modelnet40",
-                                       "shapenet", "photos"])
+                                       "shapenet", "airplanes", "photos"])
     p.add_argument("path", nargs="?", default=None, help="with 'meshes': folder of OFF/PLY/OBJ/STL, a class per sub-folder")
     p.add_argument("--num-points", type=int, default=2048, help="3-D: points sampled per surface")
-    p.add_argument("--per-class", type=int, default=64, help="3-D: shapes per class (shapes), clouds per mesh (cgal, meshes)")
-    p.add_argument("--normalize", default="shape", choices=["shape", "global", "none"],
-                   help="3-D: per-shape unit box, or per-cloud mean 0 and one global std (PointFlow)")
+    p.add_argument("--per-class", type=int, default=64,
+                   help="3-D: shapes per class (shapes), clouds per mesh (cgal, meshes); airplanes: one per model")
+    p.add_argument("--normalize", default="shape", choices=["shape", "bbox", "global", "pointflow", "none"],
+                   help="3-D: per-shape unit box (side 1); per-shape box in [-1, 1] (DPM); per-cloud mean 0 and one "
+                        "train std (DPM global_unit); one train mean and std for all (PointFlow); mesh units")
     p.add_argument("--rotate", default="so3", choices=["so3", "z", "none"],
                    help="3-D shapes: random rotation, random turn about the upright z axis, or canonical pose")
     p.add_argument("-o", "--output", default=None, help="3-D: .npz to write (default <data-root>/pointclouds/NAME_N.npz)")

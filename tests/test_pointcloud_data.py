@@ -61,6 +61,21 @@ def test_normalisations():
         normalize_clouds(x, "unit")
 
 
+def test_dpm_bbox_and_pointflow_normalisations():
+    rng = np.random.default_rng(1)
+    tr, te = rng.normal(size=(5, 40, 3)) * [4, 1, 2] + 3, rng.normal(size=(2, 40, 3)) + 1
+    b, _ = normalize_clouds(te, "bbox")  # DPM shape_bbox: centre 0, longest side 2
+    np.testing.assert_allclose((b.max(1) - b.min(1)).max(1), 2.0, rtol=1e-5)
+    np.testing.assert_allclose(b, 2 * normalize_clouds(te, "shape")[0], rtol=1e-5, atol=1e-6)
+    p, (mean, std) = normalize_clouds(tr, "pointflow")  # PointFlow: one mean vector, one std, from train
+    np.testing.assert_allclose(mean, tr.reshape(-1, 3).mean(0))
+    np.testing.assert_allclose(std, tr.std())  # as PointFlow: the std of all coordinates, about their one mean
+    np.testing.assert_allclose(p.reshape(-1, 3).mean(0), 0, atol=1e-5)
+    pt, _ = normalize_clouds(te, "pointflow", (mean, std))
+    np.testing.assert_allclose(pt, (te - mean) / std, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(pt.mean(1), 0, atol=0.1)  # unlike "global", a cloud keeps its offset from the train mean
+
+
 def _write_off(path, v, f):
     path.write_text("OFF\n%d %d 0\n" % (len(v), len(f)) + "".join("%g %g %g\n" % tuple(p) for p in v)
                     + "".join("3 %d %d %d\n" % tuple(t) for t in f))

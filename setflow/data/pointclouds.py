@@ -12,13 +12,23 @@ Sources (each loader returns a :class:`PointClouds` whose ``source`` names what 
   per sub-folder.
 * ``modelnet10`` / ``modelnet40`` / ``shapenet`` -- PyG's dataset classes (download on first
   use; offline a clear :class:`DataError`).
+* ``airplanes`` -- 111 real airplane models (airliners, light aircraft, fighters, bombers) of
+  FlightGear's AI aircraft in Debian's ``flightgear-data-ai`` (GPL-2+), in ShapeNet's pose and
+  model units (bbox centred, unit diagonal), one cloud per model, fixed splits (see
+  :mod:`setflow.data.airplanes`).
 
 Points are sampled uniformly on the surface (faces drawn with probability proportional to
 their area, then uniform barycentric coordinates), with a fixed seed per cloud. Normalisation,
-stated in ``source``: ``"shape"`` puts each cloud's bounding-box centre at 0 and its longest
-side to 1 (the per-shape unit box, as DPM / LION do); ``"global"`` subtracts each cloud's
-mean and divides every cloud by one standard deviation measured on the training split (as
-PointFlow does); ``"none"`` keeps mesh units.
+stated in ``source`` (training-split statistics are reused for valid and test):
+
+* ``"shape"``: each cloud's bounding-box centre at 0, its longest side 1 (in [-0.5, 0.5]);
+* ``"bbox"``: DPM's ``shape_bbox``: the same box scaled to [-1, 1] (longest side 2);
+* ``"global"``: each cloud's own mean subtracted, every cloud divided by one standard
+  deviation of the training split (DPM's ``global_unit``);
+* ``"pointflow"``: PointFlow's default (``normalize_per_shape=False``): one mean (a 3-vector
+  over every point of the training split) subtracted and one standard deviation (over all its
+  coordinates) divided, the same two numbers for every cloud of every split;
+* ``"none"``: the units of the source (mesh units; model units for ``airplanes``).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .common import DataError, downloads_allowed, report_source, resolve_data_root
+from .sampling import sample_surface
 
 __all__ = [
     "PointClouds",
@@ -46,10 +57,11 @@ __all__ = [
     "load_pyg_pointclouds",
     "load_pointclouds",
     "find_cgal_archive",
+    "NORMALIZATIONS",
 ]
 
 MESH_SUFFIXES = (".off", ".ply", ".obj", ".stl")
-NORMALIZATIONS = ("shape", "global", "none")
+NORMALIZATIONS = ("shape", "bbox", "global", "pointflow", "none")
 #: meshes taken from CGAL's data archive (closed, recognisable objects)
 CGAL_MESHES = ("bunny00", "armadillo", "ChineseDragon-10kv", "elephant", "cow", "camel", "bull", "dino",
                "elk", "lion", "triceratops", "homer", "hand", "mushroom", "knot1", "fandisk", "rotor",
@@ -71,40 +83,8 @@ class PointClouds:
     test_labels: np.ndarray
     classes: list = field(default_factory=list)
     source: str = ""
-
-
-# --------------------------------------------------------------------------- sampling
-def _triangle_areas(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
-
-
-def sample_surface(vertices: np.ndarray, faces: np.ndarray, num_points: int,
-                   rng: np.random.Generator | int = 0, num_clouds: Optional[int] = None) -> np.ndarray:
-    """Points drawn uniformly on a triangle mesh's surface (area-weighted faces, barycentric).
-
-    Shapes: ``vertices (V, 3)``, ``faces (F, 3)`` int -> ``(num_points, 3)``, or
-    ``(num_clouds, num_points, 3)`` when ``num_clouds`` is given (independent draws).
-    """
-    v = np.asarray(vertices, dtype=np.float64)
-    f = np.asarray(faces)
-    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3:
-        raise DataError(f"expected vertices (V, 3) and triangle faces (F, 3); got {v.shape} and {f.shape}")
-    if len(f) == 0 or f.min() < 0 or f.max() >= len(v):
-        raise DataError(f"faces must index the {len(v)} vertices; got {len(f)} faces")
-    area = _triangle_areas(v, f)
-    total = area.sum()
-    if not np.isfinite(total) or total <= 0:
-        raise DataError("mesh has zero surface area")
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    m = 1 if num_clouds is None else num_clouds
-    idx = rng.choice(len(f), size=m * num_points, p=area / total)
-    r1, r2 = rng.random((2, m * num_points, 1))
-    s = np.sqrt(r1)
-    tri = v[f[idx]]  # (M*N, 3 corners, 3)
-    pts = (1 - s) * tri[:, 0] + s * (1 - r2) * tri[:, 1] + s * r2 * tri[:, 2]
-    pts = pts.reshape(m, num_points, 3).astype(np.float32)
-    return pts[0] if num_clouds is None else pts
+    #: per split, the name of each cloud's source model (sources with named models only)
+    names: dict = field(default_factory=dict)
 
 
 def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -128,20 +108,28 @@ def read_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return v, f.astype(np.int64)
 
 
-def normalize_clouds(clouds: np.ndarray, mode: str, scale: Optional[float] = None) -> tuple[np.ndarray, float]:
-    """Normalise ``(M, N, 3)`` clouds (see module docstring); returns ``(clouds, scale)``.
+def normalize_clouds(clouds: np.ndarray, mode: str, scale=None) -> tuple[np.ndarray, object]:
+    """Normalise ``(M, N, 3)`` clouds (see module docstring); returns ``(clouds, stats)``.
 
-    ``"global"`` uses ``scale`` when given (the training split's std), else measures it.
+    ``stats`` is what the training split fixes: the std (a float) for ``"global"``, ``(mean (3,),
+    std)`` for ``"pointflow"``, ``1.0`` otherwise. Pass it back as ``scale`` to normalise valid
+    and test with the training split's numbers; without it they are measured on ``clouds``.
     """
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {mode!r}")
     x = np.asarray(clouds, dtype=np.float64)
     if mode == "none":
         return x.astype(np.float32), 1.0
-    if mode == "shape":
+    if mode in ("shape", "bbox"):
         lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
-        side = (hi - lo).max(axis=2, keepdims=True)
+        side = (hi - lo).max(axis=2, keepdims=True) / (2.0 if mode == "bbox" else 1.0)
         return ((x - (lo + hi) / 2) / np.maximum(side, 1e-12)).astype(np.float32), 1.0
+    if mode == "pointflow":
+        if scale is None:
+            mean, std = x.reshape(-1, 3).mean(axis=0), float(x.std())
+        else:
+            mean, std = np.asarray(scale[0], dtype=np.float64).reshape(3), float(scale[1])
+        return ((x - mean) / std).astype(np.float32), (mean, std)
     x = x - x.mean(axis=1, keepdims=True)
     scale = float(x.std()) if scale is None else float(scale)
     return (x / scale).astype(np.float32), scale
@@ -249,15 +237,22 @@ def procedural_shapes(per_class: int, num_points: int, seed: int = 0,
 
 
 # --------------------------------------------------------------------------- finishing splits
-def _finish(splits: dict, classes: list, normalize: str, source: str) -> PointClouds:
-    tr, scale = normalize_clouds(splits["train"][0], normalize)
-    va, _ = normalize_clouds(splits["valid"][0], normalize, scale if normalize == "global" else None)
-    te, _ = normalize_clouds(splits["test"][0], normalize, scale if normalize == "global" else None)
-    desc = {"shape": "per-shape unit box (bbox centre 0, longest side 1)",
-            "global": f"per-cloud mean 0, one global std {scale:.4g} from train",
-            "none": "mesh units"}[normalize]
+def _finish(splits: dict, classes: list, normalize: str, source: str, names: Optional[dict] = None) -> PointClouds:
+    tr, stats = normalize_clouds(splits["train"][0], normalize)
+    shared = stats if normalize in ("global", "pointflow") else None
+    va, _ = normalize_clouds(splits["valid"][0], normalize, shared)
+    te, _ = normalize_clouds(splits["test"][0], normalize, shared)
+    if normalize == "global":
+        desc = f"per-cloud mean 0, one global std {stats:.4g} from train"
+    elif normalize == "pointflow":
+        desc = (f"PointFlow's: one mean ({', '.join(f'{m:.4g}' for m in stats[0])}) and one std {stats[1]:.4g} "
+                "from train for every cloud")
+    else:
+        desc = {"shape": "per-shape unit box (bbox centre 0, longest side 1)",
+                "bbox": "per-shape bbox in [-1, 1] (centre 0, longest side 2; DPM's shape_bbox)",
+                "none": "none (the units of the source)"}[normalize]
     return PointClouds(tr, va, te, splits["train"][1], splits["valid"][1], splits["test"][1], list(classes),
-                       f"{source}; normalised: {desc}")
+                       f"{source}; normalised: {desc}", dict(names or {}))
 
 
 def _shapes_source(per_class: int, num_points: int, seed: int, normalize: str, rotate: str = "so3") -> PointClouds:
@@ -430,14 +425,24 @@ def load_pyg_pointclouds(name: str, data_root=None, num_points: int = 2048, seed
                    f"{name} via torch_geometric in {root} (seed {seed}, {num_points} points each)")
 
 
+def _airplanes_source(num_points: int, seed: int, normalize: str, data_root=None, download: bool = True) -> PointClouds:
+    from .airplanes import load_airplanes, to_model_units
+
+    splits, source = load_airplanes(data_root, num_points, seed, download=download)
+    data = {s: (to_model_units(clouds), np.zeros(len(clouds), dtype=np.int64)) for s, (clouds, _) in splits.items()}
+    return _finish(data, ["airplane"], normalize, f"{source}; each model centred, unit bbox diagonal",
+                   {s: names for s, (_, names) in splits.items()})
+
+
 def load_pointclouds(source: str = "shapes", data_root=None, num_points: int = 512, per_class: int = 64,
                      seed: int = 0, normalize: str = "shape", path: Optional[str] = None,
                      categories: Optional[Sequence[str]] = None, download: bool = True,
                      verbose: bool = True, rotate: str = "so3") -> PointClouds:
     """Point clouds from ``source``: ``shapes``, ``cgal``, ``meshes`` (needs ``path``),
-    ``modelnet10``, ``modelnet40`` or ``shapenet``. ``per_class`` is shapes per class
-    (``shapes``), clouds per mesh (``cgal``, ``meshes``); ``rotate`` is the pose of the
-    ``shapes`` (see :func:`procedural_shapes`). Prints ``data: <source>`` when ``verbose``."""
+    ``modelnet10``, ``modelnet40``, ``shapenet`` or ``airplanes``. ``per_class`` is shapes per
+    class (``shapes``), clouds per mesh (``cgal``, ``meshes``); ``airplanes`` has one cloud per
+    model and ignores it. ``rotate`` is the pose of the ``shapes`` (see
+    :func:`procedural_shapes`). Prints ``data: <source>`` when ``verbose``."""
     if num_points < 2:
         raise ValueError(f"num_points must be >= 2; got {num_points}")
     if per_class < 1:
@@ -458,8 +463,10 @@ def load_pointclouds(source: str = "shapes", data_root=None, num_points: int = 5
         d = load_mesh_folder(path, num_points, per_mesh=per_class, seed=seed, normalize=normalize)
     elif source in ("modelnet10", "modelnet40", "shapenet"):
         d = load_pyg_pointclouds(source, data_root, num_points, seed, normalize, categories, download)
+    elif source == "airplanes":
+        d = _airplanes_source(num_points, seed, normalize, data_root, download)
     else:
         raise ValueError(f"unknown point-cloud source {source!r}; expected shapes, cgal, meshes, modelnet10, "
-                         "modelnet40 or shapenet")
+                         "modelnet40, shapenet or airplanes")
     report_source(d.source, verbose)
     return d
