@@ -51,3 +51,17 @@ def double():
         yield torch.float64
     finally:
         torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """Forbid network access and keep the default data root out of the repository
+    (``pytestmark = pytest.mark.usefixtures("no_network")`` in a data test module)."""
+    import urllib.request
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"a test tried to reach the network: {args[:1]}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    monkeypatch.setenv("SETFLOW_DATA", str(tmp_path / "default_root"))

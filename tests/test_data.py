@@ -46,16 +46,7 @@ from setflow.data.idx import idx_digest
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch, tmp_path):
-    """Forbid network access and keep the default data root out of the repository."""
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError(f"a test tried to reach the network: {args[:1]}")
-
-    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
-    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
-    monkeypatch.setenv("SETFLOW_DATA", str(tmp_path / "default_root"))
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def synthetic_digits(n: int, seed: int = 0) -> np.ndarray:

@@ -39,14 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_TEST = 12, 6
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch, tmp_path):
-    def forbidden(*args, **kwargs):
-        raise AssertionError(f"a test tried to reach the network: {args[:1]}")
-
-    monkeypatch.setattr(urllib.request, "urlopen", forbidden)
-    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
-    monkeypatch.setenv("SETFLOW_DATA", str(tmp_path / "default_root"))
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def digits(n: int, seed: int) -> np.ndarray:
