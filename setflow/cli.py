@@ -330,6 +330,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     plot_checkpoint(model, cfg, data, str(out_png), n=40 if conditional else 32)  # by class if conditional
     print(f"wrote {out_png}")
     print(format_metrics(res, "test") + (" [conditional on the class label]" if conditional else ""))
+    if cfg["data"] == "spatial_mnist":
+        from setflow.data.spatial_mnist import published_line
+
+        print(published_line(data.source) + ("; those are unconditional, log p(x), this is log p(x | label)"
+                                             if conditional else ""))
     # sample quality beside the likelihood: 500 samples vs 500 test sets, and real train sets vs the same
     q = sample_quality(model, data.test, data.train, args.quality_samples, seed=0, ref_labels=test_labels,
                        other_labels=data.split_labels("train") if conditional else None,

@@ -506,3 +506,11 @@ def test_full_spatial_mnist_on_the_real_data(tmp_path, capsys):
     row = 27 - np.floor(data.test.numpy()[..., 1]).astype(int)
     assert np.all(digits.images["test"][np.arange(10000)[:, None], row, col] > 0)
     assert "cache reused" in load_spatial_mnist(data_root=root, verbose=False).source
+
+
+def test_published_figures_are_printed_only_beside_the_full_split():
+    from setflow.data.spatial_mnist import PUBLISHED_PPLL, published_line
+
+    full = published_line("MNIST IDX files ... -> SpatialMNIST 50,000/10,000/10,000 sets (seed 0)")
+    assert all(f"{name} {v:.2f}" in full for name, v in PUBLISHED_PPLL.items())
+    assert "not comparable" in published_line("offline fallback: ... 4,000/500/500 sets")

@@ -50,6 +50,8 @@ __all__ = [
     "train_redraw",
     "variable_size_masks",
     "FULL_TEST_SHA256",
+    "PUBLISHED_PPLL",
+    "published_line",
     "split_digest",
 ]
 
@@ -59,6 +61,20 @@ NUM_POINTS = 50
 FULL_TEST_SHA256: dict[tuple[int, int], str] = {
     (0, NUM_POINTS): "aa99c0512151d557438b3cc1a4ecd258a831f8218b493a5c784b85707db4906d",
 }
+#: published test PPLL (nats/point, the ordered-sequence convention) on the full SpatialMNIST
+#: (SurVAE Flows, NeurIPS 2020, table 4; GPU, 500 epochs), unconditional models
+PUBLISHED_PPLL = {"BRUNO": -5.68, "SortFlow": -5.53, "Neural Statistician": -5.37, "PermuteFlow": -5.30,
+                  "FlowScan": -5.26}
+
+
+def published_line(source: str) -> str:
+    """The published figures to print beside a test PPLL, or why they do not compare with it."""
+    if "50,000/10,000/10,000" not in source:
+        return "published (full SpatialMNIST) not comparable: this run used another split"
+    return "published, full SpatialMNIST test PPLL [papers]: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in PUBLISHED_PPLL.items())
+
+
 _CHUNK = 4096  # images per vectorised block; fixed, so results depend on the seed only
 
 
