@@ -268,7 +268,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
 
-    plot_source(args.source, str(out), n=args.num, data_root=args.data_root, fashion=args.fashion, seed=args.seed)
+    if args.reconstruct and args.interpolate:
+        raise ValueError("give --reconstruct or --interpolate, not both")
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    mode = "reconstruct" if args.reconstruct else "interpolate" if args.interpolate else "samples"
+    plot_source(args.source, str(out), n=args.num, data_root=args.data_root, fashion=args.fashion,
+                seed=args.seed, mode=mode, steps=args.steps)
     print(f"wrote {out}")
     return 0
 
@@ -426,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--open3d", action="store_true",
                    help="3-D: render a samples .npz / checkpoint offscreen with open3d (perspective camera)")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="latent model checkpoint: test sets beside their reconstructions (encode, then decode)")
+    p.add_argument("--interpolate", action="store_true",
+                   help="latent model checkpoint: rows of sets decoded from codes between two test sets' codes")
+    p.add_argument("--steps", type=int, default=8, help="with --interpolate: codes per row")
     _add_data_root(p)
     p.set_defaults(func=_cmd_plot)
 

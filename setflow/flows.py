@@ -8,12 +8,12 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from setflow.distributions.base import Distribution
+from setflow.distributions.base import ConditionalDistribution, Distribution
 from setflow.sets import check_mask, lengths_to_mask, real_first, set_sizes
 from setflow.transforms.permutation_utils import inverse_permutation
 from setflow.transforms.base import CompositeTransform, Transform
 
-__all__ = ["Flow", "check_input", "LabelContext", "VectorContext"]
+__all__ = ["Flow", "ConditionalFlow", "check_input", "LabelContext", "VectorContext"]
 
 
 def check_input(
@@ -448,6 +448,56 @@ class Flow(nn.Module):
             done += c
         w = torch.cat(weights, dim=1)
         return torch.logsumexp(w, dim=1) - math.log(k)
+
+
+class ConditionalFlow(ConditionalDistribution):
+    r"""A conditional :class:`Flow` as a density ``p(x | c)``: the form a VAE layer takes as its decoder.
+
+    ``log_prob(x, context, mask)`` is the flow's; ``sample(context=c)`` draws the flow's base noise
+    (or takes ``noise``, e.g. the same noise for every code of an interpolation) and decodes it
+    with the context. Sets: ``num_points`` (a flow whose base leaves ``N`` free) or ``mask``
+    (``(B, N)`` bool, sets of different sizes; the padding of the result is zero).
+
+    Args:
+        flow: a flow built with a context (its ``context_encoder`` checks ``c``, e.g.
+            :class:`VectorContext`) and without a density over set sizes (the model that holds
+            this decoder scores ``N``).
+
+    Shapes:
+        - log_prob: ``x (B, *event)``, context ``(B, C)`` -> ``(B,)``
+        - sample: context ``(B, C)`` -> ``(B, *event)``
+    """
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        if not flow.conditional:
+            raise ValueError("ConditionalFlow needs a flow built with a context (context_encoder)")
+        if flow.variable_size:
+            raise ValueError("ConditionalFlow takes a flow without a set-size density; the model holding it scores N")
+        self.flow = flow
+
+    @property
+    def supports_mask(self) -> bool:
+        return bool(self.flow.transform.supports_mask)
+
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        return self.flow.log_prob(x, context, mask)
+
+    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None,
+               mask: Optional[Tensor] = None, num_points: Optional[int] = None,
+               noise: Optional[Tensor] = None) -> Tensor:
+        b = self._num_from_context(num_samples, context)
+        if noise is None:
+            if mask is not None:
+                num_points = mask.shape[1]
+            noise = (self.flow.base.sample(b, None) if num_points is None
+                     else self.flow.base.sample(b, None, num_points=int(num_points)))
+        if mask is None:
+            return self.flow.decode(noise, context)
+        mask = check_mask(mask, noise, min_points=0)
+        zero = torch.zeros((), dtype=noise.dtype, device=noise.device)
+        x = self.flow.decode(torch.where(mask[..., None], noise, zero), context, mask)
+        return torch.where(mask[..., None], x, zero)
 
 
 def _inverse_with_ldj(t: Transform, z: Tensor, context: Optional[Tensor]) -> tuple[Tensor, Tensor]:

@@ -36,8 +36,9 @@ from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Sequence
 __all__ = [
     "Registry", "RegistryError", "signature_defaults", "signature_names",
     "MODELS", "DATASETS", "SET_CONDITIONERS", "IMAGE_CONDITIONERS", "SCALE_FNS", "OPTIMIZERS", "PLOTTERS",
+    "LATENT_DECODERS",
     "register_model", "register_dataset", "register_set_conditioner", "register_image_conditioner",
-    "register_scale_fn", "register_optimizer", "register_plotter",
+    "register_scale_fn", "register_optimizer", "register_plotter", "register_latent_decoder",
 ]
 
 T = TypeVar("T")
@@ -207,6 +208,9 @@ SCALE_FNS: Registry = Registry("scale_fn", populate=("setflow.transforms.couplin
 OPTIMIZERS: Registry = Registry("optimizer", populate=("setflow.train.trainer",))
 #: plotters by data kind: ``plot_checkpoint(model, config, data, out_path, n)``
 PLOTTERS: Registry = Registry("plotter", populate=("setflow.viz",))
+#: decoders ``p(X | z)`` of the latent set flow (``model_args.decoder: set | points``); ``model_args.decoder_args``
+#: are their keyword arguments
+LATENT_DECODERS: Registry = Registry("latent decoder", populate=("setflow.models",), args_label="decoder_args")
 
 register_model = MODELS.register
 register_dataset = DATASETS.register
@@ -215,3 +219,4 @@ register_image_conditioner = IMAGE_CONDITIONERS.register
 register_scale_fn = SCALE_FNS.register
 register_optimizer = OPTIMIZERS.register
 register_plotter = PLOTTERS.register
+register_latent_decoder = LATENT_DECODERS.register

@@ -17,7 +17,8 @@ from setflow.registry import DATASETS, IMAGE_CONDITIONERS, MODELS, OPTIMIZERS, P
 
 
 # -- models ---------------------------------------------------------------------------------------
-EXPECTED_MODELS = {"sortflow", "permuteflow", "idf", "baseline_image_flow", "maxpool_flow", "toy_flow", "set_codec"}
+EXPECTED_MODELS = {"sortflow", "permuteflow", "idf", "baseline_image_flow", "maxpool_flow", "toy_flow", "set_codec",
+                   "latent_setflow"}
 
 
 def test_models_lists_every_family():
@@ -120,6 +121,7 @@ EXPECTED = {
     "IMAGE_CONDITIONERS": {"densenet", "shallow"},
     "OPTIMIZERS": {"adam", "adamax", "adamw"},
     "PLOTTERS": {"sets", "images", "toy2d", "pointclouds", "pixel_sets"},
+    "LATENT_DECODERS": {"set", "points"},
     "SCALE_FNS": {"exp", "softplus", "sigmoid", "tanh_exp"},
     "SET_CONDITIONERS": {"transformer", "deepsets", "edgeconv", "isab", "knn"},
 }

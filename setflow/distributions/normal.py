@@ -177,6 +177,10 @@ class ConditionalNormal(ConditionalDistribution):
     ``net(context)`` returns a tensor that is split in two equal chunks along
     ``split_dim``: ``(mean, log_std)``, each of the shape of ``x``.
 
+    A context that is a padded batch of sets (e.g. the encoder ``q(z | X)`` of a latent set flow)
+    comes with ``mask=`` (``(B, N)`` bool), passed on as ``net(context, mask=mask)``; the net must
+    take it (:attr:`supports_mask` says whether it declares so).
+
     Shapes:
         - context: ``(B, ...)`` whatever ``net`` takes
         - net(context): ``x.shape`` with ``split_dim`` doubled
@@ -194,10 +198,15 @@ class ConditionalNormal(ConditionalDistribution):
         self.net = net
         self.split_dim = split_dim
 
-    def mean_and_log_std(self, context: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def supports_mask(self) -> bool:
+        """True when the net declares that it takes ``mask=`` (a class attribute ``supports_mask``)."""
+        return bool(getattr(self.net, "supports_mask", False))
+
+    def mean_and_log_std(self, context: Tensor, mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         if context is None:
             raise ValueError("ConditionalNormal needs a context tensor")
-        params = self.net(context)
+        params = self.net(context) if mask is None else self.net(context, mask=mask)
         if params.shape[self.split_dim] % 2 != 0:
             raise ValueError(
                 f"net output must have an even size along split_dim={self.split_dim}, got shape {tuple(params.shape)}"
@@ -205,24 +214,25 @@ class ConditionalNormal(ConditionalDistribution):
         mean, log_std = params.chunk(2, dim=self.split_dim)
         return mean, log_std
 
-    def mean(self, context: Tensor) -> Tensor:
+    def mean(self, context: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """The conditional mean ``E[x | context]``."""
-        return self.mean_and_log_std(context)[0]
+        return self.mean_and_log_std(context, mask)[0]
 
-    def log_prob(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        mean, log_std = self.mean_and_log_std(context)
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        mean, log_std = self.mean_and_log_std(context, mask)
         if mean.shape != x.shape:
             raise ValueError(f"ConditionalNormal: x has shape {tuple(x.shape)} but the net gives {tuple(mean.shape)}")
         return sum_except_batch(normal_log_prob(x, mean, log_std))
 
-    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None) -> Tensor:
-        return self.sample_with_log_prob(num_samples, context)[0]
+    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None,
+               mask: Optional[Tensor] = None) -> Tensor:
+        return self.sample_with_log_prob(num_samples, context, mask)[0]
 
     def sample_with_log_prob(
-        self, num_samples: Optional[int] = None, context: Optional[Tensor] = None
+        self, num_samples: Optional[int] = None, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor]:
         self._num_from_context(num_samples, context)
-        mean, log_std = self.mean_and_log_std(context)
+        mean, log_std = self.mean_and_log_std(context, mask)
         eps = torch.randn_like(mean)
         x = mean + torch.exp(log_std) * eps
         lp = sum_except_batch(-0.5 * eps**2 - log_std - _HALF_LOG_2PI)

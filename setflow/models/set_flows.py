@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
-from setflow.flows import Flow, LabelContext
+from setflow.flows import Flow, LabelContext, VectorContext
 from setflow.utils import call_net
 from setflow.nn.base import ConditionerSpec
 from setflow.registry import SET_CONDITIONERS, RegistryError, register_model
@@ -152,6 +152,7 @@ def build_set_flow(
     conditional: bool = False,
     num_classes: int = 10,
     context_dim: int = 32,
+    context_features: Optional[int] = None,
     max_points: Optional[int] = None,
     min_points: int = 1,
     size_smoothing: float = 1.0,
@@ -191,6 +192,10 @@ def build_set_flow(
             ``num_classes`` labels -> ``context_dim`` features) of the integer label ``(B,)`` is fed
             to every conditioner (appended to each point's input features, which keeps the fused
             conditioners usable); ``log_prob``, ``iwbo`` and ``sample`` then need ``context=labels``.
+        context_features: a flow conditioned on a float vector ``(B, context_features)``
+            (:class:`~setflow.flows.VectorContext`; e.g. the shape code ``z`` of the latent set flow,
+            :mod:`setflow.models.latent`), fed to the conditioners the same way as the label embedding.
+            Not with ``conditional``.
         max_points, min_points: ``num_points: null`` builds a flow over sets of any size in
             ``min_points..max_points``: every layer takes masks (the point-wise coupling splits by
             the parity of the position, :class:`~setflow.transforms.SetShuffle` replaces the fixed
@@ -235,14 +240,23 @@ def build_set_flow(
         raise ValueError(f"sort_consistent needs input_scale > 0 (the scaling must keep the order), got {input_scale}")
     if dim < 2 or size_points < 2:
         raise ValueError(f"set flows need D >= 2 coordinates and N >= 2 points, got N={size_points}, D={dim}")
+    if context_features is not None:
+        if isinstance(context_features, bool) or not isinstance(context_features, int) or context_features < 1:
+            raise ValueError(f"context_features must be None or an integer >= 1, got {context_features!r}")
+        if conditional:
+            raise ValueError("give conditional (class labels) or context_features (a float vector), not both")
     g_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        encoder = LabelContext(num_classes, context_dim) if conditional else None
-        c_in = context_dim if conditional else 0
+        if conditional:
+            encoder, c_in = LabelContext(num_classes, context_dim), context_dim
+        elif context_features is not None:
+            encoder, c_in = VectorContext(context_features), context_features
+        else:
+            encoder, c_in = None, 0
 
         def with_context(net: nn.Module) -> nn.Module:
-            return _ConcatContext(net) if conditional else net
+            return _ConcatContext(net) if c_in else net
 
         d_a, d_b = dim - dim // 2, dim // 2
         n_a, n_b = size_points - size_points // 2, size_points // 2

@@ -5,7 +5,8 @@ Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant, each a
 :data:`setflow.registry.SET_CONDITIONERS`, built from a :class:`ConditionerSpec`):
 :class:`SetTransformer` (without positional embedding), :class:`DeepSets`,
 :class:`EdgeConvNet` on a :func:`knn_graph`, :class:`ISABNet` (induced attention, O(N m)),
-:class:`KNNEdgeConvNet` on the chunked :func:`knn_neighbors` (O(N k)). Images ``(B, C, H, W)``:
+:class:`KNNEdgeConvNet` on the chunked :func:`knn_neighbors` (O(N k)). Set -> vector, permutation-invariant:
+:class:`PooledSetNet` (a set conditioner, masked pooling, an MLP head). Images ``(B, C, H, W)``:
 :class:`DenseNet`. Every network takes ``forward(x, context=None)`` (the set conditioners also
 ``mask=None``, ``(B, N)`` bool, True = a real point) and, by default for the set and image
 networks, starts at an exactly zero output. The CPU fast path of
@@ -22,6 +23,7 @@ from setflow.nn.graph import EdgeConvNet, knn_graph
 from setflow.nn.isab import ISAB, PMA, ISABNet
 from setflow.nn.knn import KNNEdgeConvNet, knn_edge_index, knn_neighbors
 from setflow.nn.mlp import ACTIVATIONS, MLP, get_activation
+from setflow.nn.pooling import PooledSetNet
 from setflow.nn.set_transformer import SetTransformer, SetTransformerBlock, set_fused
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "ISABNet",
     "KNNEdgeConvNet",
     "PMA",
+    "PooledSetNet",
     "MLP",
     "PointEmbedding",
     "SetConditioner",

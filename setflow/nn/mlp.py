@@ -63,6 +63,9 @@ class MLP(nn.Module):
             broadcast over the point axis. A ``context`` passed to a network built
             without ``context_features`` is ignored, and ``context=None`` always works.
 
+    Point-wise, so it serves as a coupling conditioner of i.i.d. points (a conditional point flow):
+    ``forward`` takes the ``mask=`` of padded sets and ignores it.
+
     Shapes:
         - x: ``(*, D_in)``
         - context: ``(B, C)`` or ``(*, C)``, optional
@@ -108,7 +111,9 @@ class MLP(nn.Module):
             nn.init.zeros_(self.layers[-1].weight)
             nn.init.zeros_(self.layers[-1].bias)
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        """``mask`` (``(B, N)`` bool, sets of different sizes) is accepted and unused: the network is
+        point-wise, so a padded row never changes another row (a coupling keeps the padding as it was)."""
         for i, layer in enumerate(self.layers):
             if i > 0:
                 x = self.act(x)

@@ -68,6 +68,11 @@ class VAE(Transform):
     ``inverse`` samples ``x ~ p(x | z)``. The encoder's samples must be
     reparametrised for gradient training (e.g. :class:`~setflow.distributions.ConditionalNormal`).
 
+    Sets of different sizes: with ``mask`` (``(B, N)`` bool) the encoder and the decoder get
+    ``mask=mask``; the layer takes masks (:attr:`supports_mask`) when both declare ``supports_mask``.
+    The encoder is meant to pool the set into one latent vector per set (the latent set flow,
+    :mod:`setflow.models.latent`), so the latent has no mask: :meth:`forward_mask` is ``None``.
+
     Shapes:
         - x: ``(B, *x_event)``; z: ``(B, *z_event)``; ldj: ``(B,)``
     """
@@ -84,9 +89,21 @@ class VAE(Transform):
         self.encoder = encoder
         self.decoder = decoder
 
-    def forward(self, x: Tensor, context: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        z, log_q = self.encoder.sample_with_log_prob(context=x)
-        return z, self.decoder.log_prob(x, context=z) - log_q
+    @property
+    def supports_mask(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.encoder, "supports_mask", False) and getattr(self.decoder, "supports_mask", False))
 
-    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
-        return self.decoder.sample(context=z)
+    def forward_mask(self, mask: Optional[Tensor]) -> Optional[Tensor]:
+        return None  # one latent vector per datum
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None
+                ) -> tuple[Tensor, Tensor]:
+        if mask is None:
+            z, log_q = self.encoder.sample_with_log_prob(context=x)
+            return z, self.decoder.log_prob(x, context=z) - log_q
+        z, log_q = self.encoder.sample_with_log_prob(context=x, mask=mask)
+        return z, self.decoder.log_prob(x, context=z, mask=mask) - log_q
+
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        """``x ~ p(x | z)``; ``mask`` here is the one of the *data* to draw (sets of different sizes)."""
+        return self.decoder.sample(context=z) if mask is None else self.decoder.sample(context=z, mask=mask)

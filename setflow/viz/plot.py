@@ -13,7 +13,10 @@ from typing import Callable, Optional
 from setflow.registry import PLOTTERS
 from setflow.viz.samples import load_samples_npz
 
-__all__ = ["plot_source", "get_plotter"]
+__all__ = ["plot_source", "get_plotter", "plot_latent"]
+
+#: what ``setflow plot CKPT`` draws: model samples, or (latent models) reconstructions / interpolations
+MODES = ("samples", "reconstruct", "interpolate")
 
 
 def get_plotter(kind: str) -> Callable:
@@ -21,13 +24,90 @@ def get_plotter(kind: str) -> Callable:
     return PLOTTERS.get(kind)
 
 
+def _with_nan_padding(x, mask):
+    """``x`` ``(B, N, D)`` with the padding (``mask`` False) set to NaN, so plots leave it out."""
+    import torch
+
+    return x if mask is None else torch.where(mask[..., None], x, torch.full((), float("nan"), dtype=x.dtype))
+
+
+def plot_latent(model, config: dict, data, out_path: str, mode: str, n: int = 32, steps: int = 8) -> None:
+    """Reconstructions (``mode="reconstruct"``: test sets beside decode(encode(set))) or interpolations
+    (``"interpolate"``: each row decodes codes on a line between two test sets' codes, the same decoder
+    noise along the row) of a latent model (``model: latent_setflow``), for 2-D sets and 3-D clouds."""
+    import torch
+
+    if not hasattr(model, "reconstruct") or not hasattr(model, "interpolate"):
+        raise ValueError(f"--{mode} needs a latent model (model: latent_setflow); this checkpoint is "
+                         f"{config.get('model')!r}")
+    if data.kind not in ("sets", "pointclouds"):
+        raise ValueError(f"--{mode} draws point sets; {config.get('data')} is {data.kind}")
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    device = next(model.parameters()).device
+    test, masks = data.test.to(dtype), data.split_mask("test")
+    three_d = data.kind == "pointclouds"
+    name = config.get("model")
+    if mode == "reconstruct":
+        k = min(n, 8) if three_d else n
+        x, m = test[:k], None if masks is None else masks[:k]
+        rec = model.reconstruct(x.to(device), None if m is None else m.to(device)).cpu()
+        if three_d:
+            from setflow.viz.pointclouds import plot_clouds_3d
+
+            plot_clouds_3d(x, rec, out_path, title=f"{name}: test clouds and their reconstructions")
+        else:
+            from setflow.viz.sets import plot_sets_grid
+
+            plot_sets_grid(_with_nan_padding(x, m), _with_nan_padding(rec, m), out_path,
+                           title=f"{name}: test sets (left) and their reconstructions (right, posterior mean code)",
+                           names=("test sets", "reconstructions"))
+        return
+    rows = 1 if three_d else max(1, min(n // 2, 8))
+    # pairs of test sets spread over the split
+    idx = torch.linspace(0, len(test) - 1, 2 * rows).long()
+    a, b = idx[0::2], idx.flip(0)[0::2]
+    ma = None if masks is None else masks[a].to(device)
+    mb = None if masks is None else masks[b].to(device)
+    path = model.interpolate(test[a].to(device), test[b].to(device), steps=steps, mask_a=ma, mask_b=mb).cpu()
+    labels = [f"t={t:.2f}" for t in torch.linspace(0, 1, steps).tolist()]
+    if three_d:
+        from setflow.viz.pointclouds import plot_clouds_3d
+
+        plot_clouds_3d(None, path[0], out_path, row_labels=labels, frame="own",
+                       title=f"{name}: decoded codes from test cloud {int(a[0])} to {int(b[0])}")
+        return
+    from setflow.viz.sets import plot_set_rows
+
+    ends_a = _with_nan_padding(test[a], None if ma is None else ma.cpu())
+    ends_b = _with_nan_padding(test[b], None if mb is None else mb.cpu())
+    width = max(ends_a.shape[1], path.shape[2])
+
+    def nan_pad(x):  # (R, N, D) -> (R, width, D): sets of other widths side by side
+        fill = torch.full((x.shape[0], width - x.shape[1], x.shape[2]), float("nan"), dtype=test.dtype)
+        return torch.cat([x.to(test.dtype), fill], dim=1)
+
+    grid = torch.stack([nan_pad(ends_a)] + [nan_pad(path[:, j]) for j in range(steps)] + [nan_pad(ends_b)], dim=1)
+    plot_set_rows(grid, out_path, colors=["black"] + ["tab:blue"] * steps + ["black"],
+                  col_labels=["set A"] + labels + ["set B"],
+                  title=f"{name}: codes interpolated between two test sets (black), decoded (blue)")
+
+
 def plot_source(source: str, out_path: str, n: int = 32, data_root: Optional[str] = None, fashion: bool = False,
-                seed: int = 0) -> None:
-    """``setflow plot``: a samples ``.npz``, a checkpoint, or ``data`` (SpatialMNIST test sets)."""
+                seed: int = 0, mode: str = "samples", steps: int = 8) -> None:
+    """``setflow plot``: a samples ``.npz``, a checkpoint, or ``data`` (SpatialMNIST test sets).
+
+    ``mode`` (a checkpoint of a latent model only): ``"reconstruct"`` or ``"interpolate"``
+    (``steps`` codes per row), see :func:`plot_latent`.
+    """
     import numpy as np
     import torch
 
     from setflow.viz.sets import plot_sets_grid
+
+    if mode not in MODES:
+        raise ValueError(f"unknown plot mode {mode!r}; expected one of {MODES}")
+    if mode != "samples" and (source == "data" or Path(source).suffix == ".npz"):
+        raise ValueError(f"--{mode} draws from a checkpoint of a latent model, not from {source}")
 
     if source == "data":
         from setflow.data import load_spatial_mnist
@@ -59,4 +139,7 @@ def plot_source(source: str, out_path: str, n: int = 32, data_root: Optional[str
     data = load_data(cfg, data_root)
     print(data.source)
     torch.manual_seed(seed)
+    if mode != "samples":
+        plot_latent(model, cfg, data, out_path, mode, n=n, steps=steps)
+        return
     get_plotter(data.kind)(model, cfg, data, out_path, n=n)

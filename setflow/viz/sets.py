@@ -10,8 +10,8 @@ import torch
 
 from setflow.registry import register_plotter
 
-__all__ = ["plot_sets_grid", "plot_sets_by_class", "save_ply", "render_sets_open3d", "plot_checkpoint",
-           "plot_pixel_sets_checkpoint"]
+__all__ = ["plot_sets_grid", "plot_sets_by_class", "plot_set_rows", "save_ply", "render_sets_open3d",
+           "plot_checkpoint", "plot_pixel_sets_checkpoint"]
 
 
 def _np(x) -> np.ndarray:
@@ -42,17 +42,19 @@ def _save(fig, out_path: Union[str, Path], title: str) -> Path:
 
 
 def plot_sets_grid(data: Optional[Union[torch.Tensor, np.ndarray]], samples: Optional[Union[torch.Tensor, np.ndarray]],
-                   out_path: Union[str, Path], cols: int = 4, frame: float = 28.0, title: str = "") -> Path:
+                   out_path: Union[str, Path], cols: int = 4, frame: float = 28.0, title: str = "",
+                   names: tuple[str, str] = ("data", "samples")) -> Path:
     """Draw sets ``(n, N, 2)`` as scatter plots: data (black) in the left block, samples (blue) in the right.
 
-    Either block may be ``None``. Points are in pixel units, drawn in the ``frame x frame`` square.
+    Either block may be ``None``. Points are in pixel units, drawn in the ``frame x frame`` square;
+    ``names`` label the two blocks.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    blocks = [(b, c, name) for b, c, name in ((data, "black", "data"), (samples, "tab:blue", "samples")) if b is not None]
+    blocks = [(b, c, name) for b, c, name in ((data, "black", names[0]), (samples, "tab:blue", names[1])) if b is not None]
     if not blocks:
         raise ValueError("plot_sets_grid needs data or samples")
     arrays = [(_np(b), c, name) for b, c, name in blocks]
@@ -107,6 +109,32 @@ def plot_sets_by_class(data, data_labels, samples, sample_labels, out_path: Unio
         axes[r, 0].set_ylabel(str(c), rotation=0, labelpad=10)
     axes[0, 0].set_title("data", loc="left", fontsize=9)
     axes[0, per_class + 1].set_title("samples", loc="left", fontsize=9)
+    return _save(fig, out_path, title)
+
+
+def plot_set_rows(rows, out_path: Union[str, Path], colors: Optional[list] = None, col_labels: Optional[list] = None,
+                  frame: float = 28.0, title: str = "") -> Path:
+    """Sets ``(R, C, N, 2)`` as an ``R x C`` grid of scatter plots (e.g. one interpolation per row).
+
+    ``colors``: one matplotlib colour per column (default blue); ``col_labels``: titles of the first
+    row's panels. NaN points (padding) are not drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = _np(rows)
+    if a.ndim != 4 or a.shape[-1] < 2:
+        raise ValueError(f"rows must have shape (R, C, N, 2), got {a.shape}")
+    r, c = a.shape[:2]
+    colors = colors or ["tab:blue"] * c
+    fig, axes = plt.subplots(r, c, figsize=(1.1 * c, 1.1 * r + 0.5), squeeze=False)
+    for i in range(r):
+        for j in range(c):
+            _draw(axes[i, j], a[i, j], colors[j], frame)
+            if i == 0 and col_labels is not None:
+                axes[i, j].set_title(str(col_labels[j]), fontsize=7)
     return _save(fig, out_path, title)
 
 
