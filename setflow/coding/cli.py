@@ -66,15 +66,22 @@ def run_compress(args: argparse.Namespace) -> int:
     good = _validate(collect_files(args.inputs, IMAGE_SUFFIXES), check, args.skip_errors, "inputs")
     outputs = output_paths([src for src, _ in good], args.output, lambda p: ".idf")
     total_in = total_out = 0
-    for (src, (arr, source)), dst in zip(good, outputs):
-        t0 = time.perf_counter()
-        data = codec.compress(arr, source=source)
-        dt = time.perf_counter() - t0
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(data)
-        total_in += arr.size
-        total_out += len(data)
-        print(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / arr.size:.3f} bits/dim, {dt:.2f} s")
+    from setflow.coding.io import Progress
+
+    jobs = list(zip(good, outputs))
+    with Progress(len(jobs), quiet=getattr(args, "quiet", False)) as bar:
+        for start in range(0, len(jobs), codec.batch_size):  # one forward pass per batch of files
+            batch = jobs[start : start + codec.batch_size]
+            t0 = time.perf_counter()
+            datas = codec.compress_many([arr for (_, (arr, _)), _ in batch], [kind for (_, (_, kind)), _ in batch])
+            dt = (time.perf_counter() - t0) / len(batch)
+            for ((src, (arr, _)), dst), data in zip(batch, datas):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(data)
+                total_in += arr.size
+                total_out += len(data)
+                bar.say(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / arr.size:.3f} bits/dim, {dt:.3f} s")
+            bar.update(len(batch))
     if len(good) > 1:
         print(f"total: {total_out} bytes for {total_in} values, {8 * total_out / total_in:.3f} bits/dim, "
               f"ratio {total_in / total_out:.2f}")
