@@ -18,7 +18,7 @@ from setflow.coding import (
     TableSpec,
 )
 from setflow.coding.format import unpack
-from setflow.coding.tables import decode_group, encode_group, make_table
+from setflow.coding.tables import direct_rows, guard_bits, pop_guard, pop_level, push_guard, push_level
 from setflow.models.idf import IDF
 
 ARGS = dict(num_levels=2, num_flows=2, hidden_channels=8, depth=2, coupling="shallow", split_prior="shallow")
@@ -85,15 +85,25 @@ def test_escape_path_round_trips(model, images):
     assert len(narrow.compress(images[:2])) > len(IDFCodec(model).compress(images[:2]))
 
 
-def test_tables_encode_extreme_values():
-    params = (torch.zeros(1, 5, 2), torch.tensor([[0.0, 40.0]] * 5).unsqueeze(0), torch.zeros(1, 5, 2))
-    table = make_table(params, TableSpec(tail_mass=1e-4))
-    z = np.array([0, 40, -(2**30), 2**30, 12345], dtype=np.int64)
+def _round_trip_rows(z: np.ndarray, rows, spec: TableSpec) -> "constriction.stream.stack.AnsCoder":
+    """Push ``z`` over a guard, pop it back (asserting equality) and return the decoder."""
     coder = constriction.stream.stack.AnsCoder()
-    encode_group(coder, z, table)
+    push_guard(coder)
+    push_level([coder], z[None], rows, spec)
     dec = constriction.stream.stack.AnsCoder(coder.get_compressed())
-    assert np.array_equal(decode_group(dec, table), z) and dec.is_empty()
-    assert all(p.shape[1] == 1 + table.width[i].max() and np.all(p >= 0) for i, p in table.blocks)
+    assert np.array_equal(pop_level([dec], rows, spec, guard_bits())[0], z)
+    return dec
+
+
+def test_tables_encode_extreme_values():
+    spec = TableSpec(tail_mass=1e-4)
+    locs = np.array([[0.0, 40.0]] * 5)
+    rows = direct_rows(np.zeros((5, 2)), locs, np.zeros((5, 2)), spec)
+    z = np.array([0, 40, -(2**30), 2**30, 12345], dtype=np.int64)
+    dec = _round_trip_rows(z, rows, spec)
+    pop_guard(dec)
+    assert dec.is_empty()
+    assert np.all(rows.width <= spec.max_bins) and np.all(rows.coarse_pool >= 0) and np.all(rows.pmf_pool >= 0)
 
 
 def test_wrong_model_or_settings_is_refused(codec, images):
@@ -239,18 +249,17 @@ def test_progressive_decoding(model, images, ckpt, tmp_path):
     assert out.stat().st_size > 1000 and imagecodecs.png_decode(out.read_bytes()).ndim == 3
 
 
-def test_zero_valued_last_escape_bits_decode_from_an_empty_stack():
-    """A genuine stream can be empty before its last escape chunks (zeros cost no bits): the
-    run-dry check must not refuse it, and leftover/phantom checks still hold."""
-    params = (torch.zeros(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1))
-    table = make_table(params, TableSpec())
-    z = np.array([table.lo[0] + 2**20])  # zigzag 2^21: every chunk below the leading one is 0
-    coder = constriction.stream.stack.AnsCoder()
-    encode_group(coder, z, table)
-    dec = constriction.stream.stack.AnsCoder(coder.get_compressed())
-    assert np.array_equal(decode_group(dec, table), z) and dec.is_empty()
+def test_zero_valued_last_escape_bits_decode_and_the_stream_end_is_exact():
+    """Zero-valued escape chunks (they cost no bits on an empty stack) sit on the guard and decode;
+    after the guard the coder is exactly empty, and a phantom level from it runs dry."""
+    spec = TableSpec()
+    rows = direct_rows(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), spec)
+    z = np.array([rows.lo[0] + 2**20])  # zigzag 2^21: every chunk below the leading one is 0
+    dec = _round_trip_rows(z, rows, spec)
+    pop_guard(dec)
+    assert dec.is_empty()
     with pytest.raises(CorruptFileError, match="ran out"):
-        decode_group(dec, table)  # a second, phantom group from the empty stack
+        pop_level([dec], rows, spec, guard_bits())  # a second, phantom group from the empty stack
 
 
 @pytest.fixture(scope="module")
@@ -348,8 +357,9 @@ def test_compress_decodes_what_it_wrote_before_keeping_it(ckpt, images, tmp_path
     np.save(src, images[0])
     before = src.read_bytes()
     (tmp_path / "old.idf").write_bytes(b"an earlier output")
-    decode = IDFCodec.decompress
-    monkeypatch.setattr(IDFCodec, "decompress", lambda self, data, as_tensor=False: decode(self, data) ^ 1)
+    decode = IDFCodec.decompress_many  # the CLI verifies a batch of files in one pass
+    monkeypatch.setattr(IDFCodec, "decompress_many",
+                        lambda self, files, as_tensor=False, errors="raise": [x ^ 1 for x in decode(self, files)])
     for out in ("a.idf", "old.idf"):
         assert main(["compress", ckpt, str(src), "-o", str(tmp_path / out)]) == 2
         err = capsys.readouterr().err.strip()
@@ -357,16 +367,17 @@ def test_compress_decodes_what_it_wrote_before_keeping_it(ckpt, images, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "old.idf"]  # no output, no temp file left
     assert src.read_bytes() == before and (tmp_path / "old.idf").read_bytes() == b"an earlier output"
 
-    def undecodable(self, data, as_tensor=False):
-        raise CorruptFileError("checksum mismatch")
+    def undecodable(self, files, as_tensor=False, errors="raise"):
+        assert errors == "return"  # one bad file must not hide the others' results
+        return [CorruptFileError("checksum mismatch") for _ in files]
 
-    monkeypatch.setattr(IDFCodec, "decompress", undecodable)
+    monkeypatch.setattr(IDFCodec, "decompress_many", undecodable)
     assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "a.idf")]) == 2
     assert "verification failed" in capsys.readouterr().err and not (tmp_path / "a.idf").exists()
     # --no-verify never decodes (and says so); the default path keeps a file that does decode
     assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "a.idf"), "--no-verify"]) == 0
     assert "(not verified)" in capsys.readouterr().out
-    monkeypatch.setattr(IDFCodec, "decompress", decode)
+    monkeypatch.setattr(IDFCodec, "decompress_many", decode)
     assert main(["compress", ckpt, str(src), "-o", str(tmp_path / "b.idf")]) == 0
     assert np.array_equal(IDFCodec.from_checkpoint(ckpt).decompress((tmp_path / "b.idf").read_bytes()), images[0])
 

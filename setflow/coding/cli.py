@@ -51,16 +51,17 @@ def _validate(items, check, skip: bool, what: str) -> list:
     return good
 
 
-def _decodes_to(codec: IDFCodec, arr: np.ndarray, src: Path, dst: Path):
-    """The check :func:`~setflow.data.common.atomic_write` runs on the written temp file: it must
-    decode to ``arr`` exactly (values, shape, dtype), or nothing is written for ``src``."""
+def _decodes_to(arr: np.ndarray, back, data: bytes, src: Path, dst: Path):
+    """The check :func:`~setflow.data.common.atomic_write` runs on the written temp file: ``data``
+    decoded (``back``, from one batched pass) to ``arr`` exactly (values, shape, dtype), and the
+    temp file holds exactly ``data``; else nothing is written for ``src``."""
     def check(tmp: Path) -> None:
-        try:
-            back = codec.decompress(tmp.read_bytes())
-            same = back.dtype == arr.dtype and back.shape == arr.shape and np.array_equal(back, arr)
-            why = "" if same else "it decodes to a different image"
-        except CodecError as e:
-            why = f"{type(e).__name__}: {e}"
+        if isinstance(back, CodecError):
+            why = f"{type(back).__name__}: {back}"
+        elif not (back.dtype == arr.dtype and back.shape == arr.shape and np.array_equal(back, arr)):
+            why = "it decodes to a different image"
+        else:
+            why = "" if tmp.read_bytes() == data else "the written file differs from the coded bytes"
         if why:
             raise DecodeMismatchError(f"{src}: verification failed, {dst} was not written (the compressed file "
                                       f"does not decode back to the input: {why}); the input is untouched")
@@ -84,15 +85,25 @@ def run_compress(args: argparse.Namespace) -> int:
     outputs = output_paths([src for src, _ in good], args.output, lambda p: ".idf")
     verify = getattr(args, "verify", True)
     total_in = total_out = 0
-    for (src, (arr, source)), dst in zip(good, outputs):
-        t0 = time.perf_counter()
-        data = codec.compress(arr, source=source)
-        dt = time.perf_counter() - t0
-        atomic_write(dst, lambda f: f.write(data), check=_decodes_to(codec, arr, src, dst) if verify else None)
-        total_in += arr.size
-        total_out += len(data)
-        print(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / arr.size:.3f} bits/dim, {dt:.2f} s"
-              + ("" if verify else " (not verified)"))
+    from setflow.coding.io import Progress
+
+    jobs = list(zip(good, outputs))
+    with Progress(len(jobs), quiet=getattr(args, "quiet", False)) as bar:
+        for start in range(0, len(jobs), codec.batch_size):  # one forward pass per batch of files
+            batch = jobs[start : start + codec.batch_size]
+            arrays = [arr for (_, (arr, _)), _ in batch]
+            t0 = time.perf_counter()
+            datas = codec.compress_many(arrays, [kind for (_, (_, kind)), _ in batch])
+            dt = (time.perf_counter() - t0) / len(batch)
+            backs = codec.decompress_many(datas, errors="return") if verify else [None] * len(batch)
+            for ((src, (arr, _)), dst), data, back in zip(batch, datas, backs):
+                atomic_write(dst, lambda f: f.write(data),
+                             check=_decodes_to(arr, back, data, src, dst) if verify else None)
+                total_in += arr.size
+                total_out += len(data)
+                bar.say(f"{src} -> {dst}: {len(data)} bytes, {8 * len(data) / arr.size:.3f} bits/dim, {dt:.3f} s"
+                        + ("" if verify else " (not verified)"))
+            bar.update(len(batch))
     if len(good) > 1:
         print(f"total: {total_out} bytes for {total_in} values, {8 * total_out / total_in:.3f} bits/dim, "
               f"ratio {total_in / total_out:.2f}")

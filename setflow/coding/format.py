@@ -15,6 +15,13 @@ Layout (all integers little-endian; ``varint`` = unsigned LEB128)::
     ...     4k    payload: the ANS coder's 32-bit words
     -4      4     CRC-32 of every byte before it (corruption / truncation check before decoding)
 
+Payload (version 3). The header's shape alone says how many images there are; the coder's state
+never does. One guard symbol lies under all data (:func:`setflow.coding.tables.push_guard`);
+above it the images come in runs of ``IMAGES_PER_RUN`` (the last run may be shorter), run 0 on
+top; a run is coded level by level (the top latents of all its images, then the next level's,
+...; :mod:`setflow.coding.codec`), so a decoder inverts the flow on a whole run at once. After the
+last image the guard must pop back intact and leave the coder exactly empty.
+
 Limits, checked by :func:`unpack` before anything is allocated or decoded: ``1 <= ndim <=
 MAX_NDIM``, each dimension in ``[1, MAX_DIM]``, at most ``MAX_ELEMENTS`` values (products in
 Python ints, so nothing wraps), and no more values than the payload can hold
@@ -40,6 +47,7 @@ import numpy as np
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "IMAGES_PER_RUN",
     "DTYPES",
     "LAYOUT_PLAIN",
     "LAYOUT_CHANNELS_LAST",
@@ -69,7 +77,10 @@ __all__ = [
 ]
 
 MAGIC = b"\x89IDF"
-FORMAT_VERSION = 2  # 2: the image CRC covers dtype and shape too
+FORMAT_VERSION = 3  # 2: the image CRC covers dtype and shape too; 3: guard symbol, runs coded level
+#                       by level, two-stage tables, split-prior parameters on a grid
+#: images per run of a file's payload (part of the format)
+IMAGES_PER_RUN = 32
 
 #: dtype code <-> numpy dtype of the original array (values must lie in [0, 255])
 DTYPES: dict[int, np.dtype] = {
@@ -297,7 +308,8 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     r = ByteReader(body, len(MAGIC))
     version = r.u8("version")
     if version != FORMAT_VERSION:
-        raise FormatError(f"unsupported IDF format version {version} (this build reads version {FORMAT_VERSION})")
+        older = " (written by an older setflow: decode it with that release)" if version < FORMAT_VERSION else ""
+        raise FormatError(f"unsupported IDF format version {version}{older}; this build reads version {FORMAT_VERSION}")
     code = r.u8("dtype")
     if code not in DTYPES:
         raise FormatError(f"unknown dtype code {code} in the header")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from setflow.coding.format import SOURCE_ARRAY, SOURCE_PNG
 
-__all__ = ["IMAGE_SUFFIXES", "collect_files", "read_image", "as_greyscale", "write_image", "output_paths"]
+__all__ = ["IMAGE_SUFFIXES", "collect_files", "read_image", "as_greyscale", "write_image", "output_paths", "Progress"]
 
 IMAGE_SUFFIXES = (".png", ".npy")
 
@@ -125,3 +126,27 @@ def output_paths(inputs: Sequence[Path], out: str, suffix_of) -> list[Path]:
             raise ValueError(f"{src}: the output {dst} is the input itself; choose another -o (nothing was written)")
         seen[dst] = src
     return paths
+
+
+class Progress:
+    """A progress bar (tqdm, on stderr) over ``total`` files, shown only on a terminal and without
+    ``quiet``; :meth:`say` prints a line to stdout without breaking the bar."""
+
+    def __init__(self, total: int, quiet: bool = False, unit: str = "file") -> None:
+        from tqdm import tqdm
+
+        show = total > 1 and not quiet and sys.stderr.isatty()
+        self._bar = tqdm(total=total, unit=unit, file=sys.stderr, disable=not show, leave=False)
+        self._write = tqdm.write if show else print
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bar.close()
+
+    def say(self, line: str) -> None:
+        self._write(line)
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
