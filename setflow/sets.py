@@ -26,7 +26,24 @@ import torch
 from torch import Tensor
 
 __all__ = ["pad_sets", "unpad_sets", "lengths_to_mask", "mask_to_lengths", "check_mask", "set_sizes",
-           "point_ranks", "real_first", "masked_sum", "keep_padding", "from_pyg", "to_pyg"]
+           "point_ranks", "real_first", "masked_sum", "keep_padding", "from_pyg", "to_pyg", "check_size_args"]
+
+
+def check_size_args(num_points: Optional[int], max_points: Optional[int], min_points: int) -> bool:
+    """Check a set model's size arguments; ``True`` for sets of any size (``num_points`` None).
+
+    ``num_points: null`` needs ``max_points >= 2`` and ``1 <= min_points <= max_points``; a fixed
+    size refuses a different ``max_points``. Raises a one-line ``ValueError`` naming the keys."""
+    if num_points is None:
+        if max_points is None or int(max_points) < 2:
+            raise ValueError(f"num_points: null (sets of any size) needs max_points >= 2, got {max_points}")
+        if not 1 <= int(min_points) <= int(max_points):
+            raise ValueError(f"min_points must lie in 1..max_points={max_points}, got {min_points}")
+        return True
+    if max_points is not None and int(max_points) != int(num_points):
+        raise ValueError(f"max_points={max_points} is for sets of any size (num_points: null); "
+                         f"this model has num_points={num_points}")
+    return False
 
 
 def lengths_to_mask(lengths: Tensor, max_points: Optional[int] = None) -> Tensor:

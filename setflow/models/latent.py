@@ -61,7 +61,7 @@ from setflow.models.set_flows import build_set_flow
 from setflow.nn import MLP, ConditionerSpec, PooledSetNet
 from setflow.registry import (LATENT_DECODERS, SET_CONDITIONERS, RegistryError, register_latent_decoder,
                               register_model, signature_names)
-from setflow.sets import lengths_to_mask
+from setflow.sets import check_size_args, lengths_to_mask
 from setflow.transforms import VAE, ActNorm, AffineCoupling, CompositeTransform, Reverse, ScalarAffine, Transform
 
 __all__ = ["LatentSetFlow", "build_latent_set_flow", "build_point_decoder", "build_set_decoder", "coupling_steps"]
@@ -329,15 +329,7 @@ def build_latent_set_flow(
         size_smoothing, learn_size: the set-size density (sets of any size), as for the set flows.
         seed: seed of the initialisation (reproducible builds).
     """
-    variable = num_points is None
-    if variable:
-        if max_points is None or int(max_points) < 2:
-            raise ValueError(f"num_points: null (sets of any size) needs max_points >= 2, got {max_points}")
-        if not 1 <= int(min_points) <= int(max_points):
-            raise ValueError(f"min_points must lie in 1..max_points={max_points}, got {min_points}")
-    elif max_points is not None and int(max_points) != int(num_points):
-        raise ValueError(f"max_points={max_points} is for sets of any size (num_points: null); "
-                         f"this model has num_points={num_points}")
+    variable = check_size_args(num_points, max_points, min_points)
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 2:
         raise ValueError(f"latent_dim must be an integer >= 2, got {latent_dim!r}")
     if prior_steps < 0 or prior_hidden < 1 or prior_layers < 0 or encoder_hidden < 1:

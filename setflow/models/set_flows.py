@@ -29,7 +29,7 @@ from setflow.utils import call_net
 from setflow.nn.base import ConditionerSpec
 from setflow.registry import SET_CONDITIONERS, RegistryError, register_model
 from setflow.distributions.set_size import SetSizeDistribution
-from setflow.sets import real_first
+from setflow.sets import check_size_args, real_first
 from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, SetRoll, SetShuffle, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
@@ -212,17 +212,9 @@ def build_set_flow(
             its positions, so the parity couplings alternate and know where the first point is).
         seed: seed of the fixed shuffles and 1x1 initialisations (reproducible builds).
     """
-    variable = num_points is None
     if point_mix not in ("shuffle", "roll"):
         raise ValueError(f"point_mix must be 'shuffle' or 'roll', got {point_mix!r}")
-    if variable:
-        if max_points is None or int(max_points) < 2:
-            raise ValueError(f"num_points: null (sets of any size) needs max_points >= 2, got {max_points}")
-        if not 1 <= int(min_points) <= int(max_points):
-            raise ValueError(f"min_points must lie in 1..max_points={max_points}, got {min_points}")
-    elif max_points is not None and int(max_points) != int(num_points):
-        raise ValueError(f"max_points={max_points} is for sets of any size (num_points: null); "
-                         f"this model has num_points={num_points}")
+    variable = check_size_args(num_points, max_points, min_points)
     size_points = int(max_points) if variable else num_points
     if permutation not in ("sort", "stochastic"):
         raise ValueError(f"permutation must be 'sort' or 'stochastic', got {permutation!r}")
