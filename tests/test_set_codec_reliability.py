@@ -125,6 +125,14 @@ def test_variable_sizes_from_padding_masks_and_lists_agree():
     assert bits.shape == (3,) and (bits > 0).all()
 
 
+def test_padding_wider_than_the_largest_set_is_dropped():
+    wide = np.full((2, 9), -1)  # 9 columns > the model's 6 points, but no set has more than 3
+    wide[0, :3], wide[1, :1] = [4, 4, 0], [24]
+    data = compress_sets(TINY, wide)
+    assert read_sets_header(data).num_points == 3
+    assert decompress_sets(TINY, data).tolist() == [[0, 4, 4], [24, -1, -1]]
+
+
 @pytest.mark.parametrize("bad, match", [
     ([[1, -2]], "-1 marks an absent point"), ([[-1, -1]], "no points"), ([[25]], "0..24"),
     (np.zeros((2, 3)), "integer"), (np.zeros((2, 7), np.int64), "points"), ([[[1, -1]]], "(-1, -1)"),

@@ -144,7 +144,7 @@ def _check_sets(model: nn.Module, sets) -> tuple[np.ndarray, np.ndarray]:
     except ValueError as e:
         raise FormatError(str(e)) from None
     sizes = (arr >= 0).sum(1)
-    n = int(sizes.max(initial=arr.shape[1]))
+    n = int(sizes.max()) if len(sizes) else arr.shape[1]  # padding wider than the largest set is dropped
     if not 1 <= n <= model.num_points:
         raise FormatError(f"sets of {n} points; this model codes 1..{model.num_points} points per set")
     if arr.shape[0] > MAX_SETS:
