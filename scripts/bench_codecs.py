@@ -90,7 +90,7 @@ def _timed(fn: Callable[[], object], runs: int) -> tuple[float, object]:
 
 
 def bench(ckpt: str, n: int, runs: int = 3, split: str = "test", data_root: Optional[str] = None) -> str:
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     model, cfg = load_idf(ckpt)
     data = load_data(cfg, data_root)
@@ -172,7 +172,7 @@ def _speed_model(ckpt: Optional[str], config: Optional[str], seed: int = 0):
 def speed(model, cfg: dict, n: int, runs: int = 3, batch_size: int = 32, split: str = "test",
           data_root: Optional[str] = None) -> str:
     """Images/s of IDF (one image per pass, batched) and JPEG XL effort 7 on the same images."""
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     try:
         x = load_data(cfg, data_root).split(split)[:n].numpy()

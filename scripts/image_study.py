@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from setflow.evaluate import evaluate
     from setflow.train.checkpoint import load_checkpoint, load_model
     from setflow.train.config import load_config
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
     from setflow.train.trainer import train
     from setflow.viz.images import plot_checkpoint
 

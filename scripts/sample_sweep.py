@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from setflow.evaluate import _subset, draw_samples, evaluate
     from setflow.metrics import format_sample_metrics, sample_metrics
     from setflow.train.checkpoint import load_checkpoint, load_model
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     data = None
     for path in args.ckpts:

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     from setflow.evaluate import evaluate
     from setflow.train.config import load_config
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
     from setflow.train.trainer import Trainer
     from setflow.viz.toy import plot_toy_study
 

@@ -164,7 +164,7 @@ def _load(args: argparse.Namespace):
 def _cmd_eval(args: argparse.Namespace) -> int:
     from setflow.evaluate import evaluate, format_metrics, split_masks
     from setflow.train.config import check_positive
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     for value, option in ((args.batch_size, "--batch-size"), (args.iwbo_k, "--iwbo-k"),
                           (args.max_examples, "--max-examples")):
@@ -299,7 +299,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from setflow.evaluate import evaluate, format_metrics, format_sample_quality, sample_quality, split_masks
     from setflow.train.config import load_config
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
     from setflow.train.trainer import Trainer
     from setflow.viz.sets import plot_checkpoint
 

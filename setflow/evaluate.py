@@ -29,7 +29,7 @@ def _bare(model: nn.Module) -> nn.Module:
 
 
 def split_masks(model: nn.Module, data, split: str) -> Optional[Tensor]:
-    """The ``(M, N_max)`` masks of ``data``'s ``split`` (an :class:`~setflow.train.data.ExperimentData`) for
+    """The ``(M, N_max)`` masks of ``data``'s ``split`` (an :class:`~setflow.data.experiments.ExperimentData`) for
     sets of different sizes; all True for a variable-size model on equal-size data; else ``None``."""
     masks = data.split_mask(split)
     if masks is None and getattr(_bare(model), "variable_size", False):

@@ -195,7 +195,7 @@ class Registry(Generic[T]):
 #: model builders (``model: sortflow`` in a config); ``model_args`` are their keyword arguments
 MODELS: Registry = Registry("model", populate=("setflow.models",), args_label="model_args")
 #: data set loaders (``data: spatial_mnist``) returning an ``ExperimentData``
-DATASETS: Registry = Registry("data set", populate=("setflow.train.data",), args_label="data_args")
+DATASETS: Registry = Registry("data set", populate=("setflow.data.experiments",), args_label="data_args")
 #: equivariant set conditioners ``(B, N, D_in) -> (B, N, D_out)`` (``model_args.conditioner``)
 SET_CONDITIONERS: Registry = Registry("set conditioner", populate=("setflow.nn",))
 #: image coupling conditioners ``(c_in, c_out, hidden, depth) -> module`` (IDF ``model_args.coupling``,

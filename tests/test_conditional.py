@@ -166,7 +166,7 @@ def test_redraw_gives_new_points_per_epoch_reproducibly():
 
 def test_trainer_uses_the_redrawn_epoch(tmp_path):
     from setflow.train.config import load_config
-    from setflow.train.data import ExperimentData
+    from setflow.data.experiments import ExperimentData
     from setflow.train.trainer import Trainer
 
     base = torch.rand(32, 6, 2) * 28

@@ -71,7 +71,7 @@ def test_the_trainer_builds_the_fused_model_without_switching_it_afterwards(monk
     import setflow.nn
 
     monkeypatch.setattr(setflow.nn, "set_fused", lambda *a, **k: pytest.fail("set_fused called"))
-    from setflow.train.data import ExperimentData
+    from setflow.data.experiments import ExperimentData
 
     x = torch.rand(24, 6, 2) * 28
     data = ExperimentData(x, x[:8], x[8:16], "data: synthetic", "nats_per_point", "sets")
@@ -119,7 +119,7 @@ def test_resume_with_overrides_equal_to_the_stored_values_is_no_change(tmp_path,
 def test_resume_of_an_old_train_fused_checkpoint_with_model_args_fused_is_no_change(tmp_path):
     """A run stored with the old key (train.fused: true, no model_args.fused) resumed from a config that
     now says model_args.fused: true builds the same model: no change."""
-    from setflow.train.data import ExperimentData
+    from setflow.data.experiments import ExperimentData
 
     x = torch.rand(24, 6, 2) * 28
     data = ExperimentData(x, x[:8], x[8:16], "data: synthetic", "nats_per_point", "sets")

@@ -12,7 +12,7 @@ from setflow.models import build_model
 from setflow.nn import SetTransformerBlock
 from setflow.nn.fast import block_core, compiled_block_core, hash_keep_mask
 from setflow.train.config import validate_config
-from setflow.train.data import ExperimentData
+from setflow.data.experiments import ExperimentData
 from setflow.train.trainer import Trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -218,7 +218,7 @@ def test_short_training_lowers_bits_per_dim(name):
 
 
 def test_plot_checkpoint_writes_a_png(tmp_path):
-    from setflow.train.data import ExperimentData
+    from setflow.data.experiments import ExperimentData
     from setflow.viz.images import plot_checkpoint
 
     imgs = structured_images(16)

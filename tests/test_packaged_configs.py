@@ -102,7 +102,7 @@ def test_the_3d_cpu_config_trains_a_step_on_its_data():
 
     from setflow.models.build import build_from_config
     from setflow.train.config import load_config
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     cfg = load_config(str(REPO / "configs" / "pointcloud" / "permuteflow_shapes_cond_cpu.yaml"), ["data_args.per_class=2"])
     d = load_data(cfg)

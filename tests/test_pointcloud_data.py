@@ -125,7 +125,7 @@ def test_cgal_meshes(tmp_path):
 
 def test_pointclouds_data_kind_and_sortflow_step():
     from setflow.models.set_flows import build_set_flow
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     d = load_data({"data": "pointclouds", "data_args": {"num_points": 64, "per_class": 4}})
     assert d.kind == "pointclouds" and d.train.shape == (4 * len(SHAPE_CLASSES), 64, 3)
@@ -191,7 +191,7 @@ def test_procedural_shapes_poses():
 
 def test_pointcloud_pool_redraw_and_sizes():
     from setflow.models.set_flows import build_set_flow
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     args = {"num_points": 32, "per_class": 2, "pool_points": 128, "rotate": "z"}
     d = load_data({"data": "pointclouds", "data_args": args})

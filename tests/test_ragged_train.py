@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 
-from setflow.data.spatial_mnist import variable_size_masks
+from setflow.data.steps import variable_size_masks
 from setflow.evaluate import draw_samples, evaluate, sample_quality, split_masks
 from setflow.metrics.distances import pairwise_chamfer
 from setflow.metrics.ragged import pairwise_chamfer_masked, ragged_sample_metrics
 from setflow.sets import lengths_to_mask, pad_sets
 from setflow.train.config import validate_config
-from setflow.train.data import ExperimentData, _point_range
+from setflow.data.experiments import ExperimentData
+from setflow.data.steps import point_range as _point_range
 from setflow.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -157,7 +157,7 @@ def _unknown(fn, kind):
 
 def test_the_user_facing_lookups_raise_the_registry_error():
     from setflow.models.idf import IDF
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
     from setflow.train.trainer import make_optimizer
     from setflow.transforms import AffineCoupling
     from setflow.viz import get_plotter
@@ -172,7 +172,7 @@ def test_the_user_facing_lookups_raise_the_registry_error():
 
 
 def test_data_args_are_checked_by_name_before_loading():
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     with pytest.raises(ValueError, match=r"^unknown data_args for 'toy2d': nmae; valid: n_test, n_train, n_valid, name, seed$"):
         load_data({"data": "toy2d", "data_args": {"nmae": "corners"}})

@@ -422,7 +422,7 @@ def test_a_full_cache_needs_no_raw_files_but_redraw_does(tmp_path, crafted):
 
 
 def test_config_chooses_the_source(tmp_path, crafted, monkeypatch):
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     crafted.place(tmp_path / "mnist")
     full = load_data({"data": "spatial_mnist", "data_args": {}}, str(tmp_path))

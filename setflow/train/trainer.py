@@ -27,7 +27,7 @@ from setflow.registry import OPTIMIZERS, register_optimizer
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
 from setflow.train.config import resolve_device
-from setflow.train.data import ExperimentData, load_data
+from setflow.data.experiments import ExperimentData, load_data
 
 __all__ = ["Trainer", "TrainingError", "Interrupted", "train"]
 

@@ -133,7 +133,7 @@ def plot_source(source: str, out_path: str, n: int = 32, data_root: Optional[str
             image_grid(x[:n], out_path, title=path.name)
         return
     from setflow.train.checkpoint import load_model
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     model, cfg = load_model(path)
     data = load_data(cfg, data_root)
