@@ -42,8 +42,8 @@ def child(variant: str, n: int, batch: int, reps: int, warmup: int, threads: int
 
     torch.set_num_threads(threads)
     cfg = load_config(str(CONFIG), [])
-    args = {k: v for k, v in cfg["model_args"].items() if k not in ("conditioner", "point_conditioner")}
-    args.update(num_points=n, **VARIANTS[variant])
+    args = dict(cfg["model_args"], num_points=n, point_conditioner=VARIANTS[variant]["point_conditioner"])
+    args["conditioner"] = dict(args["conditioner"], name=VARIANTS[variant]["conditioner"])
     model = build_set_flow(**args).to(device)
     clouds, _ = procedural_shapes(max(1, batch // 7 + 1), n, seed=0)
     x = torch.as_tensor(normalize_clouds(clouds[:batch], "shape")[0], device=device)

@@ -1,4 +1,4 @@
-"""Old keys and resumed runs: ``train.fused`` maps onto ``model_args.fused`` both ways (an override
+"""Old keys and resumed runs: ``train.fused`` maps onto ``model_args.conditioner.fused`` both ways (an override
 wins over the file, both keys at one level must agree), and ``--resume`` compares the values a model
 is built with, so an argument given equal to its stored (or default) value is no change."""
 
@@ -17,6 +17,11 @@ from setflow.train.trainer import Trainer, TrainingError
 FUSED_YAML = "model: sortflow\nmodel_args: {{num_steps: 2, fused: {fused}}}\ndata: spatial_mnist\n"
 
 
+def _spec_fused(cfg: dict):
+    """The ``fused`` of the (migrated) nested conditioner spec."""
+    return cfg["model_args"]["conditioner"]["fused"]
+
+
 def _fused_of(cfg: dict) -> bool:
     from setflow.models.build import build_from_config
     from setflow.nn import SetTransformer
@@ -32,14 +37,15 @@ def test_train_fused_override_maps_both_ways_with_one_note(tmp_path, in_file, ov
     path.write_text(FUSED_YAML.format(fused=str(in_file).lower()))
     with pytest.warns(FutureWarning) as notes:
         cfg = load_config(path, [f"train.fused={str(override).lower()}"])
-    assert cfg["model_args"]["fused"] is override and cfg["train"]["fused"] is None
+    assert _spec_fused(cfg) is override and cfg["train"]["fused"] is None and "fused" not in cfg["model_args"]
     assert _fused_of(cfg) is override
     text = [str(n.message) for n in notes if issubclass(n.category, FutureWarning)]
-    assert len(text) == 1 and "\n" not in text[0] and f"model_args.fused={str(override).lower()}" in text[0]
+    assert len(text) == 1 and "\n" not in text[0] and f"model_args.conditioner.fused={str(override).lower()}" in text[0]
     with warnings.catch_warnings():  # the new key alone: no note, the file's value kept unless overridden
         warnings.simplefilter("error")
-        assert load_config(path)["model_args"]["fused"] is in_file
-        assert load_config(path, [f"model_args.fused={str(override).lower()}"])["model_args"]["fused"] is override
+        assert _spec_fused(load_config(path)) is in_file
+        assert _spec_fused(load_config(path, [f"model_args.fused={str(override).lower()}"])) is override
+        assert _spec_fused(load_config(path, [f"model_args.conditioner.fused={str(override).lower()}"])) is override
 
 
 def test_train_fused_and_model_args_fused_disagreeing_at_one_level_is_one_line_error(tmp_path):
@@ -49,12 +55,12 @@ def test_train_fused_and_model_args_fused_disagreeing_at_one_level_is_one_line_e
     assert "\n" not in str(e.value) and "train.fused=false" in str(e.value) and "model_args.fused=true" in str(e.value)
     path = tmp_path / "c.yaml"
     path.write_text(FUSED_YAML.format(fused="false"))
-    with pytest.raises(ConfigError, match="train.fused=true contradicts model_args.fused=false"):
+    with pytest.raises(ConfigError, match="train.fused=true contradicts model_args.conditioner.fused=false"):
         load_config(path, ["train.fused=true", "model_args.fused=false"])  # both on the command line
     with pytest.warns(FutureWarning):  # agreeing keys are fine
-        assert load_config(path, ["train.fused=true", "model_args.fused=true"])["model_args"]["fused"] is True
+        assert _spec_fused(load_config(path, ["train.fused=true", "model_args.fused=true"])) is True
     path.write_text(FUSED_YAML.format(fused="true"))
-    assert load_config(path, ["train.fused=null"])["model_args"]["fused"] is True  # unset: the file's value
+    assert _spec_fused(load_config(path, ["train.fused=null"])) is True  # unset: the file's value
     with pytest.raises(ConfigError, match="'train.fused' must be true/false"):
         validate_config({"model": "sortflow", "data": "spatial_mnist", "train": {"fused": "yes"}})
 
@@ -129,12 +135,12 @@ def test_resume_of_an_old_train_fused_checkpoint_with_model_args_fused_is_no_cha
     t = Trainer(new, str(tmp_path), data=data, log=lambda *_: None)
     t.fit()
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    ckpt["config"]["model_args"].pop("fused")
-    ckpt["config"]["train"]["fused"] = True  # as an old run stored it
+    ckpt["config"]["model_args"] = dict(args)  # as an old run stored it: flat conditioner keys, train.fused
+    ckpt["config"]["train"]["fused"] = True
     torch.save(ckpt, tmp_path / "last.pt")
     resumed = Trainer(apply_overrides(new, ["train.max_steps=2"]), str(tmp_path), data=data, resume=True,
                       log=lambda *_: None)
     assert resumed.step == 1
-    with pytest.raises(TrainingError, match="model_args.fused: True in the checkpoint, False now"):
+    with pytest.raises(TrainingError, match="model_args.conditioner.fused: True in the checkpoint, False now"):
         Trainer(apply_overrides(new, ["model_args.fused=false"]), str(tmp_path), data=data, resume=True,
                 log=lambda *_: None)

@@ -130,8 +130,8 @@ def test_pointclouds_data_kind_and_sortflow_step():
     d = load_data({"data": "pointclouds", "data_args": {"num_points": 64, "per_class": 4}})
     assert d.kind == "pointclouds" and d.train.shape == (4 * len(SHAPE_CLASSES), 64, 3)
     assert d.labels["train"].shape == (len(d.train),) and d.source.startswith("data: procedural shapes")
-    flow = build_set_flow(num_points=64, dim=3, num_steps=2, d_model=16, num_heads=2, conditioner="isab",
-                          point_conditioner="knn", num_inducing=4, knn_k=4, input_scale=1.0, input_shift=0.0)
+    flow = build_set_flow(num_points=64, dim=3, num_steps=2, input_scale=1.0, input_shift=0.0, point_conditioner="knn",
+                          conditioner={"name": "isab", "d_model": 16, "num_heads": 2, "num_inducing": 4, "k": 4})
     loss = -flow.log_prob(d.train[:8]).mean()
     loss.backward()
     assert torch.isfinite(loss)
@@ -213,9 +213,9 @@ def test_pointcloud_pool_redraw_and_sizes():
     assert len(set(sizes.tolist())) > 1 and "20..32 points per cloud" in v.source
     for x, m in ((v.train, v.masks["train"]), (v.train_epoch(3), v.masks["train"]), (v.test, v.masks["test"])):
         assert torch.all(x[~m] == 0) and torch.all(x[m].abs().sum(-1) > 0)
-    flow = build_set_flow(num_points=None, max_points=32, dim=3, num_steps=1, d_model=16, num_heads=2,
-                          conditioner="isab", point_conditioner="isab", num_inducing=4, input_scale=1.0,
-                          input_shift=0.0)
+    flow = build_set_flow(num_points=None, max_points=32, dim=3, num_steps=1, point_conditioner="isab",
+                          conditioner={"name": "isab", "d_model": 16, "num_heads": 2, "num_inducing": 4},
+                          input_scale=1.0, input_shift=0.0)
     lp = flow.log_prob(v.train_epoch(3)[:6], mask=v.masks["train"][:6])
     assert lp.shape == (6,) and torch.isfinite(lp).all()
 

@@ -126,9 +126,9 @@ def test_knn_edgeconv_matches_loop_reference():
 def test_set_flow_point_conditioner_round_trip(coord, point):
     from setflow.models.set_flows import build_set_flow
 
-    flow = build_set_flow(num_points=24, dim=3, num_steps=1, d_model=8, num_heads=2, conditioner=coord,
-                          point_conditioner=point, num_inducing=3, knn_k=3, input_scale=1.0, input_shift=0.0,
-                          sort_consistent=False).double()
+    flow = build_set_flow(num_points=24, dim=3, num_steps=1, point_conditioner=point,
+                          conditioner={"name": coord, "d_model": 8, "num_heads": 2, "num_inducing": 3, "k": 3},
+                          input_scale=1.0, input_shift=0.0, sort_consistent=False).double()
     for p in flow.parameters():  # leave the zero init so the couplings do something
         torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
     x = torch.rand(2, 24, 3, dtype=torch.float64)

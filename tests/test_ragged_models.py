@@ -17,9 +17,9 @@ SIZES = (9, 6, 12, 7)  # kNN conditioners need more than k points in each half o
 
 
 def tiny(permutation="sort", conditioner="transformer", **kw):
-    f = build_set_flow(num_points=None, max_points=16, num_steps=2, d_model=16, num_heads=2, num_layers=1,
-                       dim_feedforward=16, conditioner=conditioner, point_conditioner=conditioner, knn_k=2,
-                       num_inducing=4, permutation=permutation, **kw).double()
+    spec = dict(name=conditioner, d_model=16, num_heads=2, num_layers=1, dim_feedforward=16, k=2, num_inducing=4)
+    f = build_set_flow(num_points=None, max_points=16, num_steps=2, conditioner=spec, point_conditioner=conditioner,
+                       permutation=permutation, **kw).double()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # leave the zero-initialised identity: every layer must do something
         for p in f.parameters():
@@ -104,7 +104,8 @@ def test_padding_beyond_max_points_is_trimmed():
 
 
 def test_fixed_size_model_full_mask_bit_identical_and_ragged_refused():
-    f = build_set_flow(num_points=8, num_steps=2, d_model=16, num_heads=2, num_layers=1, dim_feedforward=16).double()
+    spec = dict(name="transformer", d_model=16, num_heads=2, num_layers=1, dim_feedforward=16)
+    f = build_set_flow(num_points=8, num_steps=2, conditioner=spec).double()
     x = torch.rand(3, 8, 2) * 28
     assert torch.equal(f.log_prob(x), f.log_prob(x, mask=torch.ones(3, 8, dtype=torch.bool)))
     mask = torch.ones(3, 8, dtype=torch.bool)

@@ -45,7 +45,8 @@ def test_every_model_refuses_a_typo_and_accepts_its_own_arguments(name):
 def test_forwarding_builders_drop_the_arguments_they_fix():
     for name in ("sortflow", "permuteflow"):
         assert "permutation" not in model_arg_names(name)
-        assert {"num_steps", "d_model", "conditioner"} <= model_arg_names(name)
+        assert {"num_steps", "conditioner", "point_conditioner"} <= model_arg_names(name)
+        assert "d_model" not in model_arg_names(name)  # a field of the nested conditioner spec now
     assert "pooling" in model_arg_names("maxpool_flow")  # build_image_flow's, checked by the wrapper
 
 

@@ -29,9 +29,9 @@ BUCKET_SIZES = [1] * 8 + [2] * 8 + [3, 4] * 4 + [5, 6, 7, 8] * 2  # 32 sets: 4 b
 
 def tiny(permutation="sort", conditioner="transformer", num_points=None, knn_k=3):
     """A small randomised flow (off the zero-initialised identity), ActNorm marked initialised."""
-    f = build_set_flow(num_points=num_points, max_points=MAX if num_points is None else None, num_steps=2, d_model=8,
-                       num_heads=2, num_layers=1, dim_feedforward=8, conditioner=conditioner,
-                       point_conditioner=conditioner, knn_k=knn_k, num_inducing=3, permutation=permutation).double()
+    spec = dict(name=conditioner, d_model=8, num_heads=2, num_layers=1, dim_feedforward=8, k=knn_k, num_inducing=3)
+    f = build_set_flow(num_points=num_points, max_points=MAX if num_points is None else None, num_steps=2,
+                       conditioner=spec, point_conditioner=conditioner, permutation=permutation).double()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for p in f.parameters():
@@ -133,12 +133,13 @@ def test_empty_batch_of_sets(permutation):
     assert x.shape == (0, 0, 2) and mask.shape == (0, 0) and ragged.log_prob(x, mask=mask).shape == (0,)
     with pytest.raises(ValueError, match=r"must have shape \(B, 5, 2\)"):  # still checked
         fixed.log_prob(torch.zeros(0, 4, 2))
-    labelled = build_set_flow(num_points=5, num_steps=1, d_model=8, num_heads=2, num_layers=1, dim_feedforward=8,
-                              conditional=True, num_classes=3, context_dim=4, permutation=permutation).double()
+    spec = dict(name="transformer", d_model=8, num_heads=2, num_layers=1, dim_feedforward=8)
+    labelled = build_set_flow(num_points=5, num_steps=1, conditioner=spec, conditional=True, num_classes=3,
+                              context_dim=4, permutation=permutation).double()
     none = torch.zeros(0, dtype=torch.long)
     assert labelled.log_prob(torch.zeros(0, 5, 2), context=none).shape == (0,)
     assert labelled.sample(context=none).shape == (0, 5, 2)
-    fresh = build_set_flow(num_points=5, num_steps=1, d_model=8, num_heads=2, num_layers=1, dim_feedforward=8)
+    fresh = build_set_flow(num_points=5, num_steps=1, conditioner=spec)
     fresh.log_prob(torch.zeros(0, 5, 2))  # ActNorm does not initialise on nothing
     assert not any(bool(m.initialized) for m in fresh.modules() if isinstance(m, ActNorm))
 

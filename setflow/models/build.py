@@ -11,10 +11,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from setflow.models import build_model
-from setflow.registry import MODELS
+from setflow.migrate import migrate
+from setflow.registry import DATASETS, MODELS
 
-__all__ = ["build_from_config", "check_model_args", "model_arg_names", "model_args_of", "resolved_model_args"]
+__all__ = ["build_from_config", "check_model_args", "check_set_size", "model_arg_names", "model_args_of",
+           "resolved_model_args"]
 
 
 def model_arg_names(name: str) -> Optional[set[str]]:
@@ -23,19 +24,16 @@ def model_arg_names(name: str) -> Optional[set[str]]:
 
 
 def check_model_args(config: dict) -> None:
-    """Raise a one-line ``ValueError`` when ``config['model_args']`` has keys the builder lacks."""
-    MODELS.check_args(config["model"], config.get("model_args") or {})
+    """Raise a one-line ``ValueError`` when ``config['model_args']`` (migrated: :func:`setflow.migrate.migrate`)
+    has keys the builder lacks."""
+    MODELS.check_args(config["model"], model_args_of(config))
 
 
 def model_args_of(config: dict) -> dict:
-    """``config['model_args']``, with an old config's ``train.fused: true`` mapped onto
-    ``model_args.fused`` for the models that take it (the set flows), so old configs and the
-    checkpoints that carry them build the fused model they trained."""
-    args = dict(config.get("model_args") or {})
-    if (config.get("train") or {}).get("fused") and "fused" in (model_arg_names(config["model"]) or ()):
-        if not args.setdefault("fused", True):
-            raise ValueError("train.fused=true contradicts model_args.fused=false; set model_args.fused only")
-    return args
+    """``config['model_args']`` in the current form: old keys (``train.fused``, the set flows' flat
+    conditioner keys) mapped by :func:`setflow.migrate.migrate`, so old configs and the checkpoints
+    that carry them build the model they trained."""
+    return dict(migrate(config).get("model_args") or {})
 
 
 def _plain(value: Any) -> Any:
@@ -49,16 +47,73 @@ def _plain(value: Any) -> Any:
 
 def resolved_model_args(config: dict) -> dict:
     """The arguments the model of ``config`` is built with: :func:`model_args_of` over the builder's
-    defaults, as plain values, so an argument given equal to its default compares equal to one left out."""
-    return _plain({**MODELS.arg_defaults(config["model"]), **model_args_of(config)})
+    defaults, as plain values, so an argument given equal to its default compares equal to one left out
+    (the set flows' conditioner specs spelled out in full)."""
+    args = {**MODELS.arg_defaults(config["model"]), **model_args_of(config)}
+    names = MODELS.arg_names(config["model"]) or ()
+    if "conditioner" in names and "point_conditioner" in names:
+        from setflow.models.set_flows import resolved_conditioners
+
+        args = resolved_conditioners(args)
+    return _plain(args)
 
 
-def build_from_config(config: dict) -> nn.Module:
-    """The model of ``config`` in the config's ``train.dtype`` (on the CPU)."""
-    check_model_args(config)
+def build_from_config(config: dict, check: bool = True) -> nn.Module:
+    """The model of ``config`` (migrated first) in the config's ``train.dtype`` (on the CPU).
+
+    ``check=False``: the caller already ran :func:`check_model_args` (the trainer does, before the
+    data loads), so ``model_args`` are checked once per start."""
+    args = model_args_of(config)
+    if check:
+        MODELS.check_args(config["model"], args)
     try:
-        model = build_model(config["model"], **model_args_of(config))
+        model = MODELS.get(config["model"])(**args)
     except TypeError as e:  # a builder whose arguments could not be read from its signature
         raise ValueError(f"bad model_args for {config['model']!r}: {e}") from e
-    dtype = getattr(torch, config.get("train", {}).get("dtype", "float32"))
+    dtype = getattr(torch, (config.get("train") or {}).get("dtype") or "float32")
     return model.to(dtype)
+
+
+_SIZE_KEYS = ("num_points", "max_points", "min_points")
+
+
+def check_set_size(config: dict) -> dict:
+    """The set size said once: ``config`` (migrated) whose model takes its size range from
+    ``data_args.num_points`` (an int, or ``[min, max]`` for sets of any size).
+
+    A set model whose ``model_args`` name none of ``num_points`` / ``max_points`` / ``min_points`` gets
+    the data's (``num_points: N``, or ``num_points: null, max_points: max, min_points: min``). One that
+    names them must agree, else a one-line ``ValueError`` naming both keys, before any data loads: a
+    fixed size equals the data's; sets of any size need ``min_points <= min`` and ``max <= max_points``
+    (the data's padding is never trimmed to fit). Models or data sets without these keys pass unchanged.
+    """
+    from setflow.data.steps import point_range
+
+    cfg = migrate(config)
+    model, data = cfg.get("model"), cfg.get("data")
+    if not set(_SIZE_KEYS) <= (MODELS.arg_names(model) or set()) or data not in DATASETS:
+        return cfg
+    if "num_points" not in (DATASETS.arg_names(data) or set()):
+        return cfg
+    data_args = cfg.get("data_args") or {}
+    raw = data_args.get("num_points", DATASETS.arg_defaults(data).get("num_points"))
+    if raw is None:
+        return cfg
+    lo, hi = point_range(raw, 1)
+    margs = cfg.setdefault("model_args", {})
+    if not any(k in margs for k in _SIZE_KEYS):
+        margs.update({"num_points": hi} if lo == hi else {"num_points": None, "max_points": hi, "min_points": lo})
+        return cfg
+    size = {k: margs.get(k, MODELS.arg_defaults(model).get(k)) for k in _SIZE_KEYS}
+    said = f"data_args.num_points={raw!r}".replace("'", "")
+    if size["num_points"] is not None:
+        if (lo, hi) != (size["num_points"],) * 2:
+            raise ValueError(f"{said} but model_args.num_points={size['num_points']}: state the set size once (leave "
+                             f"model_args.num_points out and the model takes the data's)")
+    elif size["max_points"] is not None and hi > size["max_points"]:
+        raise ValueError(f"{said} pads sets to {hi} points but model_args.max_points={size['max_points']}: the "
+                         f"model takes sets of up to max_points (leave the model's size keys out to take the data's)")
+    elif lo < (size["min_points"] or 1):
+        raise ValueError(f"{said} has sets of {lo} points but model_args.min_points={size['min_points']} (leave the "
+                         f"model's size keys out to take the data's)")
+    return cfg

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from setflow.distributions import ConditionalNormal, SetSizeDistribution, StandardNormal
 from setflow.flows import ConditionalFlow, Flow, VectorContext
+from setflow.migrate import fold_conditioner_args
 from setflow.models.set_flows import build_set_flow
 from setflow.nn import MLP, ConditionerSpec, PooledSetNet
 from setflow.registry import (LATENT_DECODERS, SET_CONDITIONERS, RegistryError, register_latent_decoder,
@@ -341,6 +342,8 @@ def build_latent_set_flow(
         raise RegistryError(f"model_args.{'encoder' if encoder not in SET_CONDITIONERS else 'decoder'}: {e}") from None
     spec_args = _checked_keys(encoder_args, signature_names(ConditionerSpec)[0] - {"context_features"},
                               f"model_args.encoder_args for encoder {encoder!r}")
+    if decoder == "set" and decoder_args:  # old flat conditioner keys -> the nested spec
+        decoder_args = fold_conditioner_args(dict(decoder_args), "model_args.decoder_args")
     dec_args = _checked_keys(decoder_args, (LATENT_DECODERS.arg_names(decoder) or set()) - set(_GIVEN),
                              f"model_args.decoder_args for decoder {decoder!r}")
     spec = ConditionerSpec(**spec_args)

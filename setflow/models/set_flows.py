@@ -18,7 +18,8 @@ Both follow SurVAE's SpatialMNIST experiment (Nielsen et al., 2020, section 5.3)
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Optional
+from dataclasses import fields
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ from setflow.distributions import StandardNormal
 from setflow.flows import Flow, LabelContext, VectorContext
 from setflow.utils import call_net
 from setflow.nn.base import ConditionerSpec
+from setflow.migrate import fold_conditioner_args
 from setflow.registry import SET_CONDITIONERS, RegistryError, register_model
 from setflow.distributions.set_size import SetSizeDistribution
 from setflow.sets import check_size_args, real_first
@@ -35,7 +37,8 @@ from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
 from setflow.transforms.surjections import SortSurjection
 
-__all__ = ["SetFlow", "build_set_flow", "build_sortflow", "build_permuteflow", "CONDITIONERS"]
+__all__ = ["SetFlow", "build_set_flow", "build_sortflow", "build_permuteflow", "CONDITIONERS", "conditioner_spec",
+           "resolved_conditioners"]
 
 
 class _FirstPoints(nn.Module):
@@ -76,6 +79,49 @@ def _set_conditioner(name: str, arg: str):
         return SET_CONDITIONERS.get(name)
     except RegistryError as e:
         raise RegistryError(f"model_args.{arg}: {e}") from None
+
+
+_SPEC_FIELDS = tuple(f.name for f in fields(ConditionerSpec) if f.name != "context_features")
+
+
+def conditioner_spec(value: Union[str, Mapping[str, Any]], arg: str = "conditioner",
+                     base: Optional[ConditionerSpec] = None) -> tuple[type, ConditionerSpec]:
+    """``model_args.<arg>`` (a registered name, or ``{name: ..., <ConditionerSpec field>: ...}``) -> the
+    conditioner class and its :class:`ConditionerSpec`; fields left out come from ``base`` (else the spec's
+    defaults). A missing name or an unknown field is a one-line ``ValueError`` naming the key."""
+    if isinstance(value, str):
+        name, given = value, {}
+    elif isinstance(value, Mapping):
+        given = dict(value)
+        name = given.pop("name", None)
+        if not isinstance(name, str):
+            raise ValueError(f"model_args.{arg} needs a conditioner name: {{name: transformer, ...}}, got {dict(value)!r}")
+        unknown = sorted(set(given) - set(_SPEC_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown model_args.{arg} fields for {name!r}: {', '.join(unknown)}; valid: name, "
+                             f"{', '.join(_SPEC_FIELDS)}")
+    else:
+        raise ValueError(f"model_args.{arg} must be a conditioner name or a mapping {{name: ..., d_model: ...}}, "
+                         f"got {value!r}")
+    cls = _set_conditioner(name, arg)
+    inherited = {} if base is None else {k: getattr(base, k) for k in _SPEC_FIELDS}
+    try:
+        return cls, ConditionerSpec(**{**inherited, **given})
+    except ValueError as e:
+        raise ValueError(f"model_args.{arg}: {e}") from None
+
+
+def resolved_conditioners(args: dict) -> dict:
+    """``args`` with ``conditioner`` and ``point_conditioner`` spelled out in full (name and every spec
+    field), so two ways of writing the same nets compare equal."""
+    out = dict(args)
+    _, spec = conditioner_spec(out.get("conditioner", "transformer"), "conditioner")
+    _, point = conditioner_spec(out.get("point_conditioner", "transformer"), "point_conditioner", base=spec)
+    for key, s in (("conditioner", spec), ("point_conditioner", point)):
+        value = out.get(key, "transformer")
+        out[key] = {"name": value if isinstance(value, str) else value["name"],
+                    **{k: getattr(s, k) for k in _SPEC_FIELDS}}
+    return out
 
 
 #: the set conditioners by name (``isab``, ``knn`` scale as O(N m), O(N k); with ``positional``
@@ -132,23 +178,15 @@ def build_set_flow(
     num_points: Optional[int] = 50,
     dim: int = 2,
     num_steps: int = 32,
-    d_model: int = 64,
-    num_heads: int = 8,
-    num_layers: int = 2,
-    dim_feedforward: int = 256,
-    dropout: float = 0.0,
     scale_fn: str = "softplus",
     permutation: str = "sort",
     sort_key: int | str = 0,
     sort_consistent: Optional[bool] = None,
     sort_min_gap: Optional[float] = 1e-6,
-    conditioner: str = "transformer",
-    point_conditioner: str = "transformer",
-    num_inducing: int = 32,
-    knn_k: int = 8,
+    conditioner: Union[str, Mapping[str, Any]] = "transformer",
+    point_conditioner: Union[str, Mapping[str, Any]] = "transformer",
     input_scale: float = 1.0 / 28.0,
     input_shift: float = -0.5,
-    fused: bool = False,
     conditional: bool = False,
     num_classes: int = 10,
     context_dim: int = 32,
@@ -165,7 +203,6 @@ def build_set_flow(
     Args:
         num_points, dim: set size ``N`` and point dimension ``D``.
         num_steps: flow steps ``K``.
-        d_model, num_heads, num_layers, dim_feedforward, dropout: transformer conditioners.
         scale_fn: coupling scale function (see :data:`setflow.transforms.SCALE_FNS`).
         permutation: ``"sort"`` (exact likelihood) or ``"stochastic"`` (lower bound).
         sort_key: coordinate (or name) the sort surjection orders the points by (ties broken
@@ -178,16 +215,20 @@ def build_set_flow(
         sort_min_gap: with ``sort_consistent``, gaps in the key below this (in scaled units,
             ``x * input_scale + shift``) are clamped to it (exact ties otherwise give -inf);
             ``None`` makes ties an error instead.
-        conditioner: equivariant net of the coordinate-wise coupling: ``transformer``,
-            ``deepsets``, ``edgeconv`` (kNN graph + PyG EdgeConv), ``isab`` (induced attention,
-            ``num_inducing`` points) or ``knn`` (chunked kNN + dense EdgeConv, ``knn_k`` neighbours; both
-            kNN nets use ``min(knn_k, N - 1)`` in a set of ``N`` points, ties by coordinates).
-        point_conditioner: net of the point-wise coupling, with learned positions where it has
-            them (``transformer``, ``isab``, ``knn``); ``isab`` / ``knn`` keep a step O(N).
+        conditioner: the equivariant net of the coordinate-wise coupling, a registered set
+            conditioner given by name or as a nested spec ``{name: isab, num_inducing: 16, d_model: 32}``
+            whose other fields are a :class:`~setflow.nn.ConditionerSpec` (``d_model``, ``num_heads``,
+            ``num_layers``, ``dim_feedforward``, ``dropout``, ``num_inducing``, ``k``, ``fused``) handed
+            to that class's ``from_spec``: ``transformer``, ``deepsets``, ``edgeconv`` (kNN graph + PyG
+            EdgeConv), ``isab`` (induced attention, ``num_inducing`` points) or ``knn`` (chunked kNN +
+            dense EdgeConv, ``k`` neighbours; both kNN nets use ``min(k, N - 1)`` in a set of ``N``
+            points, ties by coordinates). ``fused``: the set transformers' fused CPU fast path
+            (:mod:`setflow.nn.fast`; same maths, hash dropout). Old flat keys (``d_model: 64``,
+            ``knn_k``, ``fused``, ``train.fused``) are folded into it by :func:`setflow.migrate.migrate`.
+        point_conditioner: the net of the point-wise coupling, with learned positions where it has
+            them (``transformer``, ``isab``, ``knn``; ``isab`` / ``knn`` keep a step O(N)); a name or a
+            nested spec, whose fields default to those of ``conditioner``.
         input_scale, input_shift: the fixed affine pre-processing ``x * scale + shift``.
-        fused: the set transformers' fused CPU fast path (:mod:`setflow.nn.fast`; same maths, hash
-            dropout). A model argument, so a checkpoint restores it; an old config's ``train.fused``
-            is mapped onto it by :func:`setflow.models.build.build_from_config`.
         conditional: class-conditional flow: a learned embedding (:class:`~setflow.flows.LabelContext`,
             ``num_classes`` labels -> ``context_dim`` features) of the integer label ``(B,)`` is fed
             to every conditioner (appended to each point's input features, which keeps the fused
@@ -218,11 +259,8 @@ def build_set_flow(
     size_points = int(max_points) if variable else num_points
     if permutation not in ("sort", "stochastic"):
         raise ValueError(f"permutation must be 'sort' or 'stochastic', got {permutation!r}")
-    coord_cls = _set_conditioner(conditioner, "conditioner")
-    point_cls = _set_conditioner(point_conditioner, "point_conditioner")
-    spec = ConditionerSpec(d_model=d_model, num_heads=num_heads, num_layers=num_layers,
-                           dim_feedforward=dim_feedforward, dropout=dropout, num_inducing=num_inducing, k=knn_k,
-                           fused=fused)
+    coord_cls, spec = conditioner_spec(conditioner, "conditioner")
+    point_cls, point_spec = conditioner_spec(point_conditioner, "point_conditioner", base=spec)
     point_pos = point_cls.accepts_positions  # learned positions where the net has them
     if sort_consistent is None:
         sort_consistent = permutation == "sort"
@@ -263,7 +301,7 @@ def build_set_flow(
         for k in range(num_steps):
             coord_net = with_context(coord_cls.from_spec(d_a + c_in, 2 * d_b, spec))
             point_net = with_context(point_cls.from_spec(
-                dim + c_in, 2 * dim, spec, positional=point_pos, max_len=n_a if point_pos else None))
+                dim + c_in, 2 * dim, point_spec, positional=point_pos, max_len=n_a if point_pos else None))
             if variable:  # even positions condition odd ones (the j-th even point's output serves the j-th odd)
                 point_coupling = AffineCoupling(point_net, split_dim=1, split="parity", scale_fn=scale_fn,
                                                 params_dim=-1)
@@ -291,10 +329,10 @@ def build_set_flow(
 @register_model("sortflow", args_of=build_set_flow, fixed=("permutation",))
 def build_sortflow(**kwargs) -> SetFlow:
     """SortFlow: sort surjection first, exact log-likelihood."""
-    return build_set_flow(permutation="sort", **kwargs)
+    return build_set_flow(permutation="sort", **fold_conditioner_args(kwargs))
 
 
 @register_model("permuteflow", args_of=build_set_flow, fixed=("permutation",))
 def build_permuteflow(**kwargs) -> SetFlow:
     """PermuteFlow: stochastic permutations, evaluated with the IWBO."""
-    return build_set_flow(permutation="stochastic", **kwargs)
+    return build_set_flow(permutation="stochastic", **fold_conditioner_args(kwargs))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 import yaml
 
-from setflow.registry import MODELS, OPTIMIZERS
+from setflow.migrate import SPEC_NAMES, migrate, override_path
+from setflow.registry import OPTIMIZERS
 
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_overrides", "validate_config", "resolve_device",
            "check_positive", "config_path", "bundled_configs"]
@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "device": "cpu",
         "dtype": "float32",
         "num_threads": None,
-        "fused": None,  # deprecated: model_args.fused (validate_config maps an explicit true/false onto it)
+        "fused": None,  # deprecated: model_args.conditioner.fused (setflow.migrate maps an explicit true/false onto it)
         "progress": True,
     },
     "eval": {
@@ -166,8 +166,9 @@ def resolve_device(name: Optional[str], what: str = "--device") -> str:
     return name
 
 
-def validate_config(cfg: dict) -> dict:
-    """Merge ``cfg`` over :data:`DEFAULTS`, checking every key, type and value range."""
+def validate_config(cfg: dict, train_fused_wins: bool = False) -> dict:
+    """Merge ``cfg`` over :data:`DEFAULTS`, checking every key, type and value range; old keys are
+    mapped onto their current form by :func:`setflow.migrate.migrate` (``train_fused_wins``: see there)."""
     if not isinstance(cfg, dict):
         raise ConfigError(f"a config must be a mapping at the top level, got {type(cfg).__name__}")
     out = _merge(DEFAULTS, cfg, "")
@@ -175,29 +176,10 @@ def validate_config(cfg: dict) -> dict:
         if not out[required]:
             raise ConfigError(f"config needs a {required!r} entry")
     _check_ranges(out)
-    _map_train_fused(out)
-    return out
-
-
-def _map_train_fused(cfg: dict) -> None:
-    """Move an explicit ``train.fused`` (the old key) onto ``model_args.fused`` for the models that
-    take it, with a one-line note; both keys given with different values is an error. A model
-    without the argument keeps ``train.fused`` (the trainer switches its set transformers)."""
-    value = cfg["train"]["fused"]
-    if value is None:
-        return
-    if not isinstance(value, bool):
-        raise ConfigError(f"config key 'train.fused' must be true/false, got {value!r}")
-    if "fused" not in (MODELS.arg_names(cfg["model"]) or ()):
-        return
-    flag = str(value).lower()
-    if "fused" in cfg["model_args"] and cfg["model_args"]["fused"] != value:
-        raise ConfigError(f"train.fused={flag} contradicts model_args.fused="
-                          f"{str(cfg['model_args']['fused']).lower()}; give model_args.fused only")
-    warnings.warn(f"train.fused is deprecated; read as model_args.fused={flag} (use that key)", FutureWarning,
-                  stacklevel=3)
-    cfg["model_args"]["fused"] = value
-    cfg["train"]["fused"] = None
+    try:
+        return migrate(out, train_fused_wins=train_fused_wins)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
@@ -210,9 +192,11 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
         key, text = item.split("=", 1)
         given.add(key.strip())
         value = yaml.safe_load(text) if text != "" else None
-        parts = key.strip().split(".")
+        parts = override_path(raw.get("model_args"), key.strip().split("."))
         node = raw
         for p in parts[:-1]:
+            if node is raw.get("model_args") and p in SPEC_NAMES and isinstance(node.get(p, "transformer"), str):
+                node[p] = {"name": node.get(p, "transformer")}  # a field of a spec given by name
             if p not in node or not isinstance(node[p], dict):
                 if p in _FREE_SECTIONS or (node is raw and p in DEFAULTS):
                     node = node.setdefault(p, {})
@@ -220,10 +204,8 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
                 raise ConfigError(f"unknown config key {key!r}; valid top-level keys: {sorted(DEFAULTS)}")
             node = node[p]
         node[parts[-1]] = value
-    if ("train.fused" in given and "model_args.fused" not in given and isinstance(raw.get("model_args"), dict)
-            and (raw.get("train") or {}).get("fused") is not None):
-        raw["model_args"].pop("fused", None)  # the old key on the command line overrides the file's new key
-    return validate_config(raw)
+    wins = "train.fused" in given and not any(k.startswith("model_args.") and k.endswith("fused") for k in given)
+    return validate_config(raw, train_fused_wins=wins)  # the old key on the command line overrides the file's new key
 
 
 _REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # configs/ of a checkout (the source of truth)

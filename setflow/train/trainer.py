@@ -22,7 +22,9 @@ from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
 from setflow.evaluate import evaluate, format_metrics, loss_scale, split_masks
-from setflow.models.build import build_from_config, check_model_args, model_arg_names, resolved_model_args
+from setflow.migrate import migrate
+from setflow.models.build import (build_from_config, check_model_args, check_set_size, model_arg_names,
+                                   resolved_model_args)
 from setflow.registry import OPTIMIZERS, register_optimizer
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
@@ -118,7 +120,9 @@ def _resolved(config: dict) -> dict:
 
 
 def _run_settings(config: dict) -> dict:
-    """The ``train`` and ``eval`` sections, ``train.fused`` off whether unset or false (it moved to model_args)."""
+    """The ``train`` and ``eval`` sections in the current form (:func:`setflow.migrate.migrate`; an unset
+    ``train.fused`` reads as false)."""
+    config = migrate(config)
     train = dict(config.get("train") or {}, fused=bool((config.get("train") or {}).get("fused")))
     return {"train": train, "eval": dict(config.get("eval") or {})}
 
@@ -160,6 +164,8 @@ class Trainer:
 
     def __init__(self, config: dict, out_dir: str, resume: bool = False, data: Optional[ExperimentData] = None,
                  data_root: Optional[str] = None, log=print, overwrite: bool = False) -> None:
+        # old keys in the current form; with data loaded here, the model takes its set size from data_args
+        config = migrate(config) if data is not None else check_set_size(config)
         self.cfg = config
         self.tc = config["train"]
         self.out = Path(out_dir)
@@ -169,7 +175,7 @@ class Trainer:
         device = resolve_device(self.tc["device"], "train.device")
         if device.startswith("cuda") and self.world > 1:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        check_model_args(config)
+        check_model_args(config)  # the one check of model_args per start, before any data loads
         if self.is_main:
             self._check_run_folder(resume, overwrite)
         self.device = torch.device(device)
@@ -184,7 +190,7 @@ class Trainer:
         if self.is_main:
             self.log(self.data.source)
         self.scale = loss_scale(self.data.unit, self.data.event_shape)
-        self.model = build_from_config(config).to(self.device)
+        self.model = build_from_config(config, check=False).to(self.device)
         size_dist = getattr(self.model, "size_dist", None)
         if size_dist is not None and not size_dist.learn:  # log p(N): the training sizes (a resume reloads it)
             sizes = self._masks("train")
