@@ -9,6 +9,7 @@ from torch import nn
 
 from setflow.distributions import StandardNormal
 from setflow.flows import Flow
+from setflow.set_flow import SetFlow
 from setflow.sets import (check_mask, from_pyg, lengths_to_mask, mask_to_lengths, masked_sum, pad_sets, point_ranks,
                           real_first, to_pyg, unpad_sets)
 from setflow.transforms import (ActNorm, AdditiveCoupling, AffineCoupling, CompositeTransform, OrderedIncrements,
@@ -238,7 +239,7 @@ def test_full_mask_is_bit_identical_to_no_mask():
         z0, l0 = t(xin)
         z1, l1 = t(xin, mask=m)
         assert torch.allclose(z0, z1, atol=1e-12) and torch.allclose(l0, l1, atol=1e-12), name
-    flow = Flow(StandardNormal((6, 2)), [SortSurjection(), ScalarAffine(0.1, 2.0), OrderedIncrements(min_gap=1e-9),
+    flow = SetFlow(StandardNormal((6, 2)), [SortSurjection(), ScalarAffine(0.1, 2.0), OrderedIncrements(min_gap=1e-9),
                                          AffineCoupling(MaskedNet(1, 2), split_dim=-1, split_sizes=(1, 1))])
     assert torch.equal(flow.log_prob(x), flow.log_prob(x, mask=full))
 
@@ -253,7 +254,7 @@ def test_layers_without_masks_refuse_a_padded_batch():
         AffineCoupling(PlainNet(), split_dim=-1, split_sizes=(1, 1))(x, mask=mask)
     with pytest.raises(ValueError, match="Reverse"):
         Reverse(dim=1)(x, mask=mask)
-    flow = Flow(StandardNormal((8, 2)), [ScalarAffine(), Shuffle(8)])
+    flow = SetFlow(StandardNormal((8, 2)), [ScalarAffine(), Shuffle(8)])
     with pytest.raises(ValueError, match="layer 1 \\(Shuffle\\) does not take a mask"):
         flow.log_prob(x, mask=mask)
 
@@ -271,3 +272,19 @@ def test_parity_coupling_handles_odd_sizes_and_is_triangular():
         for j in odd:
             if i // 2 != j // 2:
                 assert jac[i, j] == 0
+
+
+def test_the_base_flow_keeps_no_set_machinery_and_refuses_a_mask():
+    """Masks, PyG input, set sizes and size buckets are SetFlow's; the base Flow (images, toys) refuses a mask."""
+    x, mask, _ = ragged_batch()
+    plain = Flow(StandardNormal((8, 2)), [ScalarAffine()])
+    for name in ("size_dist", "variable_size", "_buckets", "_prepare_masked", "max_buckets"):
+        assert not hasattr(plain, name), name
+    for call in (lambda: plain.log_prob(x, mask=mask), lambda: plain.iwbo(x, k=2, mask=mask),
+                 lambda: plain.encode(x, mask=mask), lambda: plain.decode(x, mask=mask)):
+        with pytest.raises(ValueError, match="Flow takes no mask="):
+            call()
+    as_set = SetFlow(StandardNormal((8, 2)), [ScalarAffine()])
+    full = torch.ones(x.shape[:2], dtype=torch.bool)
+    assert torch.equal(plain.log_prob(x), as_set.log_prob(x, mask=full))  # same maths on full sets
+    assert as_set.log_prob(x, mask=mask).shape == (x.shape[0],)

@@ -56,7 +56,8 @@ import torch
 from torch import Tensor, nn
 
 from setflow.distributions import ConditionalNormal, SetSizeDistribution, StandardNormal
-from setflow.flows import ConditionalFlow, Flow, VectorContext
+from setflow.flows import VectorContext
+from setflow.set_flow import ConditionalFlow, SetFlow
 from setflow.migrate import fold_conditioner_args
 from setflow.models.set_flows import build_set_flow
 from setflow.nn import MLP, ConditionerSpec, PooledSetNet
@@ -113,8 +114,8 @@ class _ScaledInput(nn.Module):
 def build_point_decoder(dim: int, latent_dim: int, num_points: Optional[int] = None, input_scale: float = 1.0 / 28.0,
                         input_shift: float = -0.5, max_points: Optional[int] = None, min_points: int = 1,
                         num_steps: int = 8, hidden: int = 128, num_layers: int = 2, activation: str = "gelu",
-                        scale_fn: str = "softplus") -> Flow:
-    """The conditional point flow ``p(x_i | z)``, applied to every point alone: a :class:`Flow` over
+                        scale_fn: str = "softplus") -> SetFlow:
+    """The conditional point flow ``p(x_i | z)``, applied to every point alone: a :class:`~setflow.set_flow.SetFlow` over
     ``(B, N, D)`` for any ``N`` (``num_points``, ``max_points``, ``min_points`` are not needed: sizes are
     the latent model's business), with a :class:`VectorContext` of width ``latent_dim``.
 
@@ -133,7 +134,7 @@ def build_point_decoder(dim: int, latent_dim: int, num_points: Optional[int] = N
                    context_features=latent_dim)
 
     layers = [ScalarAffine(shift=input_shift, scale=input_scale)] + coupling_steps(dim, num_steps, net, scale_fn)
-    return Flow(StandardNormal((None, dim)), layers, event_shape=(None, dim), layout=_LAYOUT,
+    return SetFlow(StandardNormal((None, dim)), layers, event_shape=(None, dim), layout=_LAYOUT,
                 context_encoder=VectorContext(latent_dim))
 
 
@@ -143,7 +144,7 @@ _SET_FIXED = _GIVEN + ("context_features", "conditional", "num_classes", "contex
 
 @register_latent_decoder("set", args_of=build_set_flow, fixed=_SET_FIXED)
 def build_set_decoder(*, dim: int, latent_dim: int, num_points: Optional[int], input_scale: float,
-                      input_shift: float, max_points: Optional[int] = None, min_points: int = 1, **kwargs) -> Flow:
+                      input_shift: float, max_points: Optional[int] = None, min_points: int = 1, **kwargs) -> SetFlow:
     """A SortFlow (``permutation: sort``, default) or PermuteFlow (``stochastic``) from
     :func:`~setflow.models.set_flows.build_set_flow` with ``z`` as its vector context
     (``context_features=latent_dim``); ``decoder_args`` are that builder's arguments (``num_steps``,
@@ -155,8 +156,8 @@ def build_set_decoder(*, dim: int, latent_dim: int, num_points: Optional[int], i
 
 
 # ----------------------------------------------------------------------------------------- model
-class LatentSetFlow(Flow):
-    """A :class:`Flow` ``[VAE(q(z | X), p(X | z)), prior flow]`` over ``N(0, I)``: see the module docstring.
+class LatentSetFlow(SetFlow):
+    """A :class:`~setflow.set_flow.SetFlow` ``[VAE(q(z | X), p(X | z)), prior flow]`` over ``N(0, I)``: see the module docstring.
 
     Args:
         encoder: ``q(z | X)``, a :class:`~setflow.distributions.ConditionalNormal` over ``(B, latent_dim)``
@@ -166,14 +167,14 @@ class LatentSetFlow(Flow):
         latent_dim, num_points, dim: sizes; ``num_points`` is the default number of points to draw
             (``None``: sets of any size, drawn from ``size_dist``).
         any_size: the decoder scores any ``N`` (``points``): ``log_prob`` then takes sets of any size.
-        max_points, size_dist: sets of different sizes (masks), as in :class:`~setflow.models.set_flows.SetFlow`.
+        max_points, size_dist: sets of different sizes (masks), as in :class:`~setflow.set_flow.SetFlow`.
 
     Shapes:
         - log_prob / iwbo: ``x (B, N, D)``, ``mask (B, N)`` optional -> ``(B,)``
         - sample: ``n -> (n, N, D)``; ``(x, mask)`` for sets of different sizes
     """
 
-    def __init__(self, encoder: ConditionalNormal, decoder: Flow, prior: Sequence[Transform], latent_dim: int,
+    def __init__(self, encoder: ConditionalNormal, decoder: SetFlow, prior: Sequence[Transform], latent_dim: int,
                  num_points: Optional[int], dim: int, any_size: bool = False, max_points: Optional[int] = None,
                  size_dist: Optional[SetSizeDistribution] = None) -> None:
         vae = VAE(encoder, ConditionalFlow(decoder))

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from setflow.distributions import StandardNormal
-from setflow.flows import Flow, LabelContext, VectorContext
+from setflow.flows import LabelContext, VectorContext
+from setflow.set_flow import SET_LAYOUT, SetFlow
 from setflow.utils import call_net
 from setflow.nn.base import ConditionerSpec
 from setflow.migrate import fold_conditioner_args
@@ -37,7 +38,7 @@ from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
 from setflow.transforms.surjections import SortSurjection
 
-__all__ = ["SetFlow", "build_set_flow", "build_sortflow", "build_permuteflow", "CONDITIONERS", "conditioner_spec",
+__all__ = ["SetFlow", "SortPermuteFlow", "build_set_flow", "build_sortflow", "build_permuteflow", "CONDITIONERS", "conditioner_spec",
            "resolved_conditioners"]
 
 
@@ -129,8 +130,8 @@ def resolved_conditioners(args: dict) -> dict:
 CONDITIONERS = SET_CONDITIONERS
 
 
-class SetFlow(Flow):
-    """A :class:`Flow` over sets ``(B, N, D)`` that validates its input and knows its set size.
+class SortPermuteFlow(SetFlow):
+    """SortFlow / PermuteFlow: a :class:`~setflow.set_flow.SetFlow` over sets ``(B, N, D)`` that knows its set size.
 
     The buffer ``sort_consistent`` records whether the latent flow holds an
     :class:`OrderedIncrements` layer. A state dict without it (a checkpoint from before that
@@ -143,7 +144,7 @@ class SetFlow(Flow):
     def __init__(self, base, transforms, num_points: Optional[int], dim: int, sort_consistent: bool = False,
                  context_encoder: Optional[nn.Module] = None, max_points: Optional[int] = None,
                  size_dist: Optional[SetSizeDistribution] = None) -> None:
-        super().__init__(base, transforms, event_shape=(num_points, dim), layout="(B, N, D) = (batch, points, coordinates)",
+        super().__init__(base, transforms, event_shape=(num_points, dim), layout=SET_LAYOUT,
                          context_encoder=context_encoder, size_dist=size_dist)
         self.num_points = num_points
         self.max_points = num_points if max_points is None else max_points
@@ -197,7 +198,7 @@ def build_set_flow(
     learn_size: bool = False,
     point_mix: str = "shuffle",
     seed: int = 0,
-) -> SetFlow:
+) -> SortPermuteFlow:
     """Build a SortFlow (``permutation="sort"``) or a PermuteFlow (``permutation="stochastic"``).
 
     Args:
@@ -320,19 +321,19 @@ def build_set_flow(
             ]
         size_dist = (SetSizeDistribution(int(max_points), int(min_points), learn=learn_size, smoothing=size_smoothing)
                      if variable else None)
-        return SetFlow(StandardNormal((num_points, dim)), layers, num_points, dim, sort_consistent=sort_consistent,
+        return SortPermuteFlow(StandardNormal((num_points, dim)), layers, num_points, dim, sort_consistent=sort_consistent,
                        context_encoder=encoder, max_points=size_points, size_dist=size_dist)
     finally:
         torch.random.set_rng_state(g_state)
 
 
 @register_model("sortflow", args_of=build_set_flow, fixed=("permutation",))
-def build_sortflow(**kwargs) -> SetFlow:
+def build_sortflow(**kwargs) -> SortPermuteFlow:
     """SortFlow: sort surjection first, exact log-likelihood."""
     return build_set_flow(permutation="sort", **fold_conditioner_args(kwargs))
 
 
 @register_model("permuteflow", args_of=build_set_flow, fixed=("permutation",))
-def build_permuteflow(**kwargs) -> SetFlow:
+def build_permuteflow(**kwargs) -> SortPermuteFlow:
     """PermuteFlow: stochastic permutations, evaluated with the IWBO."""
     return build_set_flow(permutation="stochastic", **fold_conditioner_args(kwargs))
