@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from setflow.migrate import fold_conditioner_args, migrate
-from setflow.models.build import build_from_config, check_set_size, resolved_model_args
+from setflow.models.build import build_from_config, resolved_model_args
 from setflow.train.checkpoint import load_checkpoint, load_model
-from setflow.train.config import ConfigError, apply_overrides, validate_config
+from setflow.train.config import apply_overrides, check_set_size, validate_config
 
 OLD_CKPT = Path(__file__).parent / "data" / "old_sortflow_8353ec2.pt"
 FLAT = {"num_points": 6, "dim": 2, "num_steps": 1, "d_model": 8, "num_heads": 2, "num_layers": 1,
@@ -113,3 +113,18 @@ def test_a_set_size_mismatch_is_refused_before_data_loads_naming_both_keys(tmp_p
     with pytest.raises(ValueError, match="model_args"):  # no data root exists: the check comes first
         Trainer(cfg, str(tmp_path / "run"), data_root=str(tmp_path / "nothing"), log=lambda *_: None)
     assert not (tmp_path / "nothing").exists()
+
+
+def test_model_args_are_checked_once_per_training_start(monkeypatch):
+    from setflow.data.experiments import ExperimentData
+    from setflow.registry import MODELS
+    from setflow.train.trainer import Trainer
+
+    calls = []
+    check = MODELS.check_args
+    monkeypatch.setattr(MODELS, "check_args", lambda name, args: calls.append(name) or check(name, args))
+    x = torch.rand(16, 6, 2) * 28
+    cfg = validate_config(dict(BASE, model_args=dict(FLAT), train={"batch_size": 8}))
+    Trainer(cfg, "unused-out", data=ExperimentData(x, x[:8], x[8:], "data: synthetic", "nats_per_point", "sets"),
+            log=lambda *_: None)
+    assert calls == ["sortflow"]

@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 from setflow.migrate import migrate
-from setflow.registry import DATASETS, MODELS
+from setflow.registry import MODELS
 
-__all__ = ["build_from_config", "check_model_args", "check_set_size", "model_arg_names", "model_args_of",
-           "resolved_model_args"]
+__all__ = ["build_from_config", "check_model_args", "model_arg_names", "model_args_of", "resolved_model_args"]
 
 
 def model_arg_names(name: str) -> Optional[set[str]]:
@@ -73,47 +72,3 @@ def build_from_config(config: dict, check: bool = True) -> nn.Module:
     dtype = getattr(torch, (config.get("train") or {}).get("dtype") or "float32")
     return model.to(dtype)
 
-
-_SIZE_KEYS = ("num_points", "max_points", "min_points")
-
-
-def check_set_size(config: dict) -> dict:
-    """The set size said once: ``config`` (migrated) whose model takes its size range from
-    ``data_args.num_points`` (an int, or ``[min, max]`` for sets of any size).
-
-    A set model whose ``model_args`` name none of ``num_points`` / ``max_points`` / ``min_points`` gets
-    the data's (``num_points: N``, or ``num_points: null, max_points: max, min_points: min``). One that
-    names them must agree, else a one-line ``ValueError`` naming both keys, before any data loads: a
-    fixed size equals the data's; sets of any size need ``min_points <= min`` and ``max <= max_points``
-    (the data's padding is never trimmed to fit). Models or data sets without these keys pass unchanged.
-    """
-    from setflow.data.steps import point_range
-
-    cfg = migrate(config)
-    model, data = cfg.get("model"), cfg.get("data")
-    if not set(_SIZE_KEYS) <= (MODELS.arg_names(model) or set()) or data not in DATASETS:
-        return cfg
-    if "num_points" not in (DATASETS.arg_names(data) or set()):
-        return cfg
-    data_args = cfg.get("data_args") or {}
-    raw = data_args.get("num_points", DATASETS.arg_defaults(data).get("num_points"))
-    if raw is None:
-        return cfg
-    lo, hi = point_range(raw, 1)
-    margs = cfg.setdefault("model_args", {})
-    if not any(k in margs for k in _SIZE_KEYS):
-        margs.update({"num_points": hi} if lo == hi else {"num_points": None, "max_points": hi, "min_points": lo})
-        return cfg
-    size = {k: margs.get(k, MODELS.arg_defaults(model).get(k)) for k in _SIZE_KEYS}
-    said = f"data_args.num_points={raw!r}".replace("'", "")
-    if size["num_points"] is not None:
-        if (lo, hi) != (size["num_points"],) * 2:
-            raise ValueError(f"{said} but model_args.num_points={size['num_points']}: state the set size once (leave "
-                             f"model_args.num_points out and the model takes the data's)")
-    elif size["max_points"] is not None and hi > size["max_points"]:
-        raise ValueError(f"{said} pads sets to {hi} points but model_args.max_points={size['max_points']}: the "
-                         f"model takes sets of up to max_points (leave the model's size keys out to take the data's)")
-    elif lo < (size["min_points"] or 1):
-        raise ValueError(f"{said} has sets of {lo} points but model_args.min_points={size['min_points']} (leave the "
-                         f"model's size keys out to take the data's)")
-    return cfg

@@ -23,12 +23,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from setflow.evaluate import evaluate, format_metrics, loss_scale, split_masks
 from setflow.migrate import migrate
-from setflow.models.build import (build_from_config, check_model_args, check_set_size, model_arg_names,
-                                   resolved_model_args)
+from setflow.models.build import build_from_config, check_model_args, model_arg_names, resolved_model_args
 from setflow.registry import OPTIMIZERS, register_optimizer
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
-from setflow.train.config import resolve_device
+from setflow.train.config import check_set_size, resolve_device
 from setflow.data.experiments import ExperimentData, load_data
 
 __all__ = ["Trainer", "TrainingError", "Interrupted", "train"]
