@@ -23,7 +23,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from setflow.evaluate import evaluate, format_metrics, loss_scale, split_masks
 from setflow.migrate import migrate
-from setflow.models.build import build_from_config, check_model_args, model_arg_names, resolved_model_args
+from setflow.models.build import build_from_config, check_model_args, resolved_model_args
 from setflow.registry import OPTIMIZERS, register_optimizer
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
@@ -195,8 +195,8 @@ class Trainer:
             sizes = self._masks("train")
             size_dist.fit(sizes.sum(1) if sizes is not None else torch.full((self.data.train.shape[0],),
                                                                             self.data.train.shape[1]))
-        if self.tc.get("fused") and "fused" not in (model_arg_names(config["model"]) or ()):
-            from setflow.nn import set_fused  # the set flows take model_args.fused (train.fused is mapped onto it)
+        if self.tc.get("fused"):  # left by migrate() only for a model without a conditioner spec
+            from setflow.nn import set_fused
 
             set_fused(self.model, True)  # a model without the argument: switch the set transformers it holds
         self.dtype = getattr(torch, self.tc["dtype"])
