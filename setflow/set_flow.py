@@ -52,18 +52,10 @@ class SetFlow(Flow):
         torch.Size([2])
     """
 
-    def __init__(
-        self,
-        base: Distribution,
-        transforms: Iterable[Transform],
-        event_shape: Optional[Sequence[Optional[int]]] = None,
-        discrete: bool = False,
-        layout: str = SET_LAYOUT,
-        context_encoder: Optional[nn.Module] = None,
-        size_dist: Optional[Distribution] = None,
-    ) -> None:
-        super().__init__(base, transforms, event_shape=event_shape, discrete=discrete, layout=layout,
-                         context_encoder=context_encoder)
+    def __init__(self, base: Distribution, transforms: Iterable[Transform],
+                 event_shape: Optional[Sequence[Optional[int]]] = None, *, layout: str = SET_LAYOUT,
+                 size_dist: Optional[Distribution] = None, **kwargs) -> None:
+        super().__init__(base, transforms, event_shape, layout=layout, **kwargs)
         self.size_dist = size_dist
 
     @property
