@@ -43,10 +43,14 @@ SPEC_NAMES = ("conditioner", "point_conditioner")
 def override_path(model_args: Optional[dict], parts: list) -> list:
     """A dotted override's path in the current form: ``model_args.<flat key>`` (e.g. ``d_model``) becomes
     ``model_args.conditioner.<field>`` once the config's conditioner is a nested spec (so the override
-    replaces that field rather than contradicting it)."""
-    if (len(parts) == 2 and parts[0] == "model_args" and parts[1] in SPEC_KEYS and isinstance(model_args, dict)
-            and isinstance(model_args.get("conditioner"), dict)):
-        return ["model_args", "conditioner", SPEC_KEYS[parts[1]]]
+    replaces that field rather than contradicting it); the same inside ``model_args.decoder_args``."""
+    if len(parts) not in (2, 3) or parts[0] != "model_args" or parts[-1] not in SPEC_KEYS:
+        return parts
+    node = model_args if len(parts) == 2 or not isinstance(model_args, dict) else model_args.get(parts[1])
+    if len(parts) == 3 and parts[1] != "decoder_args":
+        return parts
+    if isinstance(node, dict) and isinstance(node.get("conditioner"), dict):
+        return parts[:-1] + ["conditioner", SPEC_KEYS[parts[-1]]]
     return parts
 
 

@@ -282,7 +282,7 @@ def test_the_builder_checks_its_arguments():
     with pytest.raises(ValueError, match=r"unknown model_args.decoder_args for decoder 'points': num_heads; valid: "
                                          r"activation, hidden, num_layers, num_steps, scale_fn"):
         _tiny("points", decoder_args={"num_heads": 2})
-    with pytest.raises(ValueError, match=r"decoder_args for decoder 'set': hidden; valid: .*d_model.*permutation"):
+    with pytest.raises(ValueError, match=r"decoder_args for decoder 'set': hidden; valid: .*conditioner.*permutation"):
         _tiny("set", decoder_args={"hidden": 8})
     with pytest.raises(ValueError, match=r"encoder_args for encoder 'deepsets': width; valid: d_model"):
         _tiny(encoder_args={"width": 8})

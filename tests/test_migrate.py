@@ -58,6 +58,10 @@ def test_overrides_reach_the_nested_spec_by_old_or_new_key():
     named = validate_config({"model": "sortflow", "data": "spatial_mnist", "model_args": {"conditioner": "isab"}})
     out = apply_overrides(named, ["model_args.conditioner.num_inducing=5"])
     assert out["model_args"]["conditioner"] == {"name": "isab", "num_inducing": 5}
+    latent = validate_config({"model": "latent_setflow", "data": "spatial_mnist", "model_args": {
+        "decoder": "set", "decoder_args": {"d_model": 8, "fused": True}}})
+    out = apply_overrides(latent, ["model_args.decoder_args.fused=false"])
+    assert out["model_args"]["decoder_args"]["conditioner"] == {"name": "transformer", "d_model": 8, "fused": False}
     with pytest.raises(ValueError, match="unknown model_args.conditioner fields for 'isab': inducing"):
         build_from_config(apply_overrides(named, ["model_args.conditioner.inducing=5"]))
 

@@ -123,7 +123,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         cfg = tiny_config(max_steps=4)
-        cfg["model_args"]["dropout"] = 0.0
+        cfg["model_args"]["conditioner"]["dropout"] = 0.0  # (validate_config nested the flat keys)
         t = Trainer(cfg, out, data=tiny_data(), log=lambda *_: None)
         t.fit()
         if rank == 0:
@@ -136,7 +136,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp" / "ddp_params.pt")
     cfg = tiny_config(max_steps=4)
-    cfg["model_args"]["dropout"] = 0.0
+    cfg["model_args"]["conditioner"]["dropout"] = 0.0  # (validate_config nested the flat keys)
     single = run(tmp_path / "single", cfg).model.state_dict()
     assert set(ddp) == set(single)
     init = run(tmp_path / "init", dict(cfg, train=dict(cfg["train"], max_steps=0))).model.state_dict()
