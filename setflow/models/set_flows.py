@@ -38,8 +38,8 @@ from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
 from setflow.transforms.surjections import SortSurjection
 
-__all__ = ["SetFlow", "SortPermuteFlow", "build_set_flow", "build_sortflow", "build_permuteflow", "CONDITIONERS", "conditioner_spec",
-           "resolved_conditioners"]
+__all__ = ["SetFlow", "SortPermuteFlow", "build_set_flow", "build_sortflow", "build_permuteflow", "CONDITIONERS",
+           "conditioner_spec", "resolved_conditioners"]
 
 
 class _FirstPoints(nn.Module):
@@ -96,7 +96,8 @@ def conditioner_spec(value: Union[str, Mapping[str, Any]], arg: str = "condition
         given = dict(value)
         name = given.pop("name", None)
         if not isinstance(name, str):
-            raise ValueError(f"model_args.{arg} needs a conditioner name: {{name: transformer, ...}}, got {dict(value)!r}")
+            raise ValueError(f"model_args.{arg} needs a conditioner name: {{name: transformer, ...}}, "
+                             f"got {dict(value)!r}")
         unknown = sorted(set(given) - set(_SPEC_FIELDS))
         if unknown:
             raise ValueError(f"unknown model_args.{arg} fields for {name!r}: {', '.join(unknown)}; valid: name, "
