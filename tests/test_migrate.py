@@ -133,3 +133,22 @@ def test_model_args_are_checked_once_per_training_start(monkeypatch):
     Trainer(cfg, "unused-out", data=ExperimentData(x, x[:8], x[8:], "data: synthetic", "nats_per_point", "sets"),
             log=lambda *_: None)
     assert calls == ["sortflow"]
+
+
+def test_the_nested_spec_is_handed_to_from_spec_and_bad_specs_are_one_line():
+    from setflow.models.set_flows import build_set_flow
+    from setflow.nn import ISAB, SetTransformer
+
+    flow = build_set_flow(num_points=6, num_steps=1, conditioner={"name": "isab", "d_model": 8, "num_heads": 2,
+                                                                  "num_inducing": 3},
+                          point_conditioner={"name": "transformer", "num_layers": 1})
+    isab = [m for m in flow.modules() if isinstance(m, ISAB)]
+    tf = [m for m in flow.modules() if isinstance(m, SetTransformer)]
+    assert isab and all(m.num_inducing == 3 for m in isab)
+    assert tf and all(m.d_model == 8 and len(m.blocks) == 1 for m in tf)  # fields left out come from `conditioner`
+    for bad, words in (({"d_model": 8}, "model_args.conditioner needs a conditioner name"),
+                       (7, "model_args.conditioner must be a conditioner name or a mapping"),
+                       ({"name": "isab", "d_model": 0}, "model_args.conditioner: conditioner spec: d_model must be")):
+        with pytest.raises(ValueError, match=words) as e:
+            build_set_flow(num_points=6, num_steps=1, conditioner=bad)
+        assert "\n" not in str(e.value)
