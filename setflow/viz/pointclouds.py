@@ -173,7 +173,7 @@ def render_source_open3d(source: Union[str, Path], out_path: Union[str, Path], n
         ctx = None
         if getattr(model, "conditional", False):
             ctx = torch.arange(n) % model.context_encoder.num_classes
-        x = model.sample(n, context=ctx).cpu().numpy()
+        x = model.sample(n, context=ctx).cpu().nan_padded().numpy()
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"--open3d renders 3-D clouds (n, N, 3); got shape {x.shape}")
     return render_clouds_open3d(x, out_path)
@@ -210,13 +210,13 @@ def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> No
     if getattr(model, "conditional", False):
         num_classes = model.context_encoder.num_classes
         labels = torch.arange(min(num_classes, n))
-        samples = model.sample(len(labels), context=labels.to(next(model.parameters()).device)).cpu()
-        test_labels = data.split_labels("test")
-        idx = [int(torch.nonzero(test_labels == c)[0]) for c in labels if (test_labels == c).any()]
-        plot_clouds_3d(data.test[idx] if len(idx) == len(labels) else None, samples, out_path,
+        samples = model.sample(len(labels), context=labels.to(next(model.parameters()).device)).cpu().nan_padded()
+        test = data.sets("test")
+        idx = [int(torch.nonzero(test.labels == c)[0]) for c in labels if (test.labels == c).any()]
+        plot_clouds_3d(test[torch.tensor(idx)].nan_padded() if len(idx) == len(labels) else None, samples, out_path,
                        row_labels=[f"class {int(c)}" for c in labels],
                        title=f"{config['model']} (conditional): data vs samples")
         return
-    samples = model.sample(n).cpu()
+    samples = model.sample(n).cpu().nan_padded()  # padding (clouds of different sizes) is not drawn
     idx = torch.linspace(0, len(data.test) - 1, n).long()  # spread over the (class-ordered) test split
-    plot_clouds_3d(data.test[idx], samples, out_path, title=f"{config['model']}: data vs samples")
+    plot_clouds_3d(data.sets("test")[idx].nan_padded(), samples, out_path, title=f"{config['model']}: data vs samples")
