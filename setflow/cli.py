@@ -304,7 +304,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from setflow.train.config import load_config
     from setflow.train.data import load_data
     from setflow.train.trainer import Trainer
-    from setflow.viz.sets import plot_checkpoint
+    from setflow.viz.plot import get_plotter
 
     from setflow.train.config import check_positive
 
@@ -334,7 +334,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                    iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"])
     torch.manual_seed(0)
     out_png = Path(args.samples)
-    plot_checkpoint(model, cfg, data, str(out_png), n=40 if conditional else 32)  # by class if conditional
+    get_plotter(data.kind)(model, cfg, data, str(out_png), n=40 if conditional else 32)  # by class if conditional
     print(f"wrote {out_png}")
     print(format_metrics(res, "test") + (" [conditional on the class label]" if conditional else ""))
     if cfg["data"] == "spatial_mnist":
