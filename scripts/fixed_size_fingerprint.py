@@ -1,6 +1,6 @@
 """Fingerprint of the fixed-size set models, for checking that a refactor leaves them bit-identical.
 
-Builds each config (2 flow steps, seeded), scores 24 seeded random sets with ``log_prob`` and ``iwbo``,
+Builds each config (2 flow steps, seeded, parameters moved off the identity), scores 24 seeded random sets with ``log_prob`` and ``iwbo``,
 draws 6 samples, runs ``evaluate`` and ``sample_metrics`` (CD, EMD, JSD for 3-D), and saves it all::
 
     PYTHONPATH=<tree A> python scripts/fixed_size_fingerprint.py save A.pt --root <tree A>
@@ -39,6 +39,9 @@ def fingerprint(root: str) -> dict:
         cfg = load_config(f"{root}/{path}", ["model_args.num_steps=2"])
         torch.manual_seed(0)
         model = build_from_config(cfg)
+        with torch.no_grad():  # off the zero-initialised identity, so every layer and the label embedding matter
+            for q in model.parameters():
+                q.add_(0.05 * torch.randn(q.shape, generator=torch.Generator().manual_seed(q.numel())))
         n, d = model.num_points, model.dim
         g = torch.Generator().manual_seed(1)
         x = torch.rand(24, n, d, generator=g) * (28 if d == 2 else 1) - (0 if d == 2 else 0.5)
