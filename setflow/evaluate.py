@@ -52,7 +52,7 @@ def evaluate(
     """Average log-likelihood of ``data`` under ``model``.
 
     ``data`` is a :class:`~setflow.sets.SetBatch` of sets (its labels are the contexts of a
-    class-conditional model) or a tensor (images, 2-D points, sets of one size; ``labels`` ``(N,)``
+    class-conditional model; a PyG ``Batch`` is turned into one) or a tensor (images, 2-D points, sets of one size; ``labels`` ``(N,)``
     are then the contexts of a conditional model). For sets of different sizes (a padded ``SetBatch``,
     or any ``SetBatch`` under a model with a size density) the per-point figures are total nats over
     total real points, and ``size_ll`` is the mean ``log p(N)`` per set of a model with a size
@@ -69,6 +69,8 @@ def evaluate(
     of the ordered sequence, as the papers report it); for sets of different sizes also ``points``,
     ``sizes`` (smallest, largest) and ``mean_size``.
     """
+    if not isinstance(data, (Tensor, SetBatch)):  # a PyG Batch of sets (or an array)
+        data = as_set_batch(data)
     m = _bare(model)
     was_training = m.training
     m.eval()

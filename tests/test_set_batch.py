@@ -16,6 +16,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SIZES = (4, 1, 6)
 
 
+def _has_pyg() -> bool:
+    try:
+        import torch_geometric  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def ragged(seed: int = 0, value: float = 0.0) -> tuple[list[torch.Tensor], SetBatch]:
     g = torch.Generator().manual_seed(seed)
     sets = [torch.rand(n, 2, generator=g, dtype=torch.float64) * 28 for n in SIZES]
@@ -128,6 +136,9 @@ def test_evaluate_and_metrics_take_the_batch():
     ll = f.log_prob(b).detach()
     assert res["metric"] == pytest.approx(float(ll.sum()) / sum(SIZES), rel=1e-12)
     assert res["sizes"] == (1, 6) and res["count"] == 3
+    if _has_pyg():  # a PyG Batch goes in as the same sets
+        assert evaluate(f, b.to_pyg(), "nats_per_point", batch_size=2) == res
+        assert torch.equal(pairwise_chamfer(b.to_pyg()), pairwise_chamfer(b))
     d = pairwise_chamfer(b)
     for i, s in enumerate(sets):  # each pair as the two sets alone
         for j, t in enumerate(sets):
