@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from setflow.evaluate import draw_samples, evaluate
-from setflow.metrics import pairwise_chamfer, sample_metrics, voxel_jsd
+from setflow.metrics import chamfer, emd, pairwise_chamfer, pairwise_emd, sample_metrics, voxel_jsd
 from setflow.models.set_flows import build_set_flow
 from setflow.sets import SetBatch, as_set_batch, pad_sets
 from setflow.train.data import ExperimentData
@@ -143,6 +144,17 @@ def test_evaluate_and_metrics_take_the_batch():
     for i, s in enumerate(sets):  # each pair as the two sets alone
         for j, t in enumerate(sets):
             assert float(d[i, j]) == pytest.approx(float(pairwise_chamfer(s[None], t[None])[0, 0]), abs=1e-9)
+    paired = chamfer(b, b[torch.tensor([1, 2, 0])])  # paired sets of different sizes, as each pair alone
+    for k, (i, j) in enumerate(((0, 1), (1, 2), (2, 0))):
+        assert float(paired[k]) == pytest.approx(float(chamfer(sets[i][None], sets[j][None])[0]), abs=1e-9)
+    fixed = SetBatch(torch.rand(3, 5, 2, dtype=torch.float64))
+    assert torch.equal(chamfer(fixed, fixed.points.flip(0)), chamfer(fixed.points, fixed.points.flip(0)))
+    assert torch.equal(emd(fixed, fixed.points), emd(fixed.points, fixed.points))
+    assert torch.equal(pairwise_emd(fixed, fixed), pairwise_emd(fixed.points, fixed.points))
+    with pytest.raises(ValueError, match="equal set sizes"):
+        emd(b, b)
+    with pytest.raises(ValueError, match="equal set sizes"):
+        pairwise_emd(b, b)
     m = sample_metrics(b, b, metrics=("cd",), jsd=True)
     assert m["cd"]["cov"] == 1.0 and m["jsd"] == pytest.approx(0.0, abs=1e-12)
     # JSD marks the cells of real points only: the padded batch against the same sets filled out to one
@@ -150,6 +162,18 @@ def test_evaluate_and_metrics_take_the_batch():
     full = torch.where(b.mask[..., None], b.points, b.points[:, :1])
     assert voxel_jsd(b, full) == pytest.approx(0.0, abs=1e-12)
     assert voxel_jsd(b.points, full) > 0.01  # the bare tensor counts the padding's cell
+
+
+def test_plots_take_the_batch(tmp_path):
+    from setflow.viz.pointclouds import plot_clouds_3d
+    from setflow.viz.sets import _np, plot_sets_grid
+
+    _, b = ragged()
+    arr = _np(b)
+    assert np.isnan(arr[~b.mask.numpy()]).all() and np.isfinite(arr[b.mask.numpy()]).all()  # padding is not drawn
+    assert plot_sets_grid(b, b, tmp_path / "s.png").stat().st_size > 1000
+    clouds = SetBatch.from_list([torch.rand(n, 3) for n in (5, 9)])
+    assert plot_clouds_3d(clouds, clouds, tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_loaders_build_the_batch():

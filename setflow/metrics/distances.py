@@ -82,18 +82,34 @@ def _directions(d: int, extra: int = 8, dtype=torch.float64) -> Tensor:
     return torch.cat([torch.eye(d, dtype=torch.float64), rnd / rnd.norm(dim=1, keepdim=True)]).to(dtype)
 
 
-def chamfer(x: Tensor, y: Tensor) -> Tensor:
-    """Chamfer distance of paired sets ``x`` (B, N, D) and ``y`` (B, M, D): (B,)."""
-    x, y = check_sets(x, "x"), check_sets(y, "y")
+def chamfer(x: Tensor | SetBatch, y: Tensor | SetBatch) -> Tensor:
+    """Chamfer distance of paired sets ``x`` (B, N, D) and ``y`` (B, M, D): (B,). Tensors or
+    :class:`~setflow.sets.SetBatch` values (padding takes no part)."""
+    sx, sy = check_set_batch(x, "x"), check_set_batch(y, "y")
+    x, y = sx.points, sy.points
     if x.shape[0] != y.shape[0] or x.shape[2] != y.shape[2]:
         raise ValueError(f"x and y must pair up as (B, N, D) and (B, M, D), got {tuple(x.shape)} and {tuple(y.shape)}")
     sq = torch.cdist(x, y).square()
-    return sq.min(2).values.mean(1) + sq.min(1).values.mean(1)
+    if sx.is_fixed and sy.is_fixed:  # the plain means (bit-identical to the results before sets of any size)
+        return sq.min(2).values.mean(1) + sq.min(1).values.mean(1)
+    inf, zero = torch.tensor(math.inf, dtype=sq.dtype), torch.zeros((), dtype=sq.dtype)
+    to_y = torch.where(sy.mask[:, None, :], sq, inf).min(2).values  # (B, N): each point of x to its nearest in y
+    to_x = torch.where(sx.mask[:, :, None], sq, inf).min(1).values  # (B, M)
+    return (torch.where(sx.mask, to_y, zero).sum(1) / sx.sizes + torch.where(sy.mask, to_x, zero).sum(1) / sy.sizes)
 
 
-def emd(x: Tensor, y: Tensor) -> Tensor:
+def _one_size(x, name: str) -> Tensor:
+    """The points of ``x`` (a tensor or a :class:`~setflow.sets.SetBatch` without padding): EMD is for one size."""
+    batch = check_set_batch(x, name)
+    if not batch.is_fixed:
+        raise ValueError(f"EMD needs equal set sizes; {name} holds sets of {int(batch.sizes.min())}.."
+                         f"{int(batch.sizes.max())} points (padded)")
+    return batch.points
+
+
+def emd(x: Tensor | SetBatch, y: Tensor | SetBatch) -> Tensor:
     """Exact EMD (mean matched Euclidean distance) of paired equal-size sets (B, N, D): (B,) float64."""
-    x, y = check_sets(x, "x"), check_sets(y, "y")
+    x, y = _one_size(x, "x"), _one_size(y, "y")
     if x.shape != y.shape:
         raise ValueError(f"EMD needs paired sets of equal size (B, N, D), got {tuple(x.shape)} and {tuple(y.shape)}")
     idx = torch.arange(x.shape[0])

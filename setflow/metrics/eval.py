@@ -36,7 +36,7 @@ from torch import Tensor
 
 from setflow.sets import SetBatch
 
-from .distances import DEFAULT_BLOCK_ELEMS, _progress, check_set_batch, check_sets, emd_pairs, pairwise_chamfer
+from .distances import DEFAULT_BLOCK_ELEMS, _one_size, _progress, check_set_batch, emd_pairs, pairwise_chamfer
 
 __all__ = ["sample_metrics", "mmd_cov", "one_nna", "nearest_emd", "pairwise_emd", "voxel_jsd",
            "format_sample_metrics", "METRICS"]
@@ -121,7 +121,7 @@ def nearest_emd(lb: Tensor, oracle, queries: Tensor, candidates: Tensor, block: 
 
 def pairwise_emd(a: Tensor, b: Tensor, pairs_per_block: int = 4096) -> Tensor:
     """Dense exact EMD matrix ``(A, B)`` (every pair solved; for checks and small collections)."""
-    a, b = check_sets(a, "a"), check_sets(b, "b")
+    a, b = _one_size(a, "a"), _one_size(b, "b")
     ia = torch.arange(a.shape[0]).repeat_interleave(b.shape[0])
     ib = torch.arange(b.shape[0]).repeat(a.shape[0])
     return emd_pairs(a, b, ia, ib, pairs_per_block).view(a.shape[0], b.shape[0])

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from setflow.registry import register_plotter
+from setflow.sets import SetBatch
+from setflow.viz.sets import _np as _array
 
 __all__ = ["plot_clouds_3d", "render_source_open3d", "render_clouds_open3d", "save_clouds_ply", "point_size_for", "plot_checkpoint",
            "cloud_frame"]
@@ -22,7 +24,7 @@ VIEWS = ((20.0, -60.0), (20.0, 30.0), (85.0, -90.0))
 
 
 def _np(x) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = _array(x)  # a SetBatch: NaN in the padding (not drawn)
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[-1] != 3:
@@ -181,9 +183,13 @@ def render_source_open3d(source: Union[str, Path], out_path: Union[str, Path], n
 
 def save_clouds_ply(clouds, out_dir: Union[str, Path], prefix: str = "sample", mask=None) -> list:
     """Write each cloud of ``(n, N, 3)`` as ``out_dir/<prefix>_0000.ply`` (ASCII-free binary PLY);
-    with ``mask (n, N)`` (clouds of different sizes, padded) each file holds its real points only."""
+    with ``mask (n, N)`` (clouds of different sizes, padded) or a :class:`~setflow.sets.SetBatch` each file
+    holds its real points only."""
     import open3d as o3d
 
+    if isinstance(clouds, SetBatch):
+        clouds = clouds.cpu()
+        clouds, mask = clouds.points, clouds.mask.numpy()
     arr = _np(clouds)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)

@@ -9,13 +9,16 @@ import numpy as np
 import torch
 
 from setflow.registry import register_plotter
-from setflow.sets import as_set_batch
+from setflow.sets import SetBatch, as_set_batch
 
 __all__ = ["plot_sets_grid", "plot_sets_by_class", "plot_set_rows", "save_ply", "render_sets_open3d",
            "plot_checkpoint", "plot_pixel_sets_checkpoint"]
 
 
 def _np(x) -> np.ndarray:
+    """A tensor or array as an array; a :class:`~setflow.sets.SetBatch` with NaN in its padding (not drawn)."""
+    if isinstance(x, SetBatch):
+        x = x.nan_padded()
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -45,7 +48,8 @@ def _save(fig, out_path: Union[str, Path], title: str) -> Path:
 def plot_sets_grid(data: Optional[Union[torch.Tensor, np.ndarray]], samples: Optional[Union[torch.Tensor, np.ndarray]],
                    out_path: Union[str, Path], cols: int = 4, frame: float = 28.0, title: str = "",
                    names: tuple[str, str] = ("data", "samples")) -> Path:
-    """Draw sets ``(n, N, 2)`` as scatter plots: data (black) in the left block, samples (blue) in the right.
+    """Draw sets ``(n, N, 2)`` (arrays, tensors or :class:`~setflow.sets.SetBatch` values) as scatter plots: data
+    (black) in the left block, samples (blue) in the right.
 
     Either block may be ``None``. Points are in pixel units, drawn in the ``frame x frame`` square;
     ``names`` label the two blocks.
