@@ -6,8 +6,10 @@ On top of the base flow (a base density, a list of transforms, context) it adds:
   real point) for padded sets of different sizes; a mask of all True gives bit-identical results
   to ``mask=None``, and the padding is zeroed on the way in, so its values (even NaN) never change
   a result;
-- PyG input: ``log_prob`` and ``iwbo`` take a ``Data`` / ``Batch`` (points in ``pos``, else ``x``)
-  in place of ``x`` and ``mask``;
+- one batch value: ``log_prob``, ``iwbo`` and ``encode`` take a :class:`~setflow.sets.SetBatch` (its
+  labels are the context of a class-conditional flow when no ``context`` is given) or a PyG
+  ``Data`` / ``Batch`` (points in ``pos``, else ``x``) in place of ``x`` and ``mask``; a variable-size
+  flow's ``sample`` returns a ``SetBatch``;
 - a density over the set size (``size_dist``): ``log_prob`` then returns the complete
   ``log p(N) + log p(X | N)``, every call needs ``mask`` and ``sample`` draws ``N`` (or takes
   ``num_points``) and returns ``(x, mask)``;
@@ -24,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from setflow.distributions.base import ConditionalDistribution, Distribution
-from setflow.flows import Flow
-from setflow.sets import check_mask, lengths_to_mask, real_first, set_sizes
+from setflow.flows import Flow, LabelContext
+from setflow.sets import SetBatch, check_mask, lengths_to_mask, real_first, set_sizes
 from setflow.transforms.base import Transform
 from setflow.transforms.permutation_utils import inverse_permutation
 
@@ -66,6 +68,10 @@ class SetFlow(Flow):
     def _prepare_masked(self, x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """``(x, mask, sizes)``: inputs checked, padding zeroed, an all-True mask turned into ``None``;
         ``sizes`` ``(B,)`` for a variable-size flow. A PyG ``Data`` / ``Batch`` is padded here (its own mask)."""
+        if isinstance(x, SetBatch):
+            if mask is not None:
+                raise ValueError("a SetBatch carries its own mask; pass it without mask=")
+            x, mask = x.points, x.mask
         if any(c.__module__.startswith("torch_geometric") for c in type(x).__mro__):
             if mask is not None:
                 raise ValueError("a PyG Data/Batch carries its own sets (the batch vector); pass it without mask=")
@@ -154,12 +160,19 @@ class SetFlow(Flow):
             lp = self.base.log_prob(z, context, mask=self.transform.forward_mask(mask)) + ldj
         return lp if sizes is None else lp + self.size_dist.log_prob(sizes)
 
+    def _batch_labels(self, x, context: Optional[Tensor]) -> Optional[Tensor]:
+        """``context``, or the labels of a :class:`~setflow.sets.SetBatch` ``x`` for a class-conditional flow."""
+        if context is None and isinstance(x, SetBatch) and isinstance(self.context_encoder, LabelContext):
+            return x.labels
+        return context
+
     def log_prob(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         """Log-density (nats) of each datum, shape ``(B,)``. A lower bound when ``not is_exact``.
 
         ``mask`` ``(B, N)`` bool marks the real points of padded sets of different sizes. An empty
         batch (``B = 0``) gives an empty ``(0,)`` result (its shape is still checked; no layer runs).
         """
+        context = self._batch_labels(x, context)
         x, mask, sizes = self._prepare_masked(x, mask)
         context = self._context(context, x.shape[0])
         return self._log_prob_latent(x, context, mask, sizes)
@@ -167,6 +180,7 @@ class SetFlow(Flow):
     def encode(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         """The latent ``z`` of ``x`` (one draw when a layer is stochastic); its mask is
         ``transform.forward_mask(mask)`` (the real points first after a sort)."""
+        context = self._batch_labels(x, context)
         x, mask, _ = self._prepare_masked(x, mask)
         context = self._context(context, x.shape[0])
         return self.transform(x, context)[0] if mask is None else self.transform(x, context, mask=mask)[0]
@@ -210,10 +224,13 @@ class SetFlow(Flow):
         """Draw samples on the module's device and in its dtype (one per context row if conditional).
 
         A variable-size flow draws each set's size from ``size_dist`` (or takes ``num_points``, an int or
-        ``(B,)`` sizes) and returns ``(x, mask)``: ``x`` ``(B, N_max, D)`` zero-padded, ``mask`` ``(B, N_max)``.
-        No samples (``num_samples=0``) give an empty batch, ``(0, *event_shape)`` (``(0, 0, D)`` and a
-        ``(0, 0)`` mask for sets of any size), without running the layers.
+        ``(B,)`` sizes) and returns a :class:`~setflow.sets.SetBatch`: points ``(B, N_max, D)`` zero-padded,
+        ``mask`` ``(B, N_max)``, the class labels of a label-conditional flow. No samples (``num_samples=0``)
+        give an empty batch, ``(0, *event_shape)`` (a ``SetBatch`` of ``(0, 0, D)`` for sets of any size),
+        without running the layers. (A fixed-size SortFlow / PermuteFlow,
+        :class:`~setflow.models.set_flows.SortPermuteFlow`, returns a ``SetBatch`` too.)
         """
+        labels = context if isinstance(self.context_encoder, LabelContext) else None
         context = self._context(context, num_samples)
         if not self.variable_size:
             if num_points is not None:
@@ -224,10 +241,10 @@ class SetFlow(Flow):
             return self.transform.inverse(z, context) if empty is None else empty
         z, mask, _ = self._sample_latent(num_samples, context, num_points)
         if z.shape[0] == 0:
-            return z, mask
+            return SetBatch(z, mask, labels)
         full = bool(mask.all())
         x = self.transform.inverse(z, context) if full else self.transform.inverse(z, context, mask=mask)
-        return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask
+        return SetBatch(torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask, labels)
 
     @torch.no_grad()
     def sample_and_log_prob(
@@ -235,7 +252,7 @@ class SetFlow(Flow):
     ) -> tuple[Tensor, Tensor]:
         if self.variable_size:
             raise ValueError("sample_and_log_prob is for fixed-size flows; for sets of different sizes use "
-                             "x, mask = sample(n) and log_prob(x, mask=mask)")
+                             "log_prob(sample(n))")
         return super().sample_and_log_prob(num_samples, context)
 
     def iwbo(self, x: Tensor, k: int = 10, chunk: Optional[int] = None, context: Optional[Tensor] = None,
@@ -246,6 +263,7 @@ class SetFlow(Flow):
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        context = self._batch_labels(x, context)
         x, mask, sizes = self._prepare_masked(x, mask)
         context = self._context(context, x.shape[0])
         return self._importance_weighted(self._log_prob_latent, k, chunk, x, context, mask, sizes)
