@@ -54,7 +54,7 @@ def save(out: str, data_root, configs=CONFIGS) -> None:
             result[f"{name}/iwbo"] = model.iwbo(x, k=3, context=ctx, **kw)
             torch.manual_seed(3)
             s = model.sample(8, context=None if ctx is None else ctx[:8])
-            s = s[0] if isinstance(s, tuple) else getattr(s, "x", s)
+            s = s[0] if isinstance(s, tuple) else getattr(s, "points", s)  # (x, mask), a SetBatch or a tensor
             result[f"{name}/sample"] = s
         result[f"{name}/state"] = {k: v.clone() for k, v in model.state_dict().items()}
     torch.save(result, out)
