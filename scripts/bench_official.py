@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from setflow.models import build_model  # noqa: E402
-from setflow.nn import set_fused  # noqa: E402
+from setflow.nn import set_fused, tune_cpu_allocator  # noqa: E402
 from setflow.train.trainer import make_optimizer  # noqa: E402
 
 ENV = "SURVAE_OFFICIAL"
@@ -139,31 +139,45 @@ def train_step_fn(model: torch.nn.Module, x: torch.Tensor, fused_adam: bool) -> 
     return step
 
 
-def time_steps(step: Callable[[], None], steps: int) -> float:
-    """Seconds per step, the mean over ``steps`` back-to-back steps."""
-    t = time.perf_counter()
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], None], steps: int, device: torch.device = torch.device("cpu"),
+               clock: str = "wall") -> float:
+    """Seconds per step, the mean over ``steps`` back-to-back steps, by the wall clock or by this
+    process's CPU time (``clock="cpu"``: on a shared machine, time other processes take from the
+    cores does not count; with one thread it is the step's work)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
+    _sync(device)
+    t = now()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t) / steps
+    _sync(device)
+    return (now() - t) / steps
 
 
 def side_by_side(models=("sortflow", "permuteflow"), paths=PATHS, rounds: int = 5, steps: int = 3,
-                 batch: int = 128, official: Optional[Path] = None, warmup: int = 2, log=print) -> list[dict]:
+                 batch: int = 128, official: Optional[Path] = None, warmup: int = 2, log=print,
+                 device: str = "cpu", clock: str = "wall") -> list[dict]:
     """Rows ``{model, path, ours_s, theirs_s, ratios}``: per round, ``steps`` steps of each of ours
     (one per path) and theirs, alternating; ``ratios`` = their time / ours per round (empty without
-    ``official``). Times are medians over rounds, seconds per step."""
+    ``official``). Times are medians over rounds, seconds per step. On a device other than the CPU
+    the ``fused`` path is the compiled blocks (``setflow.nn.fast``)."""
+    dev = torch.device(device)
     rows = []
     for model in models:
         cfg = yaml.safe_load(CONFIGS[model].read_text())
         torch.manual_seed(0)
-        x = torch.rand(batch, cfg["model_args"]["num_points"], cfg["model_args"]["dim"]) * 28
+        x = (torch.rand(batch, cfg["model_args"]["num_points"], cfg["model_args"]["dim"]) * 28).to(dev)
         runners = {}
         for path in paths:
             torch.manual_seed(1)
-            runners[path] = train_step_fn(build_ours(model, path == "fused"), x, fused_adam=True)
+            runners[path] = train_step_fn(build_ours(model, path == "fused").to(dev), x, fused_adam=True)
         if official is not None:
             torch.manual_seed(1)
-            runners["official"] = train_step_fn(build_official(official, model, cfg), x, fused_adam=False)
+            runners["official"] = train_step_fn(build_official(official, model, cfg).to(dev), x, fused_adam=False)
         for name, step in runners.items():
             t = time.perf_counter()
             for _ in range(warmup):  # first fused calls compile / load the C++ kernels
@@ -172,7 +186,7 @@ def side_by_side(models=("sortflow", "permuteflow"), paths=PATHS, rounds: int = 
         times: dict[str, list[float]] = {k: [] for k in runners}
         for r in range(rounds):
             for name, step in runners.items():
-                times[name].append(time_steps(step, steps))
+                times[name].append(time_steps(step, steps, dev, clock))
             log(f"  {model} round {r}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()))
         for path in paths:
             ratios = ([t / o for t, o in zip(times["official"], times[path])] if official is not None else [])
@@ -232,7 +246,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="training steps per timing (per round and model)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on cuda our fused path is the compiled blocks)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                   help="time steps by the wall clock or by this process's CPU time; default: cpu with one "
+                        "thread on the CPU (other jobs on a shared machine then do not count), else wall")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-tune", action="store_true", help="skip setflow.nn.tune_cpu_allocator (the trainer's heap setting)")
     p.add_argument("--profile", action="store_true",
                    help="instead of timing: torch.profiler's top ten ops (self CPU time) of a step of each model "
                         "and path (and of the official code when available)")
@@ -241,8 +260,12 @@ def main(argv=None) -> int:
         raise SystemExit("--rounds, --steps and --batch must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cpu" and not args.no_tune:
+        tune_cpu_allocator()  # as setflow's trainer does on CPU; process-wide, so both codes get it
     official = official_root()
-    print(machine_line())
+    if args.clock is None:
+        args.clock = "cpu" if args.device == "cpu" and torch.get_num_threads() == 1 else "wall"
+    print(machine_line() + f", {args.clock} clock")
     if args.profile:
         for model in args.models:
             for path in [*args.paths, *(["official"] if official is not None else [])]:
@@ -253,7 +276,8 @@ def main(argv=None) -> int:
                 for name, ms, share in top:
                     print(f"| `{name}` | {ms:.1f} | {100 * share:.1f}% |")
         return 0
-    rows = side_by_side(args.models, args.paths, args.rounds, args.steps, args.batch, official, args.warmup)
+    rows = side_by_side(args.models, args.paths, args.rounds, args.steps, args.batch, official, args.warmup,
+                        device=args.device, clock=args.clock)
     print()
     print("| model | our path | ours ms/step | official ms/step | official / ours (median, range) |")
     print("|---|---|---:|---:|---|")
