@@ -370,6 +370,9 @@ def test_cpu_dropout_mask_statistics_and_gradient() -> None:
     scale = 2**16 / round(0.8 * 2**16)
     assert torch.allclose(y[kept], torch.full_like(y[kept], scale))
     assert abs(kept.double().mean().item() - 0.8) < 0.01
+    # four decisions per 64-bit draw: every lane position (index mod 4) keeps at the same rate
+    lanes = kept.flatten()[: kept.numel() // 4 * 4].view(-1, 4).double().mean(0)
+    assert torch.all((lanes - 0.8).abs() < 0.01), lanes
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # d/dx (x * mask) = mask
     assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0) is x
