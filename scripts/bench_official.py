@@ -47,6 +47,9 @@ ENV = "SURVAE_OFFICIAL"
 CONFIGS = {"sortflow": ROOT / "configs/spatial_mnist/sortflow.yaml",
            "permuteflow": ROOT / "configs/spatial_mnist/permuteflow.yaml"}
 PATHS = ("fused", "eager")
+#: "eager-sdpa": the eager path with the attention through SDPA also when training with dropout on the CPU
+#: (setflow.nn.attention.CPU_WRITTEN_OUT_DROPOUT = False, the behaviour before it was written out), for A/B
+EXTRA_PATHS = ("eager-sdpa",)
 
 
 def official_root(quiet: bool = False) -> Optional[Path]:
@@ -144,6 +147,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _with_sdpa_attention(step: Callable[[], None]) -> Callable[[], None]:
+    import setflow.nn.attention as attention
+
+    def run() -> None:
+        attention.CPU_WRITTEN_OUT_DROPOUT = False
+        try:
+            step()
+        finally:
+            attention.CPU_WRITTEN_OUT_DROPOUT = True
+    return run
+
+
 def time_steps(step: Callable[[], None], steps: int, device: torch.device = torch.device("cpu"),
                clock: str = "wall") -> float:
     """Seconds per step, the mean over ``steps`` back-to-back steps, by the wall clock or by this
@@ -175,6 +190,8 @@ def side_by_side(models=("sortflow", "permuteflow"), paths=PATHS, rounds: int = 
         for path in paths:
             torch.manual_seed(1)
             runners[path] = train_step_fn(build_ours(model, path == "fused").to(dev), x, fused_adam=True)
+            if path == "eager-sdpa":
+                runners[path] = _with_sdpa_attention(runners[path])
         if official is not None:
             torch.manual_seed(1)
             runners["official"] = train_step_fn(build_official(official, model, cfg).to(dev), x, fused_adam=False)
@@ -241,7 +258,7 @@ def machine_line() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=sorted(CONFIGS), default=["sortflow", "permuteflow"])
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    p.add_argument("--paths", nargs="+", choices=PATHS + EXTRA_PATHS, default=list(PATHS))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="training steps per timing (per round and model)")
     p.add_argument("--batch", type=int, default=128)
