@@ -249,6 +249,22 @@ def _fmt(v: Optional[float]) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+def format_headline(rows: list[dict], title: str, old: Optional[dict] = None) -> list[str]:
+    """The markdown table of :func:`headline`; with ``old`` (rows of a previous JSON by name) a
+    ``new / old`` column of the medians."""
+    lines = [title, "| ratio | median | range | goal | detail |" + (" new / old |" if old is not None else ""),
+             "|---|---:|---|---|---|" + ("---:|" if old is not None else "")]
+    for r in rows:
+        rng = "-" if r["median"] is None else f"{_fmt(r['min'])}-{_fmt(r['max'])}"
+        med = "-" if r["median"] is None else f"{_fmt(r['median'])}x"
+        line = f"| {r['name']} | {med} | {rng} | {r['goal']} | {r['detail']} |"
+        if old is not None:
+            prev = old.get(r["name"], {}).get("median")
+            line += f" {r['median'] / prev:.2f} |" if prev and r["median"] is not None else " - |"
+        lines.append(line)
+    return lines
+
+
 def headline(args, root: Path) -> int:
     import json
 
@@ -269,6 +285,12 @@ def headline(args, root: Path) -> int:
     log = (lambda line: print(line, flush=True))
     machine = bench_official.machine_line()
     print(f"machine: {machine}", flush=True)
+    old = {}
+    if args.baseline:
+        try:
+            old = {r["name"]: r for r in json.loads(Path(args.baseline).read_text())["rows"]}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--baseline {args.baseline}: not a bench JSON ({type(e).__name__}: {e})") from None
     if "training" in parts:
         bench_official.official_root()  # the one line when the official code is not pointed at
     t0 = time.perf_counter()
@@ -282,24 +304,9 @@ def headline(args, root: Path) -> int:
     if "contention" in parts:
         rows += _headline_contention(*size["contention"], log)
     wall = time.perf_counter() - t0
-    old = {}
-    if args.baseline:
-        try:
-            old = {r["name"]: r for r in json.loads(Path(args.baseline).read_text())["rows"]}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"--baseline {args.baseline}: not a bench JSON ({type(e).__name__}: {e})") from None
     print()
-    print(f"machine: {machine}; {wall:.0f} s" + (" (--quick)" if args.quick else ""))
-    head = "| ratio | median | range | goal | detail |" + (" new / old |" if args.baseline else "")
-    print(head)
-    print("|---|---:|---|---|---|" + ("---:|" if args.baseline else ""))
-    for r in rows:
-        rng = "-" if r["median"] is None else f"{_fmt(r['min'])}-{_fmt(r['max'])}"
-        line = f"| {r['name']} | {_fmt(r['median'])}{'' if r['median'] is None else 'x'} | {rng} | {r['goal']} | {r['detail']} |"
-        if args.baseline:
-            prev = old.get(r["name"], {}).get("median")
-            line += f" {r['median'] / prev:.2f} |" if prev and r["median"] is not None else " - |"
-        print(line)
+    print("\n".join(format_headline(rows, f"machine: {machine}; {wall:.0f} s" + (" (--quick)" if args.quick else ""),
+                                   old if args.baseline else None)))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "wall_s": wall, "quick": bool(args.quick),
                                                "rows": rows}, indent=1))
