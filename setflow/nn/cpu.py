@@ -68,8 +68,8 @@ def _keep_mask(shape: torch.Size, keep: float, like: Tensor) -> Tensor:
         return torch.ones(shape, dtype=like.dtype)
     words = torch.empty(-(-n // _LANES), dtype=torch.int64).random_(-2**63, None)
     keep_bits = words.view(torch.int16)[:n] < (levels - 2 ** (_LANE_BITS - 1))  # contiguous compare
-    scale = torch.tensor(2**_LANE_BITS / levels, dtype=like.dtype)
-    return torch.where(keep_bits, scale, torch.zeros((), dtype=like.dtype)).view(shape)
+    # bool -> float then one in-place scale: the same values as where(keep, scale, 0), in ~half its time
+    return keep_bits.to(like.dtype).mul_(2**_LANE_BITS / levels).view(shape)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
