@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["evaluate", "format_metrics", "loss_scale", "draw_samples", "sample_quality", "format_sample_quality",
-           "split_masks"]
+           "split_masks", "bbox_normalize"]
 
 
 def loss_scale(unit: str, event_shape: tuple[int, ...]) -> float:
@@ -185,8 +185,10 @@ def format_metrics(res: dict, split: str = "test") -> str:
 
 @torch.no_grad()
 def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Optional[Tensor] = None,
-                 device: str = "cpu"):
-    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 conditions a conditional model.
+                 device: str = "cpu", num_points: Optional[int] = None):
+    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 conditions a conditional model;
+    ``num_points`` points per set instead of the model's own (models that draw any size, e.g. a latent
+    set flow's i.i.d. ``points`` decoder).
 
     A variable-size model gives ``(x, mask)``: the sets zero-padded to the largest drawn size.
     """
@@ -194,12 +196,13 @@ def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Opti
     was_training = m.training
     m.eval()
     out = []
+    size = {} if num_points is None else {"num_points": int(num_points)}
     for i in range(0, num, batch_size):
         b = min(batch_size, num - i)
         if labels is None:
-            out.append(m.sample(b))
+            out.append(m.sample(b, **size))
         else:
-            out.append(m.sample(b, context=labels[i:i + b].to(device)))
+            out.append(m.sample(b, context=labels[i:i + b].to(device), **size))
     m.train(was_training)
     if not isinstance(out[0], tuple):
         return torch.cat([o.cpu() for o in out])
@@ -207,6 +210,14 @@ def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Opti
 
     sets = [s.cpu() for x, mask in out for s in unpad_sets(x, mask)]
     return pad_sets(sets)
+
+
+def bbox_normalize(x: Tensor) -> Tensor:
+    """Each set of ``x`` ``(B, N, D)`` in its own bounding box ``[-1, 1]``: the box centre at 0, its longest
+    side 2 (DPM's ``shape_bbox``, as :func:`setflow.data.pointclouds.normalize_clouds` ``"bbox"``)."""
+    from setflow.data.pointclouds import normalize_clouds
+
+    return torch.as_tensor(normalize_clouds(x.detach().cpu().numpy(), "bbox")[0], dtype=x.dtype)
 
 
 def _subset(x: Tensor, n: int, seed: int) -> Tensor:
@@ -217,7 +228,8 @@ def _subset(x: Tensor, n: int, seed: int) -> Tensor:
 def sample_quality(model: nn.Module, ref: Tensor, other: Tensor, num: int, seed: int = 0, batch_size: int = 500,
                    device: str = "cpu", progress: Optional[bool] = None, ref_labels: Optional[Tensor] = None,
                    other_labels: Optional[Tensor] = None, ref_masks: Optional[Tensor] = None,
-                   other_masks: Optional[Tensor] = None) -> dict:
+                   other_masks: Optional[Tensor] = None, num_points: Optional[int] = None,
+                   renormalize: Optional[str] = None) -> dict:
     """Sample metrics (:func:`setflow.metrics.sample_metrics`) of ``model`` and of real sets.
 
     ``n = min(num, len(ref), len(other))`` reference sets are a seeded subset of ``ref``; the
@@ -230,16 +242,26 @@ def sample_quality(model: nn.Module, ref: Tensor, other: Tensor, num: int, seed:
     under the Chamfer distance only (:func:`setflow.metrics.ragged.ragged_sample_metrics`: EMD between
     sets of unequal sizes is not the papers' EMD), without the per-class lines.
 
+    ``num_points``: the model draws sets of that size (see :func:`draw_samples`). ``renormalize="bbox"``:
+    DPM's protocol: every set (samples, references, real sets) is put in its own bounding box
+    ``[-1, 1]`` (centre 0, longest side 2) before the distances, so only shape counts, not size or place.
+
     Returns ``{"num", "model": metrics, "real": metrics, "per_class": {label: {"model", "real"}}}``.
     """
     from setflow.metrics import sample_metrics
 
+    if renormalize not in (None, "none", "bbox"):
+        raise ValueError(f"renormalize must be 'none' or 'bbox', got {renormalize!r}")
     n = min(num, ref.shape[0], other.shape[0])
     ir, io = _subset(ref, n, seed), _subset(other, n, seed + 1)
     r, o = ref[ir], other[io]
     labels = None if ref_labels is None else ref_labels[ir]
     torch.manual_seed(seed)
-    gen = draw_samples(model, n, batch_size, labels=labels, device=device)
+    gen = draw_samples(model, n, batch_size, labels=labels, device=device, num_points=num_points)
+    if renormalize == "bbox":
+        if isinstance(gen, tuple) or ref_masks is not None or other_masks is not None:
+            raise ValueError("renormalize='bbox' needs sets of one size (no masks)")
+        gen, r, o = (bbox_normalize(t) for t in (gen, r, o))
     if isinstance(gen, tuple) or ref_masks is not None:
         from setflow.metrics.ragged import ragged_sample_metrics
 
