@@ -197,7 +197,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                            device=args.device or "cpu", ref_labels=labels,
                            other_labels=data.split_labels(other) if conditional else None,
                            ref_masks=data.split_mask(args.split), other_masks=data.split_mask(other),
-                           num_points=args.num_points, renormalize=args.renormalize)
+                           num_points=args.num_points, renormalize=args.renormalize,
+                           metrics=tuple(args.metrics.split(",")))
         if args.renormalize == "bbox":
             print("sample metrics under DPM's protocol: every cloud (samples, test, train) in its own [-1, 1] box")
         if q["num"] < args.samples:
@@ -453,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renormalize", default="none", choices=["none", "bbox"],
                    help="with --samples: bbox = DPM's protocol, every cloud (samples and real) in its own [-1, 1] "
                         "box before the distances")
+    p.add_argument("--metrics", default="cd,emd", choices=["cd,emd", "cd", "emd"],
+                   help="with --samples: the distances (cd skips the exact EMD, slow at thousands of points)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_eval)
