@@ -138,3 +138,16 @@ def test_cli_eval_at_another_size_under_dpms_protocol_and_plot_html(tmp_path, ca
     names = set(re.findall(r'"name":"((?:data|samples) \d+)"', figure))
     assert names == {"data 0", "data 1", "samples 0", "samples 1"}  # two rows: test clouds beside samples
     assert main(["plot", ckpt, "--html", "--open3d", "-o", str(html), "--data-root", root]) == 2
+
+
+def test_the_points_decoder_draws_in_chunks_with_the_same_result():
+    torch.manual_seed(0)
+    model = _tiny3d(num_points=12).double()
+    model.log_prob(torch.rand(3, 12, 3, dtype=torch.float64))
+    z = torch.randn(3, 4, dtype=torch.float64)
+    noise = torch.randn(3, 23, 3, dtype=torch.float64)
+    whole = model.decode_code(z, noise=noise)
+    model.point_chunk = 5  # 5 + 5 + 5 + 5 + 3 points
+    chunked = model.decode_code(z, noise=noise)
+    assert chunked.shape == (3, 23, 3) and torch.allclose(chunked, whole, atol=1e-12)
+    assert model.sample(2, num_points=11).shape == (2, 11, 3)
