@@ -108,16 +108,17 @@ def test_cli_eval_at_another_size_under_dpms_protocol_and_plot_html(tmp_path, ca
     from setflow.cli import main
 
     monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    import yaml
+
     cfg = tmp_path / "tiny3d.yaml"
-    cfg.write_text(
-        "model: latent_setflow\n"
-        "model_args: {num_points: 16, dim: 3, latent_dim: 4, encoder_args: {d_model: 8, num_layers: 1},\n"
-        "             prior_steps: 1, prior_hidden: 8, encoder_hidden: 8, decoder: points,\n"
-        "             decoder_args: {num_steps: 2, hidden: 8}, input_scale: 1.0, input_shift: 0.0}\n"
-        "data: pointclouds\n"
-        "data_args: {source: shapes, num_points: 16, per_class: 4}\n"
-        "train: {batch_size: 8, max_steps: 2, progress: false, eval_every: 100000, ckpt_every: 100}\n"
-        "eval: {batch_size: 16, iwbo_k: 2, iwbo_chunk: 2}\n")
+    model_args = dict(num_points=16, dim=3, latent_dim=4, encoder_args={"d_model": 8, "num_layers": 1},
+                      prior_steps=1, prior_hidden=8, encoder_hidden=8, decoder="points",
+                      decoder_args={"num_steps": 2, "hidden": 8}, input_scale=1.0, input_shift=0.0)
+    cfg.write_text(yaml.safe_dump({
+        "model": "latent_setflow", "model_args": model_args, "data": "pointclouds",
+        "data_args": {"source": "shapes", "num_points": 16, "per_class": 4},
+        "train": {"batch_size": 8, "max_steps": 2, "progress": False, "eval_every": 100000, "ckpt_every": 100},
+        "eval": {"batch_size": 16, "iwbo_k": 2, "iwbo_chunk": 2}}))
     root = str(tmp_path / "data")
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(run), "--data-root", root]) == 0
