@@ -392,3 +392,82 @@ def test_cli_data_photos(tmp_path, capsys, monkeypatch):
     assert main(["data", "photos", "--data-root", str(tmp_path / "none"), "--offline"]) == 2
     err = capsys.readouterr().err.strip()
     assert "setflow data photos" in err and "\n" not in err
+
+
+# --------------------------------------------------------------------------- SurVAE configs, codec table
+@pytest.mark.parametrize("name,model", [("baseline_photos32_cpu", "baseline_image_flow"),
+                                        ("maxpool_photos32_cpu", "maxpool_flow")])
+def test_survae_photo_configs_train_two_steps_and_evaluate(tmp_path, monkeypatch, one_thread, name, model):
+    from setflow.train.config import load_config
+    from setflow.train.trainer import train
+
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    _fake_photo_cache(tmp_path, 32)
+    cfg = load_config(REPO / "configs" / "images" / f"{name}.yaml",
+                      ["train.max_steps=2", "train.batch_size=4", "eval.max_examples=4", "eval.batch_size=4",
+                       "eval.iwbo_k=2", "eval.iwbo_chunk=2"])
+    assert cfg["model"] == model and cfg["data"] == "photos32" and cfg["model_args"]["data_shape"] == [3, 32, 32]
+    base, maxpool = (load_config(REPO / "configs" / "images" / f"{m}_photos32_cpu.yaml") for m in ("baseline", "maxpool"))
+    for key in ("model_args", "data", "data_args", "train", "eval"):  # the two differ in the downsampling only
+        assert base[key] == maxpool[key], key
+    summary = train(cfg, str(tmp_path / "run"), data_root=str(tmp_path), log=lambda *a, **k: None)
+    assert summary["step"] == 2 and Path(summary["checkpoint"]).is_file()
+
+
+def _two_source_cache(root: Path) -> dict:
+    """A photos32 cache whose test split holds tiles of two photos, ``jxl-a`` (3 tiles) and ``kde-b`` (2)."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:32, 0:32]
+    smooth = np.stack([x * 4, y * 4, (x + y) * 2], -1)  # a gradient: every codec codes it well below 8 bits
+    arrays = {}
+    for split, names in (("train", ["kde-c"] * 4), ("valid", ["kde-d"] * 2), ("test", ["jxl-a", "kde-b"] * 2 + ["jxl-a"])):
+        n = len(names)
+        arrays[split] = np.clip(smooth[None] + rng.integers(-3, 4, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+        arrays[f"{split}_photo"] = np.array(names)
+        arrays[f"{split}_origin"] = np.zeros((n, 2), np.int32)
+    save_npz_cache(photo_tiles_path(root, 32, 4), arrays, _cache_meta(32, 4, PHOTO_SOURCES))
+    return arrays
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_codecs", REPO / "scripts" / "bench_codecs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_codec_table_on_a_few_photo_tiles_decodes_every_idf_row_bit_exact(tmp_path, monkeypatch, one_thread):
+    from setflow.train.config import load_config
+    from setflow.train.trainer import train
+
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    arrays = _two_source_cache(tmp_path)
+    cfg = load_config(REPO / "configs" / "images" / "idf_photos32_cpu.yaml",
+                      ["train.max_steps=1", "train.batch_size=4", "eval.max_examples=2", "eval.batch_size=2",
+                       "model_args.num_flows=1", "model_args.hidden_channels=8", "model_args.depth=1"])
+    ckpt = train(cfg, str(tmp_path / "run"), data_root=str(tmp_path), log=lambda *a, **k: None)["checkpoint"]
+    bench = _bench_module()
+
+    x, source = bench.test_images(cfg, "test", None, str(tmp_path), photos=["jxl-"])
+    np.testing.assert_array_equal(x, arrays["test"][arrays["test_photo"] == "jxl-a"].transpose(0, 3, 1, 2))
+    assert x.shape == (3, 3, 32, 32) and source.endswith("only the tiles of jxl-a")
+    table = bench.bench(ckpt, None, runs=1, data_root=str(tmp_path), photos=["kde-", "jxl-"], batch_size=2)
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [r[0].lstrip("| ") for r in rows]
+    assert names[:4] == ["IDF (analytic)", "IDF (file per image)", "IDF (file per image, batched)",
+                         "IDF (one file, 5 images)"]
+    assert [r[1] for r in rows if r[0] == "| JPEG XL"] == ["libjxl lossless, effort 7", "libjxl lossless, effort 9"]
+    for r in rows[1:]:  # every file decoded back bit-exact, IDF's included
+        assert r[-1].rstrip(" |") == "yes", r
+        bpd, ratio = float(r[2]), float(r[3])
+        assert 0 < bpd < 16 and ratio == pytest.approx(8 / bpd, abs=0.006)  # 2 and 3 decimals
+    assert "Lossless compression of 5 test images" in table and "best classical codec: " in table
+    with pytest.raises(ValueError, match="no test tile comes from a photo named mate-"):
+        bench.test_images(cfg, "test", None, str(tmp_path), photos=["mate-"])
+    with pytest.raises(ValueError, match="--photos selects photo tiles"):
+        bench.test_images(cfg, "test", None, str(tmp_path), data="mnist", photos=["jxl-"])
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--ckpt", ckpt, "--data-root", str(tmp_path), "--photos", "nope-", "--runs", "1"])
+    assert e.value.code == 2
