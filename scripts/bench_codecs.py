@@ -92,15 +92,18 @@ def _timed(fn: Callable[[], object], runs: int) -> tuple[float, object]:
 
 
 def test_images(cfg: dict, split: str = "test", n: Optional[int] = None, data_root: Optional[str] = None,
-                data: Optional[str] = None, photos: Optional[Sequence[str]] = None) -> tuple[np.ndarray, str]:
-    """``(images (N, C, H, W) uint8, source line)``: the first ``n`` (all if ``None``) images of a split
-    of the checkpoint's data set, or of ``data`` instead (another data set: the IDF-dagger column);
-    with ``photos`` (photo tiles only) just the tiles of photos whose name starts with one of them."""
+                data: Optional[str] = None, photos: Optional[Sequence[str]] = None
+                ) -> tuple[np.ndarray, str, Optional[np.ndarray]]:
+    """``(images (N, C, H, W) uint8, source line, photo names)``: the first ``n`` (all if ``None``) images
+    of a split of the checkpoint's data set, or of ``data`` instead (another data set: the IDF-dagger
+    column); with ``photos`` (photo tiles only) just the tiles of photos whose name starts with one of
+    them. ``photo names`` (each image's photo) is ``None`` unless the images are photo tiles."""
     from setflow.train.data import load_data
 
     name = data or cfg.get("data")
-    if photos:
-        size = {"photos32": 32, "photos64": 64}.get(name)
+    size = {"photos32": 32, "photos64": 64}.get(name)
+    if photos is not None or size is not None:
+        photos = photos or [""]
         if size is None:
             raise ValueError(f"--photos selects photo tiles by photo name; the data set here is {name!r}, "
                              "not photos32 or photos64")
@@ -117,19 +120,61 @@ def test_images(cfg: dict, split: str = "test", n: Optional[int] = None, data_ro
             raise ValueError(f"no {split} tile comes from a photo named {' or '.join(p + '*' for p in photos)} "
                              f"(photos: {', '.join(sorted(set(names)))})")
         x = np.ascontiguousarray(arrays[split][keep].transpose(0, 3, 1, 2))
-        source = f"{line.strip()}; only the tiles of {', '.join(sorted(set(names[keep])))}"
+        names = names[keep]
+        source = line.strip() if keep.all() else f"{line.strip()}; only the tiles of {', '.join(sorted(set(names)))}"
     else:
         other = dict(cfg, data=name, data_args={} if data and data != cfg.get("data") else cfg.get("data_args", {}))
         d = load_data(other, data_root)
-        x, source = d.split(split).numpy(), d.source.strip()
-    x = x[:n] if n else x
-    return x, source
+        x, source, names = d.split(split).numpy(), d.source.strip(), None
+    if n:
+        x, names = x[:n], None if names is None else names[:n]
+    return x, source, names
+
+
+def parse_groups(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``["never-JPEG=jxl-", "wallpapers=kde-,mate-"]`` -> ``{label: [photo name prefixes]}``."""
+    groups = {}
+    for spec in specs:
+        label, sep, prefixes = spec.partition("=")
+        parts = [q for q in prefixes.split(",") if q]
+        if not sep or not label or not parts:
+            raise ValueError(f"--group wants LABEL=PREFIX[,PREFIX] (e.g. never-JPEG=jxl-), got {spec!r}")
+        groups[label] = parts
+    return groups
+
+
+def _group_table(groups: dict[str, list[str]], names: Optional[np.ndarray], dims: int,
+                 per_image: dict[str, np.ndarray], one_file: Callable[[np.ndarray], int]) -> list[str]:
+    """Bits/dim of every codec on each group of photos, from the same files (nothing coded again but
+    IDF's one file per group)."""
+    if names is None:
+        raise ValueError("--group needs photo tiles (photos32 / photos64)")
+    masks = {}
+    for label, prefixes in groups.items():
+        keep = np.zeros(len(names), bool)
+        for prefix in prefixes:
+            keep |= np.char.startswith(names.astype(str), prefix)
+        if not keep.any():
+            raise ValueError(f"group {label}: no image comes from a photo named {' or '.join(q + '*' for q in prefixes)}")
+        masks[label] = keep
+    head = " | ".join(f"{label} ({int(m.sum())} tiles: {', '.join(sorted(set(names[m].astype(str))))})"
+                      for label, m in masks.items())
+    out = ["", "Bits/dim by source (the same files as above):", "", f"| codec | {head} |",
+           "|---" * (len(masks) + 1) + "|"]
+    bpd = lambda nbytes, m: 8.0 * nbytes / (int(m.sum()) * dims)  # noqa: E731
+    for name, sizes in per_image.items():
+        out.append(f"| {name} | " + " | ".join(f"{bpd(sizes[m].sum(), m):.3f}" for m in masks.values()) + " |")
+        if name.startswith("IDF (file per image"):
+            out.append("| IDF (one file per group) | "
+                       + " | ".join(f"{bpd(one_file(m), m):.3f}" for m in masks.values()) + " |")
+    return out
 
 
 def bench(ckpt: str, n: Optional[int], runs: int = 3, split: str = "test", data_root: Optional[str] = None,
-          data: Optional[str] = None, photos: Optional[Sequence[str]] = None, batch_size: int = 32) -> str:
+          data: Optional[str] = None, photos: Optional[Sequence[str]] = None, batch_size: int = 32,
+          groups: Optional[dict[str, list[str]]] = None) -> str:
     model, cfg = load_idf(ckpt)
-    x, source = test_images(cfg, split, n, data_root, data, photos)
+    x, source, names = test_images(cfg, split, n, data_root, data, photos)
     if tuple(x.shape[1:]) != tuple(model.input_shape):
         raise ValueError(f"the model codes images of shape {tuple(model.input_shape)}; "
                          f"these are {tuple(x.shape[1:])}")
@@ -147,7 +192,8 @@ def bench(ckpt: str, n: Optional[int], runs: int = 3, split: str = "test", data_
     codec = IDFCodec(model)
     with torch.no_grad():
         lp32 = -float(model.log_prob(torch.from_numpy(x)).sum()) / math.log(2.0)
-    analytic = float(codec.bits(x).sum())
+    bits = np.asarray(codec.bits(x), np.float64)
+    analytic = float(bits.sum())
     enc_s, files = _timed(lambda: [codec.compress(img) for img in x], runs)
     dec_s, back = _timed(lambda: [codec.decompress(f) for f in files], runs)
     ok = all(np.array_equal(a, b) for a, b in zip(x, back))
@@ -171,6 +217,7 @@ def bench(ckpt: str, n: Optional[int], runs: int = 3, split: str = "test", data_
 
     # ---------------------------------------------------------------- classical codecs
     sizes = {}
+    per_img = {"IDF (analytic)": bits / 8.0, "IDF (file per image)": np.array([len(f) for f in files])}
     for name, settings, enc, dec, prep in baselines():
         imgs = [prep(_hwc(img)) for img in x]
         try:
@@ -182,8 +229,10 @@ def bench(ckpt: str, n: Optional[int], runs: int = 3, split: str = "test", data_
         good = all(np.array_equal(np.asarray(o).reshape(a.shape), a) for o, a in zip(outs, imgs))
         row(name, settings, sum(len(s) for s in streams), enc_t, dec_t, "yes" if good else "**NO**")
         sizes[f"{name}, {settings}"] = sum(len(s) for s in streams)
+        per_img[f"{name}, {settings.split(', ')[-1]}" if name == "JPEG XL" else name] = np.array([len(s) for s in streams])
 
     overhead = 100.0 * (8 * payload - analytic) / analytic
+    by_group = _group_table(groups, names, dims, per_img, lambda m: len(codec.compress(x[m]))) if groups else []
     best = min(sizes, key=sizes.get) if sizes else None
     verdict = "" if best is None else (
         f"- best classical codec: {best} at {8.0 * sizes[best] / (n * dims):.3f} bits/dim; IDF files per image "
@@ -206,6 +255,7 @@ def bench(ckpt: str, n: Optional[int], runs: int = 3, split: str = "test", data_
         *([verdict] if verdict else []),
         f"- ratio = raw bytes / compressed bytes; speeds: median of {runs} runs, {cpu}, "
         f"torch {torch.__version__}, imagecodecs {imagecodecs.__version__}, {torch.get_num_threads()} torch threads.",
+        *by_group,
     ]
     return "\n".join(lines) + "\n"
 
@@ -297,6 +347,9 @@ def main(argv=None) -> int:
     p.add_argument("--photos", default=None, metavar="PREFIX[,PREFIX]",
                    help="photo tiles only: just the tiles of photos whose name starts so (e.g. jxl- for the "
                         "never-JPEG photos, kde-,mate- for the held-out wallpapers)")
+    p.add_argument("--group", action="append", default=[], metavar="LABEL=PREFIX[,PREFIX]",
+                   help="photo tiles: also bits/dim of every codec on the tiles of these photos (repeatable), "
+                        "e.g. --group never-JPEG=jxl- --group wallpapers=kde-,mate-")
     p.add_argument("--out", default="bench_codecs.md", help="also write the table here")
     args = p.parse_args(argv)
     if args.speed:
@@ -313,7 +366,7 @@ def main(argv=None) -> int:
     photos = [s for s in args.photos.split(",") if s] if args.photos else None
     try:
         table = bench(args.ckpt, args.n or None, args.runs, args.split, args.data_root, args.data, photos,
-                      args.batch_size)
+                      args.batch_size, parse_groups(args.group))
     except (ValueError, OSError) as e:
         p.error(str(e).splitlines()[0] if str(e) else type(e).__name__)
     print(table)

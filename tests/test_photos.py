@@ -450,11 +450,14 @@ def test_codec_table_on_a_few_photo_tiles_decodes_every_idf_row_bit_exact(tmp_pa
     ckpt = train(cfg, str(tmp_path / "run"), data_root=str(tmp_path), log=lambda *a, **k: None)["checkpoint"]
     bench = _bench_module()
 
-    x, source = bench.test_images(cfg, "test", None, str(tmp_path), photos=["jxl-"])
+    x, source, names = bench.test_images(cfg, "test", None, str(tmp_path), photos=["jxl-"])
     np.testing.assert_array_equal(x, arrays["test"][arrays["test_photo"] == "jxl-a"].transpose(0, 3, 1, 2))
-    assert x.shape == (3, 3, 32, 32) and source.endswith("only the tiles of jxl-a")
-    table = bench.bench(ckpt, None, runs=1, data_root=str(tmp_path), photos=["kde-", "jxl-"], batch_size=2)
-    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert x.shape == (3, 3, 32, 32) and source.endswith("only the tiles of jxl-a") and list(names) == ["jxl-a"] * 3
+    groups = bench.parse_groups(["never-JPEG=jxl-", "wallpapers=kde-,mate-"])
+    assert groups == {"never-JPEG": ["jxl-"], "wallpapers": ["kde-", "mate-"]}
+    table = bench.bench(ckpt, None, runs=1, data_root=str(tmp_path), batch_size=2, groups=groups)
+    main, by_group = table.split("Bits/dim by source")
+    rows = [line.split(" | ") for line in main.splitlines() if line.startswith("| ") and "---" not in line][1:]
     names = [r[0].lstrip("| ") for r in rows]
     assert names[:4] == ["IDF (analytic)", "IDF (file per image)", "IDF (file per image, batched)",
                          "IDF (one file, 5 images)"]
@@ -464,6 +467,19 @@ def test_codec_table_on_a_few_photo_tiles_decodes_every_idf_row_bit_exact(tmp_pa
         bpd, ratio = float(r[2]), float(r[3])
         assert 0 < bpd < 16 and ratio == pytest.approx(8 / bpd, abs=0.006)  # 2 and 3 decimals
     assert "Lossless compression of 5 test images" in table and "best classical codec: " in table
+    # by source: the 5 tiles' bytes split into 3 + 2, weighted back they give the whole table's figure
+    assert "never-JPEG (3 tiles: jxl-a) | wallpapers (2 tiles: kde-b)" in by_group
+    whole = {r[0].lstrip("| ") + ("" if r[0] != "| JPEG XL" else ", " + r[1].split(", ")[-1]): float(r[2]) for r in rows}
+    checked = 0
+    for line in by_group.splitlines():
+        cells = line.strip("| ").split(" | ")
+        if cells[0] in whole:
+            assert (3 * float(cells[1]) + 2 * float(cells[2])) / 5 == pytest.approx(whole[cells[0]], abs=2e-3), line
+            checked += 1
+    assert checked == 8  # IDF analytic and files, PNG, JPEG 2000, WebP, JPEG XL 7 and 9, JPEG-LS
+    assert by_group.count("| IDF (one file per group) |") == 1
+    with pytest.raises(ValueError, match="LABEL=PREFIX"):
+        bench.parse_groups(["jxl-"])
     with pytest.raises(ValueError, match="no test tile comes from a photo named mate-"):
         bench.test_images(cfg, "test", None, str(tmp_path), photos=["mate-"])
     with pytest.raises(ValueError, match="--photos selects photo tiles"):
