@@ -487,3 +487,32 @@ def test_codec_table_on_a_few_photo_tiles_decodes_every_idf_row_bit_exact(tmp_pa
     with pytest.raises(SystemExit) as e:
         bench.main(["--ckpt", ckpt, "--data-root", str(tmp_path), "--photos", "nope-", "--runs", "1"])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_image_study_on_photo_tiles_trains_both_at_equal_steps(tmp_path, monkeypatch, capsys, one_thread):
+    import importlib.util
+
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    monkeypatch.setenv("SETFLOW_DATA", str(tmp_path))
+    _fake_photo_cache(tmp_path, 32)
+    spec = importlib.util.spec_from_file_location("image_study", REPO / "scripts" / "image_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    runs = [str(tmp_path / "base"), str(tmp_path / "maxpool")]
+    argv = ["--recipe", "photos32", "--equal-steps", "--runs", *runs, "--out", str(tmp_path / "out"),
+            "--max-examples", "4", "--batch-size", "4", "--iwbo-k", "2", "--iwbo-chunk", "2",
+            "train.max_steps=2", "train.batch_size=4", "eval.max_examples=4", "eval.batch_size=4",
+            "eval.iwbo_k=2", "eval.iwbo_chunk=2"]
+    assert study.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "baseline: 2 steps" in out and "maxpool: 2 steps" in out
+    table = (tmp_path / "out" / "image_study_photos32.md").read_text().splitlines()
+    assert [r.split(" | ")[:3] for r in table[2:]] == [["| baseline_image_flow", "photos32", "2"],
+                                                       ["| maxpool_flow", "photos32", "2"]]
+    for r in table[2:]:
+        elbo, iwbo = float(r.split(" | ")[3]), float(r.split(" | ")[4])
+        assert 0 < iwbo <= elbo + 1e-3 < 20  # IWBO is the tighter bound
+    assert all((tmp_path / "out" / f"image_study_{Path(r).name}.png").is_file() for r in runs)
+    with pytest.raises(SystemExit, match="trains on photos32, not mnist"):
+        study.main(["--recipe", "photos32", "--data", "mnist", "--skip-train"])
