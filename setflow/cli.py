@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: data, train the demo flow (bounded time), evaluate, samples.png")
     p.add_argument("--config", default="configs/spatial_mnist/permuteflow_cond_cpu.yaml",
                    help="the demo model: a class-conditional PermuteFlow, chosen by sample quality "
-                        "(README, SpatialMNIST results)")
+                        "(docs/results/spatial_mnist.md)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget")
     p.add_argument("--samples", default="samples.png", help="where to write the picture")
