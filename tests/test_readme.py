@@ -176,6 +176,17 @@ def test_each_results_page_gives_its_tables_a_command():
                     f"{page.name}, section {heading!r}: a table without the command that produced it")
 
 
+def test_every_table_has_a_header_and_rows_of_its_width():
+    """A table cut out of its header (or a row with a cell lost) renders as plain text."""
+    for doc in _doc_files():
+        text = re.sub(r"```.*?```", "", _text(doc), flags=re.S)
+        for table in re.findall(r"(?:^\|.*\|[ \t]*\n)+", text, flags=re.M):
+            rows = [r.replace("\\|", "") for r in table.splitlines()]
+            where = f"{doc.relative_to(ROOT)}: table starting {rows[0][:60]!r}"
+            assert len(rows) >= 3 and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", rows[1].strip()), where
+            assert {r.count("|") for r in rows} == {rows[0].count("|")}, where
+
+
 # ------------------------------------------------------------------------------------ the README itself
 def test_readme_is_a_short_read_with_one_results_section_per_area():
     text = _text(README)
