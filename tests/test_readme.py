@@ -76,7 +76,7 @@ def test_readme_sets_of_any_size_example_runs(capsys):
     body = _sections(_text(README), "## ")["Sets of any size"]
     (block,) = _python_blocks(body)
     exec(compile(block, "README.md", "exec"), {})
-    assert capsys.readouterr().out.split() == ["True", "torch.Size([3,", "70,", "2])", "4"]
+    assert capsys.readouterr().out.splitlines() == ["True torch.Size([3, 70, 2]) [31, 50, 70]", "4 4"]
 
 
 def test_every_readme_python_block_is_run_by_a_test():
