@@ -26,9 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 RESULTS = DOCS / "results"
-#: results pages that other work streams add (linked now, present once merged): a link to one of
-#: these may dangle only while the file is absent; once it exists it is checked like any other.
-PENDING_PAGES = {RESULTS / "photos.md", RESULTS / "airplanes.md"}
 #: what a ten-minute read may grow to (the long results live in docs/results/)
 MAX_README_LINES = 400
 
@@ -147,8 +144,7 @@ def test_every_link_names_an_existing_file_and_heading():
             path, _, frag = target.partition("#")
             dest = (doc.parent / path).resolve() if path else doc
             if not dest.exists():
-                if dest not in PENDING_PAGES:
-                    problems.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+                problems.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
                 continue
             if frag and dest.suffix == ".md" and frag not in _anchors(dest):
                 problems.append(f"{doc.relative_to(ROOT)}: {target} (no heading #{frag})")
@@ -158,7 +154,7 @@ def test_every_link_names_an_existing_file_and_heading():
 def test_results_index_lists_every_page_and_the_readme_links_them():
     index = _text(RESULTS / "README.md")
     readme = _text(README)
-    pages = {p.name for p in RESULTS.glob("*.md") if p.name != "README.md"} | {p.name for p in PENDING_PAGES}
+    pages = {p.name for p in RESULTS.glob("*.md") if p.name != "README.md"}
     listed = set(re.findall(r"\]\(([\w.]+\.md)\)", index))
     assert pages <= listed, f"docs/results/README.md lacks {sorted(pages - listed)}"
     linked = set(re.findall(r"\]\(docs/results/([\w.]+\.md)", readme))
