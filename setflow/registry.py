@@ -36,9 +36,12 @@ from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Sequence
 __all__ = [
     "Registry", "RegistryError", "signature_defaults", "signature_names",
     "MODELS", "DATASETS", "SET_CONDITIONERS", "IMAGE_CONDITIONERS", "SCALE_FNS", "OPTIMIZERS", "PLOTTERS",
-    "LATENT_DECODERS",
+    "LATENT_DECODERS", "ACTIVATIONS", "IMAGE_DATASETS", "TOY_DATASETS", "POINTCLOUD_SOURCES", "METRICS",
+    "DATA_COMMANDS",
     "register_model", "register_dataset", "register_set_conditioner", "register_image_conditioner",
     "register_scale_fn", "register_optimizer", "register_plotter", "register_latent_decoder",
+    "register_activation", "register_image_dataset", "register_toy_dataset", "register_pointcloud_source",
+    "register_metric", "register_data_command",
 ]
 
 T = TypeVar("T")
@@ -212,6 +215,22 @@ PLOTTERS: Registry = Registry("plotter", populate=("setflow.viz",))
 #: are their keyword arguments
 LATENT_DECODERS: Registry = Registry("latent decoder", populate=("setflow.models",), args_label="decoder_args")
 
+#: activation modules (``nn.Module`` classes, not lambdas, so networks pickle) by lower-case name
+#: (``model_args.activation``)
+ACTIVATIONS: Registry = Registry("activation", populate=("setflow.nn.mlp",))
+#: image loaders ``(root, download, max_examples) -> (images, labels, source)`` (numpy arrays per split)
+IMAGE_DATASETS: Registry = Registry("image data set", populate=("setflow.data.images",))
+#: 2-D toy densities ``(n, seed) -> (n, 2)`` (``data: toy2d``, ``data_args.name``)
+TOY_DATASETS: Registry = Registry("toy data set", populate=("setflow.data.toy2d",))
+#: 3-D point-cloud sources ``(**options) -> PointClouds``, each taking the options of
+#: :func:`setflow.data.pointclouds.load_pointclouds` it uses (``data_args.source``, ``setflow data NAME``)
+POINTCLOUD_SOURCES: Registry = Registry("point-cloud source", populate=("setflow.data.pointclouds",))
+#: sample metrics by distance: ``SetPairs -> {"mmd", "cov", "1nna", ...}`` (``sample_metrics(metrics=...)``)
+METRICS: Registry = Registry("metric", populate=("setflow.metrics.eval",))
+#: ``setflow data NAME`` handlers ``(args) -> exit code`` besides the point-cloud sources (which the
+#: command takes from :data:`POINTCLOUD_SOURCES`)
+DATA_COMMANDS: Registry = Registry("data command", populate=("setflow.cli",))
+
 register_model = MODELS.register
 register_dataset = DATASETS.register
 register_set_conditioner = SET_CONDITIONERS.register
@@ -220,3 +239,9 @@ register_scale_fn = SCALE_FNS.register
 register_optimizer = OPTIMIZERS.register
 register_plotter = PLOTTERS.register
 register_latent_decoder = LATENT_DECODERS.register
+register_activation = ACTIVATIONS.register
+register_image_dataset = IMAGE_DATASETS.register
+register_toy_dataset = TOY_DATASETS.register
+register_pointcloud_source = POINTCLOUD_SOURCES.register
+register_metric = METRICS.register
+register_data_command = DATA_COMMANDS.register

@@ -25,17 +25,21 @@ Example::
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from setflow.registry import METRICS, register_metric
+
 from .distances import DEFAULT_BLOCK_ELEMS, _progress, check_sets, emd_pairs, pairwise_chamfer
 
 __all__ = ["sample_metrics", "mmd_cov", "one_nna", "nearest_emd", "pairwise_emd", "voxel_jsd",
-           "format_sample_metrics", "METRICS"]
+           "format_sample_metrics", "METRICS", "SetPairs", "DEFAULT_METRICS"]
 
-METRICS = ("cd", "emd")
+#: the distances :func:`sample_metrics` reports by default (every metric in :data:`METRICS` can be asked for)
+DEFAULT_METRICS = ("cd", "emd")
 
 
 def mmd_cov(d_gr: Tensor) -> tuple[float, float]:
@@ -153,10 +157,86 @@ def voxel_jsd(gen: Tensor, ref: Tensor, resolution: int = 28, bounds: Optional[t
     return (0.5 * (kl(p) + kl(q))).item()
 
 
+class SetPairs:
+    """The generated and reference collections one :func:`sample_metrics` call compares, with the
+    Chamfer pass every metric shares done once, when a metric first asks for it.
+
+    A metric registered in :data:`~setflow.registry.METRICS` is ``metric(pairs) -> dict`` (MMD, COV
+    and 1-NNA under its distance, plus anything else it reports).
+    """
+
+    def __init__(self, gen: Tensor, ref: Tensor, block_elems: int = DEFAULT_BLOCK_ELEMS,
+                 progress: Optional[bool] = None) -> None:
+        self.gen, self.ref = gen, ref
+        self.num_gen, self.num_ref = gen.shape[0], ref.shape[0]
+        self.block_elems, self.progress = block_elems, progress
+
+    @property
+    def same_size(self) -> bool:
+        """Whether generated and reference sets have the same number of points."""
+        return self.gen.shape[1] == self.ref.shape[1]
+
+    @cached_property
+    def union(self) -> Tensor:
+        """``(G + R, N, D)``: the generated sets, then the reference sets (equal sizes only)."""
+        return torch.cat([self.gen, self.ref])
+
+    @cached_property
+    def chamfer(self) -> tuple[Tensor, Optional[Tensor]]:
+        """``(cd, lb)``: Chamfer distances over the union ``(G + R, G + R)`` (generated first) and, for
+        equal set sizes, their lower bound of the EMD (else ``None``)."""
+        kw = dict(block_elems=self.block_elems, progress=self.progress)
+        if self.same_size:
+            return pairwise_chamfer(self.union, lower_bound=True, **kw)
+        gen, ref = self.gen, self.ref  # Chamfer only: the union matrix from its three blocks
+        d_gr = pairwise_chamfer(gen, ref, **kw)
+        cd = torch.cat([torch.cat([pairwise_chamfer(gen, **kw), d_gr], 1),
+                        torch.cat([d_gr.T, pairwise_chamfer(ref, **kw)], 1)])
+        return cd, None
+
+
+@register_metric("cd")
+def chamfer_metrics(pairs: SetPairs) -> dict:
+    """MMD, COV and 1-NNA under the Chamfer distance (any set sizes)."""
+    cd, _ = pairs.chamfer
+    g = pairs.num_gen
+    mmd, cov = mmd_cov(cd[:g, g:])
+    return {"mmd": mmd, "cov": cov, "1nna": one_nna(cd, g)}
+
+
+def _check_equal_sizes(gen: Tensor, ref: Tensor) -> None:
+    if gen.shape[1] != ref.shape[1]:
+        raise ValueError(f"EMD needs equal set sizes, got {gen.shape[1]} (gen) and {ref.shape[1]} (ref) points")
+
+
+@register_metric("emd")
+def emd_metrics(pairs: SetPairs) -> dict:
+    """MMD, COV and 1-NNA under the exact EMD (equal set sizes), with ``solved``: exact assignments
+    solved (candidates are pruned by the Chamfer pass's lower bound)."""
+    _check_equal_sizes(pairs.gen, pairs.ref)
+    _, lb = pairs.chamfer
+    g, r = pairs.num_gen, pairs.num_ref
+    oracle = _EMDCache(pairs.union)
+    idx_g, idx_r, idx_u = torch.arange(g), torch.arange(g, g + r), torch.arange(g + r)
+    res = {}
+    for step in _progress(["mmd", "cov", "1nna"], pairs.progress, "emd", big=(g + r) ** 2 > 4e5):
+        if step == "mmd":  # each reference set's nearest generated set
+            res["mmd"] = nearest_emd(lb[g:, :g], oracle, idx_r, idx_g)[0].mean().item()
+        elif step == "cov":  # each generated set's nearest reference set
+            arg = nearest_emd(lb[:g, g:], oracle, idx_g, idx_r)[1]
+            res["cov"] = arg.unique().numel() / r
+        else:
+            lbu = lb.clone()
+            lbu.fill_diagonal_(float("inf"))
+            res["1nna"] = _nna_from_nn(nearest_emd(lbu, oracle, idx_u, idx_u)[1], g)
+    res["solved"] = oracle.solved
+    return res
+
+
 def sample_metrics(
     gen,
     ref,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
     jsd: Optional[bool] = None,
     jsd_resolution: int = 28,
     block_elems: int = DEFAULT_BLOCK_ELEMS,
@@ -166,7 +246,8 @@ def sample_metrics(
 
     Args:
         gen, ref: tensors or arrays of sets; the argument order matters (COV and MMD are asymmetric).
-        metrics: distances to use, any of ``"cd"`` and ``"emd"`` (EMD needs equal set sizes).
+        metrics: names in :data:`~setflow.registry.METRICS`: ``"cd"`` and ``"emd"`` (EMD needs equal
+            set sizes), or any registered since.
         jsd: also the voxel-occupancy JSD (default: for 3-D points only).
         block_elems: memory bound of the Chamfer pass (floats per block).
         progress: tqdm bars (``None``: only for long jobs on a terminal).
@@ -176,54 +257,25 @@ def sample_metrics(
         "jsd": float (if computed), "num_gen": G, "num_ref": R}``; COV and 1-NNA as fractions.
     """
     gen, ref = check_sets(gen, "gen"), check_sets(ref, "ref")
-    bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        raise ValueError(f"unknown metric(s) {bad}; expected a subset of {list(METRICS)}")
+    run = [(m, METRICS.get(m)) for m in metrics]  # an unknown name: one line listing the registered metrics
     if gen.shape[2] != ref.shape[2]:
         raise ValueError(f"gen and ref must have the same point dimension, got {gen.shape[2]} and {ref.shape[2]}")
-    if "emd" in metrics and gen.shape[1] != ref.shape[1]:
-        raise ValueError(f"EMD needs equal set sizes, got {gen.shape[1]} (gen) and {ref.shape[1]} (ref) points")
-    g, r = gen.shape[0], ref.shape[0]
+    if "emd" in metrics:  # before any distance is computed
+        _check_equal_sizes(gen, ref)
     dtype = torch.promote_types(gen.dtype, ref.dtype)
-    gen, ref = gen.to(dtype), ref.to(dtype)
-    kw = dict(block_elems=block_elems, progress=progress)
-    if gen.shape[1] == ref.shape[1]:
-        union = torch.cat([gen, ref])
-        cd, lb = pairwise_chamfer(union, lower_bound=True, **kw)
-    else:  # Chamfer only: the union matrix from its three blocks
-        d_gr = pairwise_chamfer(gen, ref, **kw)
-        cd = torch.cat([torch.cat([pairwise_chamfer(gen, **kw), d_gr], 1),
-                        torch.cat([d_gr.T, pairwise_chamfer(ref, **kw)], 1)])
-    out: dict = {"num_gen": g, "num_ref": r}
-    if "cd" in metrics:
-        mmd, cov = mmd_cov(cd[:g, g:])
-        out["cd"] = {"mmd": mmd, "cov": cov, "1nna": one_nna(cd, g)}
-    if "emd" in metrics:
-        oracle = _EMDCache(union)
-        idx_g, idx_r, idx_u = torch.arange(g), torch.arange(g, g + r), torch.arange(g + r)
-        steps = ["mmd", "cov", "1nna"]
-        res = {}
-        for step in _progress(steps, progress, "emd", big=(g + r) ** 2 > 4e5):
-            if step == "mmd":  # each reference set's nearest generated set
-                res["mmd"] = nearest_emd(lb[g:, :g], oracle, idx_r, idx_g)[0].mean().item()
-            elif step == "cov":  # each generated set's nearest reference set
-                arg = nearest_emd(lb[:g, g:], oracle, idx_g, idx_r)[1]
-                res["cov"] = arg.unique().numel() / r
-            else:
-                lbu = lb.clone()
-                lbu.fill_diagonal_(float("inf"))
-                res["1nna"] = _nna_from_nn(nearest_emd(lbu, oracle, idx_u, idx_u)[1], g)
-        res["solved"] = oracle.solved
-        out["emd"] = res
+    pairs = SetPairs(gen.to(dtype), ref.to(dtype), block_elems, progress)
+    out: dict = {"num_gen": pairs.num_gen, "num_ref": pairs.num_ref}
+    for m, metric in run:
+        out[m] = metric(pairs)
     if jsd or (jsd is None and gen.shape[2] == 3):
-        out["jsd"] = voxel_jsd(gen, ref, resolution=jsd_resolution)
+        out["jsd"] = voxel_jsd(pairs.gen, pairs.ref, resolution=jsd_resolution)
     return out
 
 
 def format_sample_metrics(res: dict, label: str) -> str:
     """One line: ``label: CD MMD .. COV ..% 1-NNA ..% | EMD ...`` (and JSD when present)."""
     parts = []
-    for m in METRICS:
+    for m in METRICS:  # every registered metric the result holds, in name order
         if m in res:
             v = res[m]
             parts.append(f"{m.upper()} MMD {v['mmd']:.4g} COV {100 * v['cov']:.1f}% 1-NNA {100 * v['1nna']:.1f}%")
