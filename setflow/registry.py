@@ -161,7 +161,7 @@ class Registry(Generic[T]):
             if self._scan() and name in self._entries:
                 return self._entries[name]
         raise RegistryError(f"unknown {self.kind} {name!r}; registered {self.kind}s: "
-                                f"{', '.join(sorted(self._entries))}") from None
+                            f"{', '.join(sorted(self._entries))}")
 
     __getitem__ = get
 
