@@ -76,14 +76,16 @@ def test_a_throwaway_registered_model_is_built_by_name():
     assert "_throwaway" not in MODELS
 
 
+def _drop_module(folder, module: str, register: str, name: str, definition: str) -> None:
+    """Write ``folder/module.py``: ``definition`` (a def or class) decorated with ``@register(name)``."""
+    (folder / f"{module}.py").write_text(f"import torch\nfrom setflow.registry import {register}\n\n"
+                                         f"@{register}({name!r})\n{definition}\n")
+
+
 def test_a_new_model_file_is_picked_up_without_editing_a_list(tmp_path, monkeypatch):
     """A module dropped into the models package registers itself: no list to edit."""
-    (tmp_path / "h3_dropped_in.py").write_text(
-        "import torch\n"
-        "from setflow.registry import register_model\n\n"
-        "@register_model('_dropped_in')\n"
-        "def build(features: int = 2):\n"
-        "    return torch.nn.Linear(features, features)\n")
+    _drop_module(tmp_path, "h3_dropped_in", "register_model", "_dropped_in",
+                 "def build(features: int = 2):\n    return torch.nn.Linear(features, features)")
     monkeypatch.setattr(setflow.models, "__path__", [*setflow.models.__path__, str(tmp_path)])
     try:
         assert import_model_modules() == ["setflow.models.h3_dropped_in"]
@@ -349,12 +351,8 @@ def test_a_new_conditioner_file_is_found_without_an_import_list(tmp_path, monkey
     """A module dropped into setflow.nn registers itself; nn/__init__.py does not name it."""
     import setflow.nn
 
-    (tmp_path / "h24_dropped_net.py").write_text(
-        "import torch\n"
-        "from setflow.registry import register_set_conditioner\n\n"
-        "@register_set_conditioner('_dropped_net')\n"
-        "class DroppedNet(torch.nn.Module):\n"
-        "    pass\n")
+    _drop_module(tmp_path, "h24_dropped_net", "register_set_conditioner", "_dropped_net",
+                 "class DroppedNet(torch.nn.Module):\n    pass")
     monkeypatch.setattr(setflow.nn, "__path__", [*setflow.nn.__path__, str(tmp_path)])
     try:
         assert registry.SET_CONDITIONERS.get("_dropped_net").__name__ == "DroppedNet"  # found on the missed lookup
