@@ -1,5 +1,5 @@
 # setflow: two commands do all the set-up on a fresh machine:
-#   make demo   prepare SpatialMNIST, train a class-conditional PermuteFlow, evaluate, write samples.png
+#   make demo   prepare SpatialMNIST, train the latent set flow (8 minutes), evaluate, write samples.png
 #   make test   run the test suite
 # Both create .venv, install system packages (as root; otherwise they print the sudo line),
 # install torch first on its own (override: make demo TORCH="torch==2.5.1"), then the project,
@@ -13,7 +13,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setflow-installed
 PYTEST_ARGS ?=
-DEMO_CONFIG ?= configs/spatial_mnist/permuteflow_cond_cpu.yaml
+DEMO_CONFIG ?= configs/spatial_mnist/latent_setflow_points_cpu.yaml
 DEMO_DIR ?= runs/demo
 
 .PHONY: install sysdeps data test test-slow demo bench clean
