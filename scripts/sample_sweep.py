@@ -56,18 +56,17 @@ def main(argv=None) -> int:
             if data is None:
                 data = load_data(cfg, args.data_root)
             conditional = bool(getattr(model, "conditional", False))
-            ref_all = data.split("test")
-            ir = _subset(ref_all, min(args.samples, ref_all.shape[0]), args.seed)
+            ref_all = data.sets("test")  # one SetBatch: points, mask, labels
+            ir = _subset(ref_all, min(args.samples, len(ref_all)), args.seed)
             ref = ref_all[ir]
-            labels = data.split_labels("test")[ir] if conditional else None
+            labels = ref.labels if conditional else None
             head = f"{path} step {step} T={t:g}"
             if args.ppll and t == args.temperature[0]:
-                res = evaluate(model, ref_all, data.unit, batch_size=500,
-                               labels=data.split_labels("test") if conditional else None)
+                res = evaluate(model, ref_all, data.unit, batch_size=500)
                 head += f" PPLL {res['metric']:.4f}"
             t0 = time.time()
             torch.manual_seed(args.seed)
-            gen = draw_samples(_tempered(model, t), ref.shape[0], labels=labels).to(ref.dtype)
+            gen = draw_samples(_tempered(model, t), len(ref), labels=labels).to(ref.dtype)
             m = sample_metrics(gen, ref, metrics=("cd", "emd") if args.emd else ("cd",), progress=False)
             print(format_sample_metrics(m, head) + f" [{time.time() - t0:.0f} s]", flush=True)
     return 0

@@ -182,7 +182,8 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from setflow.evaluate import evaluate, format_metrics, split_masks
+    from setflow.evaluate import evaluate, format_metrics, split_sets
+    from setflow.sets import SetBatch
     from setflow.train.config import check_positive
     from setflow.train.data import load_data
 
@@ -195,12 +196,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(data.source)
     ec = cfg["eval"]
     conditional = bool(getattr(model, "conditional", False))
-    labels = data.split_labels(args.split) if conditional else None
-    res = evaluate(model, data.split(args.split), data.unit, labels=labels,
+    if conditional:
+        data.split_labels(args.split)  # a clear error for unlabelled data
+    scored = split_sets(data, args.split)  # sets carry their labels; other data is a tensor
+    res = evaluate(model, scored, data.unit,
+                   labels=data.split_labels(args.split) if conditional and not isinstance(scored, SetBatch) else None,
                    batch_size=ec["batch_size"] if args.batch_size is None else args.batch_size,
                    iwbo_k=ec["iwbo_k"] if args.iwbo_k is None else args.iwbo_k, iwbo_chunk=ec["iwbo_chunk"],
-                   device=args.device,
-                   max_examples=args.max_examples, masks=split_masks(model, data, args.split))
+                   device=args.device, max_examples=args.max_examples)
     print(format_metrics(res, args.split) + (" [conditional on the class label]" if conditional else ""))
     if args.samples:
         from setflow.evaluate import format_sample_quality, sample_quality
@@ -208,10 +211,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if data.kind not in ("sets", "pointclouds"):
             raise ValueError(f"--samples measures point sets; {cfg['data']} is {data.kind}")
         other = "train" if args.split != "train" else "valid"
-        q = sample_quality(model, data.split(args.split), data.split(other), args.samples, seed=args.seed,
-                           device=args.device or "cpu", ref_labels=labels,
-                           other_labels=data.split_labels(other) if conditional else None,
-                           ref_masks=data.split_mask(args.split), other_masks=data.split_mask(other))
+        q = sample_quality(model, data.sets(args.split), data.sets(other), args.samples, seed=args.seed,
+                           device=args.device or "cpu")
         if q["num"] < args.samples:
             print(f"note: {q['num']} samples (the size of the smaller split), not {args.samples}")
         print(format_sample_quality(q, args.split, other))
@@ -223,6 +224,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from setflow.models.set_codec import SortedSetAR
+    from setflow.sets import SetBatch
     from setflow.train.config import check_positive
 
     check_positive(args.num, "-n/--num")
@@ -250,9 +252,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     x = model.sample(args.num if labels is None else len(labels), context=None if labels is None else labels.to(device))
     extra = {} if labels is None else {"labels": labels.numpy()}
-    if isinstance(x, tuple):  # a variable-size model: zero-padded sets and their (n, N_max) mask
-        x, mask = x
-        extra["mask"] = mask.cpu().numpy()
+    if isinstance(x, SetBatch):  # sets: the points (zero-padded), and the (n, N_max) mask of sets of different sizes
+        if not x.is_fixed:
+            extra["mask"] = x.mask.cpu().numpy()
+        x = x.points
     x = x.cpu().numpy()
     if isinstance(model, SortedSetAR):  # the set codec draws (n, N) sorted pixel indices
         from setflow.data.pixel_sets import pixels_to_points
@@ -317,11 +320,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Prepare SpatialMNIST, train the demo flow for a bounded time, evaluate, plot samples (by class if conditional)."""
     import torch
 
-    from setflow.evaluate import evaluate, format_metrics, format_sample_quality, sample_quality, split_masks
+    from setflow.evaluate import evaluate, format_metrics, format_sample_quality, sample_quality, split_sets
     from setflow.train.config import load_config
     from setflow.train.data import load_data
     from setflow.train.trainer import Trainer
-    from setflow.viz.sets import plot_checkpoint
+    from setflow.viz.plot import get_plotter
 
     from setflow.train.config import check_positive
 
@@ -339,21 +342,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     model = trainer.model.eval()
     ec = cfg["eval"]
     conditional = bool(getattr(model, "conditional", False))
-    test_labels = data.split_labels("test") if conditional else None
-    masks = {split: split_masks(model, data, split) for split in ("train", "test")}  # None: sets of one size
-    scored, scored_labels, scored_masks = data.test, test_labels, masks["test"]
+    if conditional:
+        data.split_labels("test")  # a clear error for unlabelled data
+    test = split_sets(data, "test")  # a SetBatch (with the labels) for point sets
+    scored = test
     keep, note = (None, "") if ec["max_examples"] is not None else demo_test_subset(len(data.test), args.eval_sets)
     if keep is not None:  # the full test split (10,000 sets) would cost 20x the fallback's 500
-        scored = data.test[keep]
-        scored_labels = None if test_labels is None else test_labels[keep]
-        scored_masks = None if scored_masks is None else scored_masks[keep]
+        scored = test[keep]
         print(f"demo: {note} (--eval-sets 0 or `setflow eval {summary['checkpoint']}` scores all)")
     res = evaluate(model, scored, data.unit, batch_size=ec["batch_size"], iwbo_k=ec["iwbo_k"],
-                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"], labels=scored_labels,
-                   masks=scored_masks)
+                   iwbo_chunk=ec["iwbo_chunk"], max_examples=ec["max_examples"])
     torch.manual_seed(0)
     out_png = Path(args.samples)
-    plot_checkpoint(model, cfg, data, str(out_png), n=40 if conditional else 32)  # by class if conditional
+    get_plotter(data.kind)(model, cfg, data, str(out_png), n=40 if conditional else 32)  # by class if conditional
     print(f"wrote {out_png}")
     print(format_metrics(res, "test") + (" [conditional on the class label]" if conditional else ""))
     if cfg["data"] == "spatial_mnist":
@@ -362,9 +363,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(published_line(data.source) + ("; those are unconditional, log p(x), this is log p(x | label)"
                                              if conditional else ""))
     # sample quality beside the likelihood: 500 samples vs 500 test sets, and real train sets vs the same
-    q = sample_quality(model, data.test, data.train, args.quality_samples, seed=0, ref_labels=test_labels,
-                       other_labels=data.split_labels("train") if conditional else None,
-                       ref_masks=masks["test"], other_masks=masks["train"])
+    q = sample_quality(model, test, data.sets("train"), args.quality_samples, seed=0)
     print(format_sample_quality(q, "test", "train"))
     print(f"demo finished in {time.time() - t0:.0f} s; checkpoint {summary['checkpoint']}")
     return 0

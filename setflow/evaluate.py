@@ -9,8 +9,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from setflow.sets import SetBatch, as_set_batch
+
 __all__ = ["evaluate", "format_metrics", "loss_scale", "draw_samples", "sample_quality", "format_sample_quality",
-           "split_masks"]
+           "split_sets"]
 
 
 def loss_scale(unit: str, event_shape: tuple[int, ...]) -> float:
@@ -28,19 +30,17 @@ def _bare(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def split_masks(model: nn.Module, data, split: str) -> Optional[Tensor]:
-    """The ``(M, N_max)`` masks of ``data``'s ``split`` (an :class:`~setflow.train.data.ExperimentData`) for
-    sets of different sizes; all True for a variable-size model on equal-size data; else ``None``."""
-    masks = data.split_mask(split)
-    if masks is None and getattr(_bare(model), "variable_size", False):
-        masks = torch.ones(data.split(split).shape[:2], dtype=torch.bool)
-    return masks
+def split_sets(data, split: str):
+    """What the evaluator scores of ``data``'s ``split`` (an :class:`~setflow.train.data.ExperimentData`): a
+    :class:`~setflow.sets.SetBatch` for point sets (padded with its mask for sets of different sizes; with
+    the class labels where the data has them), the tensor otherwise (images, 2-D toy points, pixel sets)."""
+    return data.sets(split) if data.kind in ("sets", "pointclouds") else data.split(split)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: Tensor,
+    data: Tensor | SetBatch,
     unit: str,
     batch_size: int = 256,
     iwbo_k: int = 10,
@@ -48,113 +48,92 @@ def evaluate(
     device: str = "cpu",
     max_examples: Optional[int] = None,
     labels: Optional[Tensor] = None,
-    masks: Optional[Tensor] = None,
 ) -> dict:
     """Average log-likelihood of ``data`` under ``model``.
 
-    ``masks`` ``(N, N_max)`` bool: sets of different sizes, padded (see :mod:`setflow.sets`); the
-    per-point figures are then total nats over total real points, and ``size_ll`` is the mean
-    ``log p(N)`` per set of a model with a size density (part of ``ll``).
+    ``data`` is a :class:`~setflow.sets.SetBatch` of sets (its labels are the contexts of a
+    class-conditional model; a PyG ``Batch`` is turned into one) or a tensor (images, 2-D points, sets of one size; ``labels`` ``(N,)``
+    are then the contexts of a conditional model). For sets of different sizes (a padded ``SetBatch``,
+    or any ``SetBatch`` under a model with a size density) the per-point figures are total nats over
+    total real points, and ``size_ll`` is the mean ``log p(N)`` per set of a model with a size
+    density (part of ``ll``).
 
     Exact models use ``log_prob``; models with a stochastic forward layer use the
     importance-weighted bound with ``iwbo_k`` samples (``iwbo_chunk`` at a time) and also report
-    the ELBO. ``labels`` ``(N,)`` are the contexts of a conditional model (the conditional
-    likelihood ``log p(x | label)``). Under ``torch.distributed`` each rank evaluates its shard and the sums are reduced.
+    the ELBO. Under ``torch.distributed`` each rank evaluates its shard and the sums are reduced.
 
     Returns a dict with ``ll`` (mean nats per datum), ``metric`` (in ``unit``; for
     ``nats_per_point`` the PPLL, higher is better; for ``bits_per_dim`` lower is better),
     ``bits_per_point`` for sets, ``exact``, ``k`` and ``count``. For sets also ``set_metric``: the
     per-point log-likelihood of the unordered set, ``(ll + log N!) / N`` (the PPLL is per point
-    of the ordered sequence, as the papers report it).
+    of the ordered sequence, as the papers report it); for sets of different sizes also ``points``,
+    ``sizes`` (smallest, largest) and ``mean_size``.
     """
+    if not isinstance(data, (Tensor, SetBatch)):  # a PyG Batch of sets (or an array)
+        data = as_set_batch(data)
     m = _bare(model)
     was_training = m.training
     m.eval()
-    if masks is not None:
-        return _evaluate_masked(m, was_training, data, masks, unit, batch_size, iwbo_k, iwbo_chunk, device,
-                                max_examples, labels)
+    if isinstance(data, SetBatch) and labels is not None:
+        data = data.with_labels(labels)
+        labels = None
     if max_examples is not None:
         data = data[:max_examples]
         labels = None if labels is None else labels[:max_examples]
+    size_dist = getattr(m, "size_dist", None)
+    # per real point: sets of different sizes, or a model that scores the size too
+    ragged = isinstance(data, SetBatch) and (not data.is_fixed or size_dist is not None)
+    if ragged and unit != "nats_per_point":
+        raise ValueError(f"sets of different sizes are point sets (unit nats_per_point), got unit {unit!r}")
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
     shard = data[rank::world]
     shard_labels = None if labels is None else labels[rank::world]
     exact = bool(getattr(m, "is_exact", True))
     dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
-    sums = torch.zeros(3, dtype=torch.float64)  # [sum ll (iwbo or exact), sum elbo, count]
-    for i in range(0, shard.shape[0], batch_size):
+    # [sum ll (iwbo or exact), sum elbo, sets, real points, sum log N_i!, sum log p(N_i)]
+    sums = torch.zeros(6, dtype=torch.float64)
+    for i in range(0, len(shard), batch_size):
         x = shard[i : i + batch_size].to(device)
-        if x.is_floating_point():
+        if x.dtype.is_floating_point:
             x = x.to(dtype)
         ctx = None if shard_labels is None else shard_labels[i : i + batch_size].to(device)
         elbo = m.log_prob(x, ctx)
         ll = elbo if exact else m.iwbo(x, k=iwbo_k, chunk=iwbo_chunk, context=ctx)
-        sums += torch.stack([ll.double().sum().cpu(), elbo.double().sum().cpu(), torch.tensor(float(x.shape[0]))])
-    if world > 1:
-        dist.all_reduce(sums)
-    m.train(was_training)
-    count = sums[2].item()
-    if count == 0:
-        raise ValueError("no examples to evaluate")
-    ll, elbo = sums[0].item() / count, sums[1].item() / count
-    scale = loss_scale(unit, tuple(data.shape[1:]))
-    sign = -1.0 if unit == "bits_per_dim" else 1.0
-    out = {"ll": ll, "metric": sign * ll / scale, "elbo_metric": sign * elbo / scale, "exact": exact,
-           "k": 1 if exact else iwbo_k, "count": int(count), "unit": unit}
-    if unit == "nats_per_point":
-        out["bits_per_point"] = -ll / scale / math.log(2.0)
-        if getattr(_bare(model), "scores_sets", False):  # log_prob is already of the (multi)set
-            out["of_set"] = True
+        row = [ll.double().sum().cpu(), elbo.double().sum().cpu(), torch.tensor(float(len(x)))]
+        if ragged:
+            sizes = x.sizes
+            size_ll = size_dist.log_prob(sizes).double().sum().cpu() if size_dist is not None else torch.tensor(0.0)
+            row += [sizes.double().sum().cpu(), torch.lgamma(sizes.double() + 1).sum().cpu(), size_ll.double()]
         else:
-            n = int(data.shape[1])  # the set convention drops the -log N! of ordering the points
-            out["set_metric"] = (ll + math.lgamma(n + 1)) / scale
-    return out
-
-
-def _evaluate_masked(m: nn.Module, was_training: bool, data: Tensor, masks: Tensor, unit: str, batch_size: int,
-                     iwbo_k: int, iwbo_chunk: Optional[int], device: str, max_examples: Optional[int],
-                     labels: Optional[Tensor]) -> dict:
-    """:func:`evaluate` for padded sets of different sizes (nats per real point)."""
-    if unit != "nats_per_point":
-        raise ValueError(f"masks are for point sets (unit nats_per_point), got unit {unit!r}")
-    if max_examples is not None:
-        data, masks = data[:max_examples], masks[:max_examples]
-        labels = None if labels is None else labels[:max_examples]
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    shard, shard_masks = data[rank::world], masks[rank::world]
-    shard_labels = None if labels is None else labels[rank::world]
-    exact = bool(getattr(m, "is_exact", True))
-    dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
-    size_dist = getattr(m, "size_dist", None)
-    # [sum ll, sum elbo, sets, real points, sum log N_i!, sum log p(N_i)]
-    sums = torch.zeros(6, dtype=torch.float64)
-    for i in range(0, shard.shape[0], batch_size):
-        x = shard[i : i + batch_size].to(device)
-        mask = shard_masks[i : i + batch_size].to(device)
-        if x.is_floating_point():
-            x = x.to(dtype)
-        ctx = None if shard_labels is None else shard_labels[i : i + batch_size].to(device)
-        elbo = m.log_prob(x, ctx, mask)
-        ll = elbo if exact else m.iwbo(x, k=iwbo_k, chunk=iwbo_chunk, context=ctx, mask=mask)
-        sizes = mask.sum(1)
-        size_ll = size_dist.log_prob(sizes).double().sum().cpu() if size_dist is not None else torch.tensor(0.0)
-        sums += torch.stack([ll.double().sum().cpu(), elbo.double().sum().cpu(), torch.tensor(float(x.shape[0])),
-                             sizes.double().sum().cpu(), torch.lgamma(sizes.double() + 1).sum().cpu(),
-                             size_ll.to(torch.float64)])
+            row += [torch.tensor(0.0, dtype=torch.float64)] * 3
+        sums += torch.stack(row)
     if world > 1:
         dist.all_reduce(sums)
     m.train(was_training)
     count, points = sums[2].item(), sums[3].item()
     if count == 0:
         raise ValueError("no examples to evaluate")
-    sizes = masks.sum(1)
-    out = {"ll": sums[0].item() / count, "metric": sums[0].item() / points, "elbo_metric": sums[1].item() / points,
-           "exact": exact, "k": 1 if exact else iwbo_k, "count": int(count), "unit": unit,
-           "bits_per_point": -sums[0].item() / points / math.log(2.0),
-           "set_metric": (sums[0].item() + sums[4].item()) / points, "points": int(points),
-           "sizes": (int(sizes.min()), int(sizes.max())), "mean_size": points / count}
-    if size_dist is not None:
-        out["size_ll"] = sums[5].item() / count
+    ll, elbo = sums[0].item() / count, sums[1].item() / count
+    if ragged:
+        out = {"ll": ll, "metric": sums[0].item() / points, "elbo_metric": sums[1].item() / points, "exact": exact,
+               "k": 1 if exact else iwbo_k, "count": int(count), "unit": unit,
+               "bits_per_point": -sums[0].item() / points / math.log(2.0),
+               "set_metric": (sums[0].item() + sums[4].item()) / points, "points": int(points),
+               "sizes": (int(data.sizes.min()), int(data.sizes.max())), "mean_size": points / count}
+        if size_dist is not None:
+            out["size_ll"] = sums[5].item() / count
+        return out
+    scale = loss_scale(unit, tuple(data.shape[1:]))
+    sign = -1.0 if unit == "bits_per_dim" else 1.0
+    out = {"ll": ll, "metric": sign * ll / scale, "elbo_metric": sign * elbo / scale, "exact": exact,
+           "k": 1 if exact else iwbo_k, "count": int(count), "unit": unit}
+    if unit == "nats_per_point":
+        out["bits_per_point"] = -ll / scale / math.log(2.0)
+        if getattr(m, "scores_sets", False):  # log_prob is already of the (multi)set
+            out["of_set"] = True
+        else:
+            n = int(data.shape[1])  # the set convention drops the -log N! of ordering the points
+            out["set_metric"] = (ll + math.lgamma(n + 1)) / scale
     return out
 
 
@@ -186,9 +165,10 @@ def format_metrics(res: dict, split: str = "test") -> str:
 @torch.no_grad()
 def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Optional[Tensor] = None,
                  device: str = "cpu"):
-    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 conditions a conditional model.
+    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 condition a conditional model.
 
-    A variable-size model gives ``(x, mask)``: the sets zero-padded to the largest drawn size.
+    What the model's ``sample`` returns, joined: a :class:`~setflow.sets.SetBatch` for a set model (sets
+    of different sizes padded to the largest drawn), the tensor for image and 2-D models.
     """
     m = _bare(model)
     was_training = m.training
@@ -197,67 +177,54 @@ def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Opti
     for i in range(0, num, batch_size):
         b = min(batch_size, num - i)
         if labels is None:
-            out.append(m.sample(b))
+            out.append(m.sample(b).cpu())
         else:
-            out.append(m.sample(b, context=labels[i:i + b].to(device)))
+            out.append(m.sample(b, context=labels[i:i + b].to(device)).cpu())
     m.train(was_training)
-    if not isinstance(out[0], tuple):
-        return torch.cat([o.cpu() for o in out])
-    from setflow.sets import pad_sets, unpad_sets
-
-    sets = [s.cpu() for x, mask in out for s in unpad_sets(x, mask)]
-    return pad_sets(sets)
+    return SetBatch.cat(out) if isinstance(out[0], SetBatch) else torch.cat(out)
 
 
-def _subset(x: Tensor, n: int, seed: int) -> Tensor:
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+def _subset(x: Tensor | SetBatch, n: int, seed: int) -> Tensor:
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     return idx.sort().values
 
 
-def sample_quality(model: nn.Module, ref: Tensor, other: Tensor, num: int, seed: int = 0, batch_size: int = 500,
-                   device: str = "cpu", progress: Optional[bool] = None, ref_labels: Optional[Tensor] = None,
-                   other_labels: Optional[Tensor] = None, ref_masks: Optional[Tensor] = None,
-                   other_masks: Optional[Tensor] = None) -> dict:
+def sample_quality(model: nn.Module, ref: SetBatch, other: SetBatch, num: int, seed: int = 0, batch_size: int = 500,
+                   device: str = "cpu", progress: Optional[bool] = None) -> dict:
     """Sample metrics (:func:`setflow.metrics.sample_metrics`) of ``model`` and of real sets.
 
-    ``n = min(num, len(ref), len(other))`` reference sets are a seeded subset of ``ref``; the
-    model draws ``n`` samples; the real-vs-real line compares ``n`` sets of ``other`` (another
-    split) with the same reference sets. With ``ref_labels`` (conditional model) the samples
-    carry the reference sets' labels and the metrics are also reported per class, against the
-    ``other`` sets of the same class (``other_labels``).
+    ``ref`` and ``other`` are :class:`~setflow.sets.SetBatch` values (or tensors of sets of one size) of
+    two splits. ``n = min(num, len(ref), len(other))`` reference sets are a seeded subset of ``ref``;
+    the model draws ``n`` samples; the real-vs-real line compares ``n`` sets of ``other`` with the same
+    reference sets. For a class-conditional model the samples carry the reference sets' labels and the
+    metrics are also reported per class, against the ``other`` sets of the same class.
 
-    Sets of different sizes (``ref_masks`` / ``other_masks``, or a variable-size model) are compared
-    under the Chamfer distance only (:func:`setflow.metrics.ragged.ragged_sample_metrics`: EMD between
-    sets of unequal sizes is not the papers' EMD), without the per-class lines.
+    Sets of different sizes (padded batches, or a variable-size model) are compared under the Chamfer
+    distance only (EMD between sets of unequal sizes is not the papers' EMD), without the per-class lines.
 
     Returns ``{"num", "model": metrics, "real": metrics, "per_class": {label: {"model", "real"}}}``.
     """
     from setflow.metrics import sample_metrics
 
-    n = min(num, ref.shape[0], other.shape[0])
-    ir, io = _subset(ref, n, seed), _subset(other, n, seed + 1)
-    r, o = ref[ir], other[io]
-    labels = None if ref_labels is None else ref_labels[ir]
+    ref, other = as_set_batch(ref), as_set_batch(other)
+    n = min(num, len(ref), len(other))
+    r, o = ref[_subset(ref, n, seed)], other[_subset(other, n, seed + 1)]
+    conditional = getattr(_bare(model), "conditional", False)
+    labels = r.labels if conditional else None
+    if conditional and labels is None:
+        raise ValueError("the samples of a conditional model need the reference sets' labels (SetBatch labels)")
     torch.manual_seed(seed)
-    gen = draw_samples(model, n, batch_size, labels=labels, device=device)
-    if isinstance(gen, tuple) or ref_masks is not None:
-        from setflow.metrics.ragged import ragged_sample_metrics
-
-        gen, gen_mask = gen if isinstance(gen, tuple) else (gen, None)
-        rm = None if ref_masks is None else ref_masks[ir]
-        om = None if other_masks is None else other_masks[io]
-        return {"num": n, "model": ragged_sample_metrics(gen.to(r.dtype), gen_mask, r, rm, progress=progress),
-                "real": ragged_sample_metrics(o, om, r, rm, progress=progress)}
-    gen = gen.to(r.dtype)
-    out = {"num": n, "model": sample_metrics(gen, r, progress=progress),
-           "real": sample_metrics(o, r, progress=progress)}
-    if labels is not None:
-        if other_labels is None:
-            raise ValueError("per-class metrics need other_labels beside ref_labels")
-        ol = other_labels[io]
+    gen = draw_samples(model, n, batch_size, labels=labels, device=device).to(r.dtype)
+    ragged = not (gen.is_fixed and r.is_fixed and o.is_fixed)
+    metrics = ("cd",) if ragged else ("cd", "emd")
+    out = {"num": n, "model": sample_metrics(gen, r, metrics=metrics, progress=progress),
+           "real": sample_metrics(o, r, metrics=metrics, progress=progress)}
+    if labels is not None and not ragged:
+        if o.labels is None:
+            raise ValueError("per-class metrics need the labels of the other split's sets too")
         out["per_class"] = {}
         for c in labels.unique().tolist():
-            sel, osel = labels == c, ol == c
+            sel, osel = labels == c, o.labels == c
             if int(sel.sum()) < 2 or int(osel.sum()) < 2:
                 continue
             out["per_class"][int(c)] = {"model": sample_metrics(gen[sel], r[sel], progress=False),

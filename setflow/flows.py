@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from setflow.distributions.base import ConditionalDistribution, Distribution
-from setflow.sets import check_mask, lengths_to_mask, real_first, set_sizes
+from setflow.sets import SetBatch, check_mask, lengths_to_mask, real_first, set_sizes
 from setflow.transforms.permutation_utils import inverse_permutation
 from setflow.transforms.base import CompositeTransform, Transform
 
@@ -135,8 +135,10 @@ class Flow(nn.Module):
 
     Masks: ``log_prob``, ``iwbo``, ``encode``, ``decode`` and the samplers take ``mask=None``; a
     mask of all True gives bit-identical results to ``mask=None``. The padding is zeroed on the
-    way in, so its values (even NaN) never change a result. ``log_prob`` and ``iwbo`` also take a
-    PyG ``Data`` / ``Batch`` (points in ``pos``, else ``x``) in place of ``x`` and ``mask``.
+    way in, so its values (even NaN) never change a result. ``log_prob``, ``iwbo`` and ``encode`` also
+    take a :class:`~setflow.sets.SetBatch` (its labels are the context of a class-conditional flow when
+    no ``context`` is given) or a PyG ``Data`` / ``Batch`` (points in ``pos``, else ``x``) in place of
+    ``x`` and ``mask``. A variable-size flow's ``sample`` returns a ``SetBatch``.
 
     Example:
         >>> from setflow.distributions import StandardNormal
@@ -193,6 +195,10 @@ class Flow(nn.Module):
     def _prepare_masked(self, x: Tensor, mask: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """``(x, mask, sizes)``: inputs checked, padding zeroed, an all-True mask turned into ``None``;
         ``sizes`` ``(B,)`` for a variable-size flow. A PyG ``Data`` / ``Batch`` is padded here (its own mask)."""
+        if isinstance(x, SetBatch):
+            if mask is not None:
+                raise ValueError("a SetBatch carries its own mask; pass it without mask=")
+            x, mask = x.points, x.mask
         if any(c.__module__.startswith("torch_geometric") for c in type(x).__mro__):
             if mask is not None:
                 raise ValueError("a PyG Data/Batch carries its own sets (the batch vector); pass it without mask=")
@@ -298,6 +304,12 @@ class Flow(nn.Module):
         """True when the flow was built with a context (it then needs one on every call)."""
         return self.context_encoder is not None
 
+    def _batch_labels(self, x, context: Optional[Tensor]) -> Optional[Tensor]:
+        """``context``, or the labels of a :class:`~setflow.sets.SetBatch` ``x`` for a class-conditional flow."""
+        if context is None and isinstance(x, SetBatch) and isinstance(self.context_encoder, LabelContext):
+            return x.labels
+        return context
+
     def _context(self, context: Optional[Tensor], batch: Optional[int]) -> Optional[Tensor]:
         """Check ``context`` against how the flow was built and encode it (labels -> embeddings)."""
         if self.context_encoder is None:
@@ -319,6 +331,7 @@ class Flow(nn.Module):
         ``mask`` ``(B, N)`` bool marks the real points of padded sets of different sizes. An empty
         batch (``B = 0``) gives an empty ``(0,)`` result (its shape is still checked; no layer runs).
         """
+        context = self._batch_labels(x, context)
         x, mask, sizes = self._prepare_masked(x, mask)
         context = self._context(context, x.shape[0])
         return self._log_prob_latent(x, context, mask, sizes)
@@ -326,6 +339,7 @@ class Flow(nn.Module):
     def encode(self, x: Tensor, context: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
         """The latent ``z`` of ``x`` (one draw when a layer is stochastic); its mask is
         ``transform.forward_mask(mask)`` (the real points first after a sort)."""
+        context = self._batch_labels(x, context)
         x, mask, _ = self._prepare_masked(x, mask)
         context = self._context(context, x.shape[0])
         return self.transform(x, context)[0] if mask is None else self.transform(x, context, mask=mask)[0]
@@ -376,10 +390,13 @@ class Flow(nn.Module):
         """Draw samples on the module's device and in its dtype (one per context row if conditional).
 
         A variable-size flow draws each set's size from ``size_dist`` (or takes ``num_points``, an int or
-        ``(B,)`` sizes) and returns ``(x, mask)``: ``x`` ``(B, N_max, D)`` zero-padded, ``mask`` ``(B, N_max)``.
-        No samples (``num_samples=0``) give an empty batch, ``(0, *event_shape)`` (``(0, 0, D)`` and a
-        ``(0, 0)`` mask for sets of any size), without running the layers.
+        ``(B,)`` sizes) and returns a :class:`~setflow.sets.SetBatch`: points ``(B, N_max, D)`` zero-padded,
+        ``mask`` ``(B, N_max)``, the class labels of a label-conditional flow. No samples (``num_samples=0``)
+        give an empty batch, ``(0, *event_shape)`` (a ``SetBatch`` of ``(0, 0, D)`` for sets of any size),
+        without running the layers. (A fixed-size set flow, :class:`~setflow.models.set_flows.SetFlow`,
+        returns a ``SetBatch`` too; image and toy flows return the tensor.)
         """
+        labels = context if isinstance(self.context_encoder, LabelContext) else None
         context = self._context(context, num_samples)
         if not self.variable_size:
             if num_points is not None:
@@ -390,10 +407,10 @@ class Flow(nn.Module):
             return self.transform.inverse(z, context) if empty is None else empty
         z, mask, _ = self._sample_latent(num_samples, context, num_points)
         if z.shape[0] == 0:
-            return z, mask
+            return SetBatch(z, mask, labels)
         full = bool(mask.all())
         x = self.transform.inverse(z, context) if full else self.transform.inverse(z, context, mask=mask)
-        return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask
+        return SetBatch(torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device)), mask, labels)
 
     @torch.no_grad()
     def sample_and_log_prob(
@@ -411,7 +428,7 @@ class Flow(nn.Module):
             raise ValueError("sample_and_log_prob needs an exact flow (no stochastic forward layer); use sample()")
         if self.variable_size:
             raise ValueError("sample_and_log_prob is for fixed-size flows; for sets of different sizes use "
-                             "x, mask = sample(n) and log_prob(x, mask=mask)")
+                             "log_prob(sample(n))")
         context = self._context(context, num_samples)
         z = self.base.sample(num_samples, context)
         empty = self._empty_data(z)
@@ -430,6 +447,7 @@ class Flow(nn.Module):
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        context = self._batch_labels(x, context)
         x, mask, sizes = self._prepare_masked(x, mask)
         b = x.shape[0]
         context = self._context(context, b)

@@ -5,6 +5,11 @@ set layer of setflow takes this pair (``mask=None`` means every point is real), 
 in the padding never change a result. The helpers here build the pair from a list of sets or
 from a PyG ``Data`` / ``Batch`` and back, without Python loops over points.
 
+Above the layer library a batch of sets is one value, :class:`SetBatch` (points, mask and optional
+labels): the loaders build it, ``Flow.log_prob`` / ``iwbo`` take it, set flows' ``sample`` return it,
+and the evaluator, the metrics, the plots and the CLI take it. A batch of sets of one size is the
+same value with an all-True mask.
+
 Example:
     >>> a, b = torch.zeros(3, 2), torch.ones(2, 2)
     >>> x, mask = pad_sets([a, b])
@@ -25,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["pad_sets", "unpad_sets", "lengths_to_mask", "mask_to_lengths", "check_mask", "set_sizes",
+__all__ = ["SetBatch", "as_set_batch", "pad_sets", "unpad_sets", "lengths_to_mask", "mask_to_lengths", "check_mask", "set_sizes",
            "point_ranks", "real_first", "masked_sum", "keep_padding", "from_pyg", "to_pyg", "check_size_args"]
 
 
@@ -198,3 +203,178 @@ def to_pyg(x: Tensor, mask: Optional[Tensor] = None, attr: str = "pos"):
     out._slice_dict = {attr: ptr.cpu()}
     out._inc_dict = {attr: torch.zeros(x.shape[0], dtype=torch.long)}
     return out
+
+
+class SetBatch:
+    """One batch of sets: ``points`` ``(B, N, D)`` padded to the largest set, ``mask`` ``(B, N)`` bool (True =
+    a real point; all True when every set has ``N`` points) and optional ``labels`` ``(B,)`` (class labels:
+    the context of a class-conditional flow).
+
+    ``mask=None`` builds the all-True mask: a batch of fixed-size sets is the same value without padding.
+    The padding's values are kept as given (every consumer ignores them).
+
+    Shapes:
+        - points: ``(B, N, D)`` float (or integer)
+        - mask: ``(B, N)`` bool, on the points' device
+        - labels: ``(B,)`` int64 or ``None``
+
+    Example:
+        >>> batch = SetBatch.from_list([torch.zeros(3, 2), torch.ones(1, 2)], labels=torch.tensor([4, 7]))
+        >>> batch
+        SetBatch(2 sets of 1..3 points in 2-D, padded to 3, labels)
+        >>> batch.sizes.tolist(), batch.is_fixed, batch[1].tolist()
+        ([3, 1], False, [[1.0, 1.0]])
+        >>> SetBatch(torch.zeros(4, 5, 3)).is_fixed
+        True
+    """
+
+    __slots__ = ("points", "mask", "labels")
+
+    def __init__(self, points: Tensor, mask: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> None:
+        if not isinstance(points, Tensor) or points.dim() != 3:
+            got = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
+            raise ValueError(f"SetBatch points must be a tensor (B, N, D) = (sets, points, coordinates), got {got}")
+        if mask is None:
+            mask = torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+        else:
+            mask = check_mask(mask, points, min_points=0)
+        if labels is not None:
+            if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.shape[0] != points.shape[0]:
+                got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+                raise ValueError(f"SetBatch labels must be a tensor ({points.shape[0]},), one per set, got {got}")
+        self.points, self.mask, self.labels = points, mask, labels
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_list(cls, sets: Sequence[Tensor], labels: Optional[Tensor] = None, max_points: Optional[int] = None,
+                  value: float = 0.0) -> "SetBatch":
+        """A list of ``(N_i, D)`` tensors, padded to ``max_points`` (default: the largest set)."""
+        x, mask = pad_sets(sets, max_points, value)
+        return cls(x, mask, labels)
+
+    @classmethod
+    def from_pyg(cls, data, attr: Optional[str] = None, max_points: Optional[int] = None) -> "SetBatch":
+        """A PyG ``Batch`` (or one ``Data``): points ``pos`` (else ``x``, or ``attr``), labels ``y`` when it
+        holds one integer per set."""
+        x, mask = from_pyg(data, attr, max_points)
+        y = getattr(data, "y", None)
+        labels = y if isinstance(y, Tensor) and y.dim() == 1 and y.shape[0] == x.shape[0] else None
+        return cls(x, mask, labels)
+
+    @staticmethod
+    def cat(batches: Sequence["SetBatch"]) -> "SetBatch":
+        """Batches one after another, padded to the widest (labels kept when every batch has them)."""
+        batches = list(batches)
+        if not batches:
+            raise ValueError("SetBatch.cat needs at least one batch")
+        width = max(b.num_points for b in batches)
+
+        def widen(t: Tensor, n: int) -> Tensor:
+            return torch.cat([t, t.new_zeros(t.shape[0], width - n, *t.shape[2:])], 1) if n < width else t
+
+        points = torch.cat([widen(b.points, b.num_points) for b in batches])
+        mask = torch.cat([widen(b.mask, b.num_points) for b in batches])
+        labelled = all(b.labels is not None for b in batches)
+        return SetBatch(points, mask, torch.cat([b.labels for b in batches]) if labelled else None)
+
+    # ----------------------------------------------------------------- giving back
+    def to_list(self) -> list[Tensor]:
+        """The ``(N_i, D)`` real points of each set."""
+        return unpad_sets(self.points, self.mask)
+
+    def to_pyg(self, attr: str = "pos"):
+        """A PyG ``Batch`` with the real points as ``attr`` and the labels (if any) as ``y``."""
+        out = to_pyg(self.points, self.mask, attr)
+        if self.labels is not None:
+            out.y = self.labels
+            out._slice_dict["y"] = torch.arange(len(self) + 1)
+            out._inc_dict["y"] = torch.zeros(len(self), dtype=torch.long)
+        return out
+
+    def nan_padded(self) -> Tensor:
+        """The points as a float tensor with NaN in the padding (plots skip NaN points)."""
+        x = self.points if self.points.is_floating_point() else self.points.double()
+        return torch.where(self.mask[..., None], x, torch.full((), float("nan"), dtype=x.dtype, device=x.device))
+
+    def with_labels(self, labels: Optional[Tensor]) -> "SetBatch":
+        return SetBatch(self.points, self.mask, labels)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def sizes(self) -> Tensor:
+        """``(B,)`` int64 number of real points of each set."""
+        return self.mask.sum(1)
+
+    @property
+    def is_fixed(self) -> bool:
+        """True when no set is padded: every set has ``num_points`` points."""
+        return bool(self.mask.all())
+
+    @property
+    def num_points(self) -> int:
+        """``N``: the padded width (the largest set's size, or more)."""
+        return int(self.points.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.points.shape[2])
+
+    @property
+    def shape(self) -> torch.Size:
+        """The points' shape ``(B, N, D)``."""
+        return self.points.shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.points.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.points.device
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+    def __getitem__(self, idx):
+        """``batch[i]``: the real points ``(N_i, D)`` of set ``i``; a slice or index tensor: a ``SetBatch``."""
+        if isinstance(idx, int):
+            return self.points[idx][self.mask[idx]]
+        return SetBatch(self.points[idx], self.mask[idx], None if self.labels is None else self.labels[idx])
+
+    def to(self, *args, **kwargs) -> "SetBatch":
+        """``points.to(*args, **kwargs)`` (a device and/or dtype); the mask and labels follow the device."""
+        points = self.points.to(*args, **kwargs)
+        labels = None if self.labels is None else self.labels.to(points.device)
+        return SetBatch(points, self.mask.to(points.device), labels)
+
+    def cpu(self) -> "SetBatch":
+        return self.to("cpu")
+
+    def __repr__(self) -> str:
+        if len(self) == 0:
+            return f"SetBatch(0 sets, width {self.num_points}, {self.dim}-D)"
+        sizes = self.sizes
+        lo, hi = int(sizes.min()), int(sizes.max())
+        span = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        pad = "" if lo == hi == self.num_points else f", padded to {self.num_points}"
+        return (f"SetBatch({len(self)} sets of {span} points in {self.dim}-D{pad}"
+                f"{', labels' if self.labels is not None else ''})")
+
+
+def as_set_batch(x, mask: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> SetBatch:
+    """``x`` as a :class:`SetBatch`: a ``SetBatch`` as it is, a tensor ``(B, N, D)`` with ``mask`` (default:
+    every point real) and ``labels``, a PyG ``Data`` / ``Batch``, or an array."""
+    if isinstance(x, SetBatch):
+        if mask is not None:
+            raise ValueError("a SetBatch carries its own mask; pass it without mask=")
+        return x if labels is None else x.with_labels(labels)
+    if any(c.__module__.startswith("torch_geometric") for c in type(x).__mro__):
+        if mask is not None:
+            raise ValueError("a PyG Data/Batch carries its own sets (the batch vector); pass it without mask=")
+        batch = SetBatch.from_pyg(x)
+        return batch if labels is None else batch.with_labels(labels)
+    if not isinstance(x, Tensor):
+        import numpy as np
+
+        x = torch.as_tensor(np.asarray(x))
+    return SetBatch(x, mask, labels)

@@ -43,7 +43,13 @@ def test_label_changes_the_density_and_the_samples(build):
     s0 = m.sample(context=zeros)
     torch.manual_seed(0)
     s2 = m.sample(context=twos)
-    assert s0.shape == (5, 6, 2) and not torch.allclose(s0, s2)
+    assert s0.shape == (5, 6, 2) and not torch.allclose(s0.points, s2.points)
+    assert torch.equal(s2.labels, twos)  # the samples carry their labels: log_prob reads them as the context
+    torch.manual_seed(0)
+    lp_labels = m.iwbo(s2, k=2) if not m.is_exact else m.log_prob(s2)
+    torch.manual_seed(0)
+    lp_context = m.iwbo(s2.points, k=2, context=twos) if not m.is_exact else m.log_prob(s2.points, twos)
+    assert torch.equal(lp_labels, lp_context)
 
 
 def test_conditional_sortflow_sample_log_prob_agree_and_is_invariant():

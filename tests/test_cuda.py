@@ -39,7 +39,8 @@ def test_sortflow_on_cuda_matches_cpu_and_is_permutation_invariant() -> None:
     assert lp_gpu.device.type == "cuda"
     assert torch.allclose(lp_gpu.cpu(), lp_cpu, rtol=1e-10, atol=1e-8)
     assert torch.allclose(lp_perm, lp_gpu, rtol=1e-12, atol=1e-10)
-    assert samples.shape == (5, 20, 2) and samples.device.type == "cuda" and torch.isfinite(samples).all()
+    assert samples.shape == (5, 20, 2) and samples.device.type == "cuda" and torch.isfinite(samples.points).all()
+    assert samples.mask.device.type == "cuda" and samples.is_fixed
 
 
 def test_hash_masks_on_cuda_equal_the_cpu_masks() -> None:

@@ -193,7 +193,7 @@ def test_iwbo_is_above_the_elbo_and_grows_with_k():
 def test_samples_reconstructions_and_interpolations_have_the_set_shapes():
     model = _tiny("points").eval()
     s = model.sample(5)
-    assert s.shape == (5, 10, 2) and s.dtype == torch.float32 and torch.isfinite(s).all()
+    assert s.shape == (5, 10, 2) and s.dtype == torch.float32 and s.is_fixed and torch.isfinite(s.points).all()
     assert model.sample(3, num_points=40).shape == (3, 40, 2)  # any N
     x = torch.rand(4, 10, 2) * 28
     assert model.reconstruct(x).shape == (4, 10, 2)
@@ -260,7 +260,9 @@ def test_padded_sets_score_as_each_set_alone(decoder):
                                rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="mask"):
         model.log_prob(x)
-    s, m = model.sample(6)
+    batch = model.sample(6)
+    s, m = batch.points, batch.mask
+    assert torch.isfinite(model.iwbo(batch, k=3)).all()
     assert s.shape[0] == 6 and m.shape == s.shape[:2] and int(m.sum(1).min()) >= 2
     assert bool((s[~m] == 0).all()) and torch.isfinite(s).all()
     assert torch.isfinite(model.iwbo(x, k=3, mask=mask)).all()

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from setflow.sets import SetBatch
+
 from setflow.distributions import SetSizeDistribution
 from setflow.models.set_flows import CONDITIONERS, build_set_flow
 from setflow.sets import pad_sets
@@ -119,14 +121,16 @@ def test_sampling_draws_sizes_or_takes_them():
     flow = tiny()
     flow.size_dist.fit(torch.tensor([5, 5, 6, 11]), smoothing=0.0)
     torch.manual_seed(0)
-    x, mask = flow.sample(40)
+    s = flow.sample(40)
+    assert isinstance(s, SetBatch) and s.labels is None
+    x, mask = s.points, s.mask
     assert set(mask.sum(1).tolist()) <= {5, 6, 11} and x.shape[1] == int(mask.sum(1).max())
     assert bool((x[~mask] == 0).all())
     assert torch.isfinite(flow.log_prob(x, mask=mask)).all()
-    x, mask = flow.sample(3, num_points=7)
-    assert x.shape == (3, 7, 2) and bool(mask.all())
-    x, mask = flow.sample(num_points=torch.tensor([3, 9]))
-    assert mask.sum(1).tolist() == [3, 9]
+    assert torch.equal(flow.log_prob(s), flow.log_prob(x, mask=mask))  # the batch value scores as its parts
+    s = flow.sample(3, num_points=7)
+    assert s.shape == (3, 7, 2) and s.is_fixed
+    assert flow.sample(num_points=torch.tensor([3, 9])).sizes.tolist() == [3, 9]
     with pytest.raises(ValueError, match="sizes must lie in 1..16"):
         flow.sample(2, num_points=17)
 

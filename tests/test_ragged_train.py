@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from setflow.data.spatial_mnist import variable_size_masks
-from setflow.evaluate import draw_samples, evaluate, sample_quality, split_masks
+from setflow.evaluate import draw_samples, evaluate, sample_quality, split_sets
+from setflow.metrics import sample_metrics
 from setflow.metrics.distances import pairwise_chamfer
-from setflow.metrics.ragged import pairwise_chamfer_masked, ragged_sample_metrics
-from setflow.sets import lengths_to_mask, pad_sets
+from setflow.sets import SetBatch, lengths_to_mask, pad_sets
 from setflow.train.config import validate_config
 from setflow.train.data import ExperimentData, _point_range
 from setflow.train.trainer import Trainer
@@ -78,37 +78,52 @@ def test_evaluate_with_masks_is_total_nats_over_real_points(tmp_path):
     t = Trainer(ragged_config(), str(tmp_path), data=data, log=lambda *_: None)
     model = t.model.eval()
     x, m = data.valid, data.masks["valid"]
-    res = evaluate(model, x, "nats_per_point", batch_size=5, masks=m)
+    res = evaluate(model, data.sets("valid"), "nats_per_point", batch_size=5)
     ll = model.log_prob(x, mask=m).detach()
     sizes = m.sum(1).double()
     assert res["metric"] == pytest.approx(float(ll.sum() / sizes.sum()), rel=1e-12)
     assert res["set_metric"] == pytest.approx(float((ll + torch.lgamma(sizes + 1)).sum() / sizes.sum()), rel=1e-12)
     assert res["size_ll"] == pytest.approx(float(model.size_dist.log_prob(m.sum(1)).double().mean()), rel=1e-9)
     with pytest.raises(ValueError, match="pass mask"):
-        evaluate(model, x, "nats_per_point")
+        evaluate(model, x, "nats_per_point")  # a bare tensor cannot tell padding from points
+    # sets of one size under a variable-size model: scored per real point, with log p(N)
     fixed = ExperimentData(x, x, x, "s", "nats_per_point", "sets")
-    assert bool(split_masks(model, fixed, "test").all())
+    sets = split_sets(fixed, "test")
+    assert isinstance(sets, SetBatch) and sets.is_fixed
+    res = evaluate(model, sets, "nats_per_point", batch_size=7)
+    ll = model.log_prob(x, mask=torch.ones(x.shape[:2], dtype=torch.bool)).detach()
+    assert res["metric"] == pytest.approx(float(ll.sum()) / x.shape[0] / x.shape[1], rel=1e-12)
+    assert res["sizes"] == (MAXN, MAXN) and "size_ll" in res
 
 
 def test_masked_chamfer_matches_the_dense_one_and_ignores_padding():
     g = torch.Generator().manual_seed(0)
     a, b = torch.rand(4, 6, 2, generator=g), torch.rand(3, 6, 2, generator=g)
-    assert torch.allclose(pairwise_chamfer_masked(a, None, b, None), pairwise_chamfer(a, b), atol=1e-6)
+    # an all-True mask is the tensor itself, bit for bit
+    assert torch.equal(pairwise_chamfer(SetBatch(a), SetBatch(b)), pairwise_chamfer(a, b))
     sets = [torch.rand(n, 2, generator=g) for n in (3, 6, 4)]
     x, m = pad_sets(sets, value=1e3)
-    d = pairwise_chamfer_masked(x, m)
+    d = pairwise_chamfer(SetBatch(x, m))
+    other = pairwise_chamfer(SetBatch(x, m), SetBatch.from_list(sets[:2]))  # two batches padded differently
     for i, s in enumerate(sets):
         for j, t in enumerate(sets):
             assert d[i, j] == pytest.approx(float(pairwise_chamfer(s[None], t[None])[0, 0]), abs=1e-5)
-    res = ragged_sample_metrics(x, m, x, m)
+            if j < 2:
+                assert other[i, j] == pytest.approx(float(d[i, j]), abs=1e-5)
+    res = sample_metrics(SetBatch(x, m), SetBatch(x, m), metrics=("cd",))
     assert res["cd"]["mmd"] == pytest.approx(0.0, abs=1e-6) and res["cd"]["cov"] == 1.0
+    assert res["sizes_gen"] == pytest.approx(13 / 3)
+    with pytest.raises(ValueError, match="equal set sizes"):  # EMD is for sets of one size
+        sample_metrics(SetBatch(x, m), SetBatch(x, m))
+    with pytest.raises(ValueError, match="lower bound"):
+        pairwise_chamfer(SetBatch(x, m), lower_bound=True)
 
 
 def test_sample_quality_of_a_variable_size_model(tmp_path):
     data = ragged_data()
     t = Trainer(ragged_config(), str(tmp_path), data=data, log=lambda *_: None)
-    x, mask = draw_samples(t.model, 12, batch_size=5)
-    assert x.shape[0] == 12 and mask.shape == x.shape[:2] and int(mask.sum(1).min()) >= 2
-    q = sample_quality(t.model, data.test, data.train, 10, ref_masks=data.masks["test"],
-                       other_masks=data.masks["train"])
+    s = draw_samples(t.model, 12, batch_size=5)  # three draws of different widths, joined
+    assert isinstance(s, SetBatch) and len(s) == 12 and int(s.sizes.min()) >= 2
+    assert s.num_points == int(s.sizes.max()) and bool((s.points[~s.mask] == 0).all())
+    q = sample_quality(t.model, data.sets("test"), data.sets("train"), 10)
     assert q["num"] == 10 and "emd" not in q["model"] and 0.0 <= q["model"]["cd"]["1nna"] <= 1.0

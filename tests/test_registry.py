@@ -311,7 +311,7 @@ def test_a_registered_metric_runs_in_sample_metrics_and_its_line():
 
     @registry.register_metric("_l1")
     def l1(pairs: SetPairs) -> dict:
-        d = torch.cdist(pairs.gen.flatten(1), pairs.ref.flatten(1), p=1)
+        d = torch.cdist(pairs.gen.points.flatten(1), pairs.ref.points.flatten(1), p=1)
         return {"mmd": d.min(0).values.mean().item(), "cov": d.argmin(1).unique().numel() / pairs.num_ref,
                 "1nna": 0.5}
 

@@ -98,13 +98,13 @@ def test_sampled_one_point_sets_score(conditioner, permutation):
     flow = tiny(permutation, conditioner)
     flow.size_dist.fit(torch.tensor([1, 1, 2, 3]), smoothing=0.0)  # p(N = 1) = 1/2
     torch.manual_seed(0)
-    x, mask = flow.sample(3, num_points=1)
-    assert x.shape == (3, 1, 2) and bool(mask.all())
-    lp = flow.log_prob(x, mask=mask)
+    s = flow.sample(3, num_points=1)
+    assert s.shape == (3, 1, 2) and s.is_fixed
+    lp = flow.log_prob(s)
     assert torch.isfinite(lp).all()
-    torch.testing.assert_close(lp, alone(flow, list(x)), rtol=0, atol=1e-9)  # one point: no randomness left
-    x, mask = flow.sample(40)
-    assert (mask.sum(1) == 1).any() and torch.isfinite(flow.log_prob(x, mask=mask)).all()
+    torch.testing.assert_close(lp, alone(flow, list(s.points)), rtol=0, atol=1e-9)  # one point: no randomness left
+    s = flow.sample(40)
+    assert (s.sizes == 1).any() and torch.isfinite(flow.log_prob(s)).all()
 
 
 def test_fixed_size_edgeconv_with_k_above_the_set_size_works():
@@ -123,14 +123,14 @@ def test_empty_batch_of_sets(permutation):
     lp = fixed.log_prob(torch.zeros(0, 5, 2))
     assert lp.shape == (0,) and lp.dtype == torch.float64
     assert fixed.iwbo(torch.zeros(0, 5, 2), k=3).shape == (0,)
-    assert fixed.sample(0).shape == (0, 5, 2)
+    assert fixed.sample(0).shape == (0, 5, 2) and len(fixed.sample(0)) == 0
     if permutation == "sort":
         x, lp = fixed.sample_and_log_prob(0)
         assert x.shape == (0, 5, 2) and lp.shape == (0,)
     assert ragged.log_prob(torch.zeros(0, 5, 2), mask=torch.zeros(0, 5, dtype=torch.bool)).shape == (0,)
     assert ragged.iwbo(torch.zeros(0, 3, 2), k=2, mask=torch.zeros(0, 3, dtype=torch.bool)).shape == (0,)
-    x, mask = ragged.sample(0)
-    assert x.shape == (0, 0, 2) and mask.shape == (0, 0) and ragged.log_prob(x, mask=mask).shape == (0,)
+    s = ragged.sample(0)
+    assert s.shape == (0, 0, 2) and s.mask.shape == (0, 0) and ragged.log_prob(s).shape == (0,)
     with pytest.raises(ValueError, match=r"must have shape \(B, 5, 2\)"):  # still checked
         fixed.log_prob(torch.zeros(0, 4, 2))
     labelled = build_set_flow(num_points=5, num_steps=1, d_model=8, num_heads=2, num_layers=1, dim_feedforward=8,

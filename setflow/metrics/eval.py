@@ -10,6 +10,10 @@ For a distance ``d`` (Chamfer or EMD), generated sets ``S_g`` and reference sets
   collections: each set marks the cells of a ``resolution^D`` grid it touches (once per set),
   the counts are normalised to distributions (PointFlow uses it for 3-D clouds).
 
+Sets of different sizes (a :class:`~setflow.sets.SetBatch` with padding) are compared under CD
+only: between sets of different sizes EMD needs an unbalanced (partial) transport, a different
+distance from the equal-size EMD the papers report.
+
 Every metric needs only nearest neighbours. Chamfer distances are computed densely (cheap,
 chunked). EMD is exact: candidates are visited in order of the lower bound
 of :func:`~setflow.metrics.distances.pairwise_chamfer` (nearest-point and sliced bounds) and an exact
@@ -32,8 +36,9 @@ import torch
 from torch import Tensor
 
 from setflow.registry import METRICS, register_metric
+from setflow.sets import SetBatch
 
-from .distances import DEFAULT_BLOCK_ELEMS, _progress, check_sets, emd_pairs, pairwise_chamfer
+from .distances import DEFAULT_BLOCK_ELEMS, _one_size, _progress, check_set_batch, emd_pairs, pairwise_chamfer
 
 __all__ = ["sample_metrics", "mmd_cov", "one_nna", "nearest_emd", "pairwise_emd", "voxel_jsd",
            "format_sample_metrics", "METRICS", "SetPairs", "DEFAULT_METRICS"]
@@ -119,34 +124,37 @@ def nearest_emd(lb: Tensor, oracle, queries: Tensor, candidates: Tensor, block: 
 
 def pairwise_emd(a: Tensor, b: Tensor, pairs_per_block: int = 4096) -> Tensor:
     """Dense exact EMD matrix ``(A, B)`` (every pair solved; for checks and small collections)."""
-    a, b = check_sets(a, "a"), check_sets(b, "b")
+    a, b = _one_size(a, "a"), _one_size(b, "b")
     ia = torch.arange(a.shape[0]).repeat_interleave(b.shape[0])
     ib = torch.arange(b.shape[0]).repeat(a.shape[0])
     return emd_pairs(a, b, ia, ib, pairs_per_block).view(a.shape[0], b.shape[0])
 
 
-def voxel_jsd(gen: Tensor, ref: Tensor, resolution: int = 28, bounds: Optional[tuple[float, float]] = None) -> float:
-    """JSD (bits) between voxel-occupancy marginals of two collections of sets ``(B, N, D)``.
+def voxel_jsd(gen: Tensor | SetBatch, ref: Tensor | SetBatch, resolution: int = 28,
+              bounds: Optional[tuple[float, float]] = None) -> float:
+    """JSD (bits) between voxel-occupancy marginals of two collections of sets ``(B, N, D)``
+    (tensors or :class:`~setflow.sets.SetBatch` values: only real points mark cells).
 
     The grid spans ``bounds`` (default: the reference points' min and max over all
     coordinates) with ``resolution`` cells per axis; points outside are clamped to the border.
     """
-    gen, ref = check_sets(gen, "gen"), check_sets(ref, "ref")
+    sg, sr = check_set_batch(gen, "gen"), check_set_batch(ref, "ref")
+    gen, ref = sg.points, sr.points
     if gen.shape[2] != ref.shape[2]:
         raise ValueError(f"gen and ref must have the same point dimension, got {gen.shape[2]} and {ref.shape[2]}")
-    lo, hi = (ref.min().item(), ref.max().item()) if bounds is None else bounds
+    lo, hi = (ref[sr.mask].min().item(), ref[sr.mask].max().item()) if bounds is None else bounds
     if not hi > lo:
         raise ValueError(f"bounds must satisfy lo < hi, got ({lo}, {hi})")
     d = gen.shape[2]
     cells = resolution ** d
     radix = resolution ** torch.arange(d - 1, -1, -1)
 
-    def occupancy(x: Tensor) -> Tensor:
+    def occupancy(x: Tensor, mask: Tensor) -> Tensor:
         v = ((x.double() - lo) / (hi - lo) * resolution).floor().long().clamp_(0, resolution - 1)
         flat = (v * radix).sum(-1) + torch.arange(x.shape[0])[:, None] * cells  # (B, N), per-set offset
-        return torch.bincount(flat.unique() % cells, minlength=cells).double()
+        return torch.bincount(flat[mask].unique() % cells, minlength=cells).double()
 
-    p, q = occupancy(gen), occupancy(ref)
+    p, q = occupancy(gen, sg.mask), occupancy(ref, sr.mask)
     p, q = p / p.sum(), q / q.sum()
     m = 0.5 * (p + q)
 
@@ -158,37 +166,45 @@ def voxel_jsd(gen: Tensor, ref: Tensor, resolution: int = 28, bounds: Optional[t
 
 
 class SetPairs:
-    """The generated and reference collections one :func:`sample_metrics` call compares, with the
-    Chamfer pass every metric shares done once, when a metric first asks for it.
+    """The generated and reference collections one :func:`sample_metrics` call compares
+    (:class:`~setflow.sets.SetBatch` values, generated first), with the Chamfer pass every metric
+    shares done once, when a metric first asks for it.
 
     A metric registered in :data:`~setflow.registry.METRICS` is ``metric(pairs) -> dict`` (MMD, COV
     and 1-NNA under its distance, plus anything else it reports).
     """
 
-    def __init__(self, gen: Tensor, ref: Tensor, block_elems: int = DEFAULT_BLOCK_ELEMS,
+    def __init__(self, gen: SetBatch, ref: SetBatch, block_elems: int = DEFAULT_BLOCK_ELEMS,
                  progress: Optional[bool] = None) -> None:
         self.gen, self.ref = gen, ref
-        self.num_gen, self.num_ref = gen.shape[0], ref.shape[0]
+        self.num_gen, self.num_ref = len(gen), len(ref)
         self.block_elems, self.progress = block_elems, progress
 
     @property
+    def padded(self) -> bool:
+        """Whether either collection holds sets of different sizes (padding under a mask)."""
+        return not (self.gen.is_fixed and self.ref.is_fixed)
+
+    @property
     def same_size(self) -> bool:
-        """Whether generated and reference sets have the same number of points."""
-        return self.gen.shape[1] == self.ref.shape[1]
+        """Whether every set of both collections has the same number of points."""
+        return not self.padded and self.gen.num_points == self.ref.num_points
 
     @cached_property
     def union(self) -> Tensor:
-        """``(G + R, N, D)``: the generated sets, then the reference sets (equal sizes only)."""
-        return torch.cat([self.gen, self.ref])
+        """``(G + R, N, D)``: the generated sets, then the reference sets (one set size only)."""
+        return torch.cat([self.gen.points, self.ref.points])
 
     @cached_property
     def chamfer(self) -> tuple[Tensor, Optional[Tensor]]:
         """``(cd, lb)``: Chamfer distances over the union ``(G + R, G + R)`` (generated first) and, for
-        equal set sizes, their lower bound of the EMD (else ``None``)."""
+        one set size throughout, their lower bound of the EMD (else ``None``)."""
         kw = dict(block_elems=self.block_elems, progress=self.progress)
+        if self.padded:  # one padded union (the sets' masks keep the padding out)
+            return pairwise_chamfer(SetBatch.cat([self.gen, self.ref]), **kw), None
         if self.same_size:
             return pairwise_chamfer(self.union, lower_bound=True, **kw)
-        gen, ref = self.gen, self.ref  # Chamfer only: the union matrix from its three blocks
+        gen, ref = self.gen.points, self.ref.points  # Chamfer only: the union matrix from its three blocks
         d_gr = pairwise_chamfer(gen, ref, **kw)
         cd = torch.cat([torch.cat([pairwise_chamfer(gen, **kw), d_gr], 1),
                         torch.cat([d_gr.T, pairwise_chamfer(ref, **kw)], 1)])
@@ -204,9 +220,12 @@ def chamfer_metrics(pairs: SetPairs) -> dict:
     return {"mmd": mmd, "cov": cov, "1nna": one_nna(cd, g)}
 
 
-def _check_equal_sizes(gen: Tensor, ref: Tensor) -> None:
-    if gen.shape[1] != ref.shape[1]:
-        raise ValueError(f"EMD needs equal set sizes, got {gen.shape[1]} (gen) and {ref.shape[1]} (ref) points")
+def _check_equal_sizes(sg: SetBatch, sr: SetBatch) -> None:
+    padded = not (sg.is_fixed and sr.is_fixed)
+    if padded or sg.num_points != sr.num_points:
+        got = (f"sets of {int(sg.sizes.min())}..{int(sg.sizes.max())} (gen) and {int(sr.sizes.min())}.."
+               f"{int(sr.sizes.max())} (ref) points" if padded else f"{sg.num_points} (gen) and {sr.num_points} (ref) points")
+        raise ValueError(f"EMD needs equal set sizes, got {got}; compare sets of different sizes with metrics=('cd',)")
 
 
 @register_metric("emd")
@@ -242,33 +261,37 @@ def sample_metrics(
     block_elems: int = DEFAULT_BLOCK_ELEMS,
     progress: Optional[bool] = None,
 ) -> dict:
-    """MMD, COV and 1-NNA of generated sets ``gen`` (G, N, D) against reference sets ``ref`` (R, N, D).
+    """MMD, COV and 1-NNA of generated sets ``gen`` (G, N, D) against reference sets ``ref`` (R, M, D).
 
     Args:
-        gen, ref: tensors or arrays of sets; the argument order matters (COV and MMD are asymmetric).
-        metrics: names in :data:`~setflow.registry.METRICS`: ``"cd"`` and ``"emd"`` (EMD needs equal
-            set sizes), or any registered since.
+        gen, ref: :class:`~setflow.sets.SetBatch` values, tensors or arrays of sets; the argument order
+            matters (COV and MMD are asymmetric).
+        metrics: names in :data:`~setflow.registry.METRICS`: ``"cd"`` and ``"emd"`` (EMD needs one set
+            size throughout: sets of different sizes take ``metrics=("cd",)``), or any registered since.
         jsd: also the voxel-occupancy JSD (default: for 3-D points only).
         block_elems: memory bound of the Chamfer pass (floats per block).
         progress: tqdm bars (``None``: only for long jobs on a terminal).
 
     Returns:
         ``{"cd": {"mmd", "cov", "1nna"}, "emd": {... , "solved": exact assignments solved},
-        "jsd": float (if computed), "num_gen": G, "num_ref": R}``; COV and 1-NNA as fractions.
+        "jsd": float (if computed), "num_gen": G, "num_ref": R}``; COV and 1-NNA as fractions. Sets of
+        different sizes also give ``"sizes_gen"`` and ``"sizes_ref"``, the mean set sizes.
     """
-    gen, ref = check_sets(gen, "gen"), check_sets(ref, "ref")
+    sg, sr = check_set_batch(gen, "gen"), check_set_batch(ref, "ref")
     run = [(m, METRICS.get(m)) for m in metrics]  # an unknown name: one line listing the registered metrics
-    if gen.shape[2] != ref.shape[2]:
-        raise ValueError(f"gen and ref must have the same point dimension, got {gen.shape[2]} and {ref.shape[2]}")
+    if sg.dim != sr.dim:
+        raise ValueError(f"gen and ref must have the same point dimension, got {sg.dim} and {sr.dim}")
     if "emd" in metrics:  # before any distance is computed
-        _check_equal_sizes(gen, ref)
-    dtype = torch.promote_types(gen.dtype, ref.dtype)
-    pairs = SetPairs(gen.to(dtype), ref.to(dtype), block_elems, progress)
+        _check_equal_sizes(sg, sr)
+    dtype = torch.promote_types(sg.dtype, sr.dtype)
+    pairs = SetPairs(sg.to(dtype), sr.to(dtype), block_elems, progress)
     out: dict = {"num_gen": pairs.num_gen, "num_ref": pairs.num_ref}
+    if pairs.padded:
+        out.update(sizes_gen=sg.sizes.double().mean().item(), sizes_ref=sr.sizes.double().mean().item())
     for m, metric in run:
         out[m] = metric(pairs)
-    if jsd or (jsd is None and gen.shape[2] == 3):
-        out["jsd"] = voxel_jsd(pairs.gen, pairs.ref, resolution=jsd_resolution)
+    if jsd or (jsd is None and sg.dim == 3):
+        out["jsd"] = voxel_jsd(sg, sr, resolution=jsd_resolution)
     return out
 
 

@@ -61,7 +61,7 @@ from setflow.models.set_flows import build_set_flow
 from setflow.nn import MLP, ConditionerSpec, PooledSetNet
 from setflow.registry import (LATENT_DECODERS, SET_CONDITIONERS, RegistryError, register_latent_decoder,
                               register_model, signature_names)
-from setflow.sets import check_size_args, lengths_to_mask
+from setflow.sets import SetBatch, check_size_args, lengths_to_mask
 from setflow.transforms import VAE, ActNorm, AffineCoupling, CompositeTransform, Reverse, ScalarAffine, Transform
 
 __all__ = ["LatentSetFlow", "build_latent_set_flow", "build_point_decoder", "build_set_decoder", "coupling_steps"]
@@ -169,7 +169,8 @@ class LatentSetFlow(Flow):
 
     Shapes:
         - log_prob / iwbo: ``x (B, N, D)``, ``mask (B, N)`` optional -> ``(B,)``
-        - sample: ``n -> (n, N, D)``; ``(x, mask)`` for sets of different sizes
+        - sample: ``n ->`` a :class:`~setflow.sets.SetBatch` ``(n, N, D)`` (padded, with its mask, for sets
+          of different sizes)
     """
 
     def __init__(self, encoder: ConditionalNormal, decoder: Flow, prior: Sequence[Transform], latent_dim: int,
@@ -222,22 +223,25 @@ class LatentSetFlow(Flow):
 
     @torch.no_grad()
     def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None, num_points=None):
-        """``z`` from the prior, then ``X ~ p(X | z)``. ``num_points`` (an int; a variable-size model also
-        takes ``(B,)`` sizes) overrides the model's; a variable-size model returns ``(x, mask)``."""
+        """``z`` from the prior, then ``X ~ p(X | z)``, as a :class:`~setflow.sets.SetBatch`. ``num_points`` (an
+        int; a variable-size model also takes ``(B,)`` sizes) overrides the model's."""
         self._context(context, num_samples)  # refuses a context: the model is unconditional
         if num_samples is None:
             raise ValueError("sample() needs num_samples")
         z = self.prior.inverse(self.base.sample(num_samples))
         if not self.variable_size:
-            return self.decode_code(z, num_points=None if num_points is None else int(num_points))
+            return SetBatch(self.decode_code(z, num_points=None if num_points is None else int(num_points)))
         sizes = self._sample_sizes(num_samples, None, num_points)
         mask = lengths_to_mask(sizes, int(sizes.max()))
-        return self.decode_code(z, mask=mask), mask
+        return SetBatch(self.decode_code(z, mask=mask), mask)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mask: Optional[Tensor] = None, sample_code: bool = False) -> Tensor:
         """Encode, then decode: ``X' ~ p(X | z)`` with ``z`` the posterior mean (or a draw, ``sample_code``),
-        with as many points as ``x`` (the sizes of ``mask``; padding zero)."""
+        with as many points as ``x`` (the sizes of ``mask``; padding zero). ``x`` may be a
+        :class:`~setflow.sets.SetBatch` (its mask)."""
+        if isinstance(x, SetBatch):
+            x, mask = x.points, x.mask
         mean, log_std = self.posterior(x, mask)
         z = mean + torch.exp(log_std) * torch.randn_like(mean) if sample_code else mean
         if mask is not None and not bool(mask.all()):

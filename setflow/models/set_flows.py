@@ -29,7 +29,7 @@ from setflow.utils import call_net
 from setflow.nn.base import ConditionerSpec
 from setflow.registry import SET_CONDITIONERS, RegistryError, register_model
 from setflow.distributions.set_size import SetSizeDistribution
-from setflow.sets import check_size_args, real_first
+from setflow.sets import SetBatch, check_size_args, real_first
 from setflow.transforms import ActNorm, AffineCoupling, Reverse, ScalarAffine, SetRoll, SetShuffle, Shuffle
 from setflow.transforms.stochastic import StochasticPermutation
 from setflow.transforms.ordered import OrderedIncrements
@@ -113,6 +113,16 @@ class SetFlow(Flow):
             x = torch.gather(x, 1, order[:, :keep, None].expand(-1, -1, x.shape[2]))
             mask = torch.gather(mask, 1, order[:, :keep])
         return super()._prepare_masked(x, mask)
+
+    @torch.no_grad()
+    def sample(self, num_samples: Optional[int] = None, context: Optional[Tensor] = None,
+               num_points=None) -> SetBatch:
+        """A :class:`~setflow.sets.SetBatch` of sets drawn from the flow (see :meth:`Flow.sample`): the same
+        value for a fixed set size (no padding) as for sets of different sizes."""
+        out = super().sample(num_samples, context, num_points)
+        if isinstance(out, SetBatch):
+            return out
+        return SetBatch(out, labels=context if isinstance(self.context_encoder, LabelContext) else None)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         if "sort_consistent" not in state_dict:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from setflow.registry import DATASETS, register_dataset
+from setflow.sets import SetBatch
 
 __all__ = ["ExperimentData", "DATASETS", "register_dataset", "load_data"]
 
@@ -42,6 +43,14 @@ class ExperimentData:
         """The ``(M, N_max)`` mask of ``name`` for sets of different sizes, else ``None``."""
         self.split(name)
         return None if self.masks is None else self.masks[name]
+
+    def sets(self, name: str) -> SetBatch:
+        """The sets of split ``name`` as one :class:`~setflow.sets.SetBatch`: the points, their mask (all True
+        when every set has ``N`` points) and the class labels where the data has them."""
+        if self.kind not in ("sets", "pointclouds"):
+            raise ValueError(f"{self.kind} data holds no point sets; use split({name!r})")
+        labels = None if self.labels is None else self.labels[name]
+        return SetBatch(self.split(name), self.split_mask(name), labels)
 
     def split_labels(self, name: str) -> Tensor:
         self.split(name)

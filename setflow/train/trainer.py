@@ -21,9 +21,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data.distributed import DistributedSampler
 
-from setflow.evaluate import evaluate, format_metrics, loss_scale, split_masks
+from setflow.evaluate import evaluate, format_metrics, loss_scale, split_sets
 from setflow.models.build import build_from_config, check_model_args, model_arg_names, resolved_model_args
 from setflow.registry import OPTIMIZERS, register_optimizer
+from setflow.sets import SetBatch
 from setflow.train.checkpoint import (CheckpointError, clean_stale_temp_files, load_checkpoint, rng_state,
                                       save_checkpoint, set_rng_state)
 from setflow.train.config import resolve_device
@@ -294,14 +295,19 @@ class Trainer:
         return self.data.split_labels(split) if getattr(self.model, "conditional", False) else None
 
     def _masks(self, split: str):
-        """The ``(M, N_max)`` masks of ``split`` for sets of different sizes, else ``None``."""
-        return split_masks(self.model, self.data, split)
+        """The ``(M, N_max)`` masks of ``split`` for a variable-size model (all True on sets of one size) or
+        for padded data, else ``None`` (the training loss of sets of one size is the plain mean)."""
+        masks = self.data.split_mask(split)
+        if masks is None and getattr(self.model, "variable_size", False):
+            masks = torch.ones(self.data.split(split).shape[:2], dtype=torch.bool)
+        return masks
 
     def validate(self, split: str = "valid") -> dict:
         ec = self.cfg["eval"]
-        return evaluate(self.net, self.data.split(split), self.data.unit, batch_size=ec["batch_size"],
+        data = split_sets(self.data, split)
+        return evaluate(self.net, data, self.data.unit, batch_size=ec["batch_size"],
                         iwbo_k=ec["iwbo_k"], iwbo_chunk=ec["iwbo_chunk"], device=str(self.device),
-                        max_examples=ec["max_examples"], labels=self._labels(split), masks=self._masks(split))
+                        max_examples=ec["max_examples"], labels=None if isinstance(data, SetBatch) else self._labels(split))
 
     def fit(self) -> dict:
         tc = self.tc

@@ -24,13 +24,6 @@ def get_plotter(kind: str) -> Callable:
     return PLOTTERS.get(kind)
 
 
-def _with_nan_padding(x, mask):
-    """``x`` ``(B, N, D)`` with the padding (``mask`` False) set to NaN, so plots leave it out."""
-    import torch
-
-    return x if mask is None else torch.where(mask[..., None], x, torch.full((), float("nan"), dtype=x.dtype))
-
-
 def plot_latent(model, config: dict, data, out_path: str, mode: str, n: int = 32, steps: int = 8) -> None:
     """Reconstructions (``mode="reconstruct"``: test sets beside decode(encode(set))) or interpolations
     (``"interpolate"``: each row decodes codes on a line between two test sets' codes, the same decoder
@@ -42,23 +35,26 @@ def plot_latent(model, config: dict, data, out_path: str, mode: str, n: int = 32
                          f"{config.get('model')!r}")
     if data.kind not in ("sets", "pointclouds"):
         raise ValueError(f"--{mode} draws point sets; {config.get('data')} is {data.kind}")
+    from setflow.sets import SetBatch
+
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     device = next(model.parameters()).device
-    test, masks = data.test.to(dtype), data.split_mask("test")
+    test = data.sets("test").to(dtype)  # padding (sets of different sizes) is drawn as NaN: left out
     three_d = data.kind == "pointclouds"
     name = config.get("model")
     if mode == "reconstruct":
         k = min(n, 8) if three_d else n
-        x, m = test[:k], None if masks is None else masks[:k]
-        rec = model.reconstruct(x.to(device), None if m is None else m.to(device)).cpu()
+        x = test[:k]
+        rec = SetBatch(model.reconstruct(x.to(device)).cpu(), x.mask)  # as many points as each test set
         if three_d:
             from setflow.viz.pointclouds import plot_clouds_3d
 
-            plot_clouds_3d(x, rec, out_path, title=f"{name}: test clouds and their reconstructions")
+            plot_clouds_3d(x.nan_padded(), rec.nan_padded(), out_path,
+                           title=f"{name}: test clouds and their reconstructions")
         else:
             from setflow.viz.sets import plot_sets_grid
 
-            plot_sets_grid(_with_nan_padding(x, m), _with_nan_padding(rec, m), out_path,
+            plot_sets_grid(x.nan_padded(), rec.nan_padded(), out_path,
                            title=f"{name}: test sets (left) and their reconstructions (right, posterior mean code)",
                            names=("test sets", "reconstructions"))
         return
@@ -66,9 +62,7 @@ def plot_latent(model, config: dict, data, out_path: str, mode: str, n: int = 32
     # pairs of test sets spread over the split
     idx = torch.linspace(0, len(test) - 1, 2 * rows).long()
     a, b = idx[0::2], idx.flip(0)[0::2]
-    ma = None if masks is None else masks[a].to(device)
-    mb = None if masks is None else masks[b].to(device)
-    path = model.interpolate(test[a].to(device), test[b].to(device), steps=steps, mask_a=ma, mask_b=mb).cpu()
+    path = model.interpolate(test[a].to(device), test[b].to(device), steps=steps).cpu()
     labels = [f"t={t:.2f}" for t in torch.linspace(0, 1, steps).tolist()]
     if three_d:
         from setflow.viz.pointclouds import plot_clouds_3d
@@ -78,8 +72,7 @@ def plot_latent(model, config: dict, data, out_path: str, mode: str, n: int = 32
         return
     from setflow.viz.sets import plot_set_rows
 
-    ends_a = _with_nan_padding(test[a], None if ma is None else ma.cpu())
-    ends_b = _with_nan_padding(test[b], None if mb is None else mb.cpu())
+    ends_a, ends_b = test[a].nan_padded(), test[b].nan_padded()
     width = max(ends_a.shape[1], path.shape[2])
 
     def nan_pad(x):  # (R, N, D) -> (R, width, D): sets of other widths side by side

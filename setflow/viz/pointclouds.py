@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from setflow.registry import register_plotter
+from setflow.sets import SetBatch
+from setflow.viz.sets import _np as _array
 
 __all__ = ["plot_clouds_3d", "render_source_open3d", "render_clouds_open3d", "save_clouds_ply", "point_size_for", "plot_checkpoint",
            "cloud_frame"]
@@ -22,7 +24,7 @@ VIEWS = ((20.0, -60.0), (20.0, 30.0), (85.0, -90.0))
 
 
 def _np(x) -> np.ndarray:
-    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = _array(x)  # a SetBatch: NaN in the padding (not drawn)
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or a.shape[-1] != 3:
@@ -173,7 +175,7 @@ def render_source_open3d(source: Union[str, Path], out_path: Union[str, Path], n
         ctx = None
         if getattr(model, "conditional", False):
             ctx = torch.arange(n) % model.context_encoder.num_classes
-        x = model.sample(n, context=ctx).cpu().numpy()
+        x = model.sample(n, context=ctx).cpu().nan_padded().numpy()
     if x.ndim != 3 or x.shape[-1] != 3:
         raise ValueError(f"--open3d renders 3-D clouds (n, N, 3); got shape {x.shape}")
     return render_clouds_open3d(x, out_path)
@@ -181,9 +183,13 @@ def render_source_open3d(source: Union[str, Path], out_path: Union[str, Path], n
 
 def save_clouds_ply(clouds, out_dir: Union[str, Path], prefix: str = "sample", mask=None) -> list:
     """Write each cloud of ``(n, N, 3)`` as ``out_dir/<prefix>_0000.ply`` (ASCII-free binary PLY);
-    with ``mask (n, N)`` (clouds of different sizes, padded) each file holds its real points only."""
+    with ``mask (n, N)`` (clouds of different sizes, padded) or a :class:`~setflow.sets.SetBatch` each file
+    holds its real points only."""
     import open3d as o3d
 
+    if isinstance(clouds, SetBatch):
+        clouds = clouds.cpu()
+        clouds, mask = clouds.points, clouds.mask.numpy()
     arr = _np(clouds)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
@@ -210,13 +216,13 @@ def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> No
     if getattr(model, "conditional", False):
         num_classes = model.context_encoder.num_classes
         labels = torch.arange(min(num_classes, n))
-        samples = model.sample(len(labels), context=labels.to(next(model.parameters()).device)).cpu()
-        test_labels = data.split_labels("test")
-        idx = [int(torch.nonzero(test_labels == c)[0]) for c in labels if (test_labels == c).any()]
-        plot_clouds_3d(data.test[idx] if len(idx) == len(labels) else None, samples, out_path,
+        samples = model.sample(len(labels), context=labels.to(next(model.parameters()).device)).cpu().nan_padded()
+        test = data.sets("test")
+        idx = [int(torch.nonzero(test.labels == c)[0]) for c in labels if (test.labels == c).any()]
+        plot_clouds_3d(test[torch.tensor(idx)].nan_padded() if len(idx) == len(labels) else None, samples, out_path,
                        row_labels=[f"class {int(c)}" for c in labels],
                        title=f"{config['model']} (conditional): data vs samples")
         return
-    samples = model.sample(n).cpu()
+    samples = model.sample(n).cpu().nan_padded()  # padding (clouds of different sizes) is not drawn
     idx = torch.linspace(0, len(data.test) - 1, n).long()  # spread over the (class-ordered) test split
-    plot_clouds_3d(data.test[idx], samples, out_path, title=f"{config['model']}: data vs samples")
+    plot_clouds_3d(data.sets("test")[idx].nan_padded(), samples, out_path, title=f"{config['model']}: data vs samples")

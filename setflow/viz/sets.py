@@ -9,12 +9,16 @@ import numpy as np
 import torch
 
 from setflow.registry import register_plotter
+from setflow.sets import SetBatch, as_set_batch
 
 __all__ = ["plot_sets_grid", "plot_sets_by_class", "plot_set_rows", "save_ply", "render_sets_open3d",
            "plot_checkpoint", "plot_pixel_sets_checkpoint"]
 
 
 def _np(x) -> np.ndarray:
+    """A tensor or array as an array; a :class:`~setflow.sets.SetBatch` with NaN in its padding (not drawn)."""
+    if isinstance(x, SetBatch):
+        x = x.nan_padded()
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -44,7 +48,8 @@ def _save(fig, out_path: Union[str, Path], title: str) -> Path:
 def plot_sets_grid(data: Optional[Union[torch.Tensor, np.ndarray]], samples: Optional[Union[torch.Tensor, np.ndarray]],
                    out_path: Union[str, Path], cols: int = 4, frame: float = 28.0, title: str = "",
                    names: tuple[str, str] = ("data", "samples")) -> Path:
-    """Draw sets ``(n, N, 2)`` as scatter plots: data (black) in the left block, samples (blue) in the right.
+    """Draw sets ``(n, N, 2)`` (arrays, tensors or :class:`~setflow.sets.SetBatch` values) as scatter plots: data
+    (black) in the left block, samples (blue) in the right.
 
     Either block may be ``None``. Points are in pixel units, drawn in the ``frame x frame`` square;
     ``names`` label the two blocks.
@@ -198,24 +203,18 @@ def plot_checkpoint(model, config: dict, data, out_path: str, n: int = 32) -> No
         labels = torch.arange(num_classes).repeat_interleave(per_class)
         device = next(model.parameters()).device
         samples = model.sample(len(labels), context=labels.to(device)).cpu()
-        plot_sets_by_class(data.test, data.split_labels("test"), samples, labels, out_path, per_class=per_class,
+        test = data.sets("test")
+        plot_sets_by_class(nan_padded(test), test.labels, nan_padded(samples), labels, out_path, per_class=per_class,
                            title=f"{config['model']} (conditional): data vs samples, one row per class")
         return
-    samples = nan_padded(model.sample(n))  # a variable-size flow returns (x, mask)
-    mask = data.split_mask("test")
-    plot_sets_grid(nan_padded((data.test[:n], None if mask is None else mask[:n])), samples, out_path,
+    plot_sets_grid(nan_padded(data.sets("test")[:n]), nan_padded(model.sample(n)), out_path,
                    title=f"{config['model']}: data vs samples")
 
 
 def nan_padded(sets) -> np.ndarray:
-    """Sets as a float array with NaN where a padded batch has no point (matplotlib skips NaN).
-
-    Takes ``(n, N, D)`` or a pair ``(x, mask)`` with ``mask (n, N)`` bool (or ``None``)."""
-    x, mask = sets if isinstance(sets, tuple) else (sets, None)
-    arr = _np(x).astype(np.float64)
-    if mask is not None:
-        arr[~_np(mask).astype(bool)] = np.nan
-    return arr
+    """Sets (a :class:`~setflow.sets.SetBatch` or a tensor ``(n, N, D)``) as a float64 array with NaN where a
+    padded batch has no point (matplotlib skips NaN)."""
+    return _np(as_set_batch(sets).nan_padded()).astype(np.float64)
 
 
 @register_plotter("pixel_sets")
