@@ -45,8 +45,12 @@ test-slow: install
 demo: install data
 	$(BIN)/setflow demo --config $(DEMO_CONFIG) --out $(DEMO_DIR) --overwrite
 
+# every headline speed ratio in one table (median and range over rounds, machine line), a few minutes;
+# BENCH_ARGS="--quick --json new.json --baseline old.json"; SURVAE_OFFICIAL=/path/to/survae_flows adds
+# the official code's column (else those rows show our step time only)
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python scripts/bench_setflow.py
+	$(BIN)/python scripts/bench_setflow.py --headline $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

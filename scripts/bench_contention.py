@@ -40,6 +40,27 @@ def train_once(config: str, steps: int, overrides: list[str], out: Path) -> tupl
     return wall, float(m.group(1)) if m else float("nan")
 
 
+def contention(config: str, steps: int, repeats: int, overrides: list[str], log=print) -> dict[str, list[tuple[float, float]]]:
+    """``{"idle": [...], "loaded": [...]}``: (wall s, trainer-reported s) of each training process, alternating."""
+    times: dict[str, list[tuple[float, float]]] = {"idle": [], "loaded": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(repeats):
+            for mode in ("idle", "loaded"):
+                comp = None
+                if mode == "loaded":
+                    comp = subprocess.Popen([sys.executable, "-c", COMPETITOR])
+                    time.sleep(1.0)  # let it reach its loop
+                try:
+                    wall, train_s = train_once(config, steps, overrides, Path(tmp) / "run")
+                finally:
+                    if comp is not None:
+                        comp.kill()
+                        comp.wait()
+                times[mode].append((wall, train_s))
+                log(f"repeat {rep}  {mode:6s}  wall {wall:7.2f} s  training {train_s:7.2f} s")
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/spatial_mnist/sortflow_cpu.yaml")
@@ -47,23 +68,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("overrides", nargs="*", help="extra KEY=VALUE config overrides for the training run")
     args = ap.parse_args()
-    times: dict[str, list[tuple[float, float]]] = {"idle": [], "loaded": []}
     print(f"cpus {os.cpu_count()}, load average before {os.getloadavg()[0]:.2f}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for rep in range(args.repeats):
-            for mode in ("idle", "loaded"):
-                comp = None
-                if mode == "loaded":
-                    comp = subprocess.Popen([sys.executable, "-c", COMPETITOR])
-                    time.sleep(1.0)  # let it reach its loop
-                try:
-                    wall, train_s = train_once(args.config, args.steps, args.overrides, Path(tmp) / "run")
-                finally:
-                    if comp is not None:
-                        comp.kill()
-                        comp.wait()
-                times[mode].append((wall, train_s))
-                print(f"repeat {rep}  {mode:6s}  wall {wall:7.2f} s  training {train_s:7.2f} s", flush=True)
+    times = contention(args.config, args.steps, args.repeats, args.overrides,
+                       log=lambda line: print(line, flush=True))
     med = {k: (statistics.median(w for w, _ in v), statistics.median(s for _, s in v)) for k, v in times.items()}
     print(f"median idle   wall {med['idle'][0]:.2f} s, training {med['idle'][1]:.2f} s")
     print(f"median loaded wall {med['loaded'][0]:.2f} s, training {med['loaded'][1]:.2f} s")

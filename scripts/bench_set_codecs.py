@@ -81,9 +81,11 @@ def speed(model, sets: np.ndarray, rounds: int) -> dict:
     occ = _occupancy(sets)
     m = sets.shape[0]
 
-    def rate(fn):
+    per_round: dict = {}
+
+    def rate(fn, key):
         fn()  # warm-up
-        out = []
+        out = per_round.setdefault(key, [])
         for _ in range(rounds):
             t0 = time.process_time()
             fn()
@@ -92,10 +94,12 @@ def speed(model, sets: np.ndarray, rounds: int) -> dict:
 
     data = compress_sets(model, sets)
     files = [imagecodecs.jpegxl_encode(o, lossless=True, effort=9) for o in occ]
-    res = {"sfs_encode": rate(lambda: compress_sets(model, sets)),
-           "sfs_decode": rate(lambda: decompress_sets(model, data)),
-           "jxl9_encode": rate(lambda: [imagecodecs.jpegxl_encode(o, lossless=True, effort=9) for o in occ]),
-           "jxl9_decode": rate(lambda: [imagecodecs.jpegxl_decode(f) for f in files])}
+    res = {"sfs_encode": rate(lambda: compress_sets(model, sets), "sfs_encode"),
+           "sfs_decode": rate(lambda: decompress_sets(model, data), "sfs_decode"),
+           "jxl9_encode": rate(lambda: [imagecodecs.jpegxl_encode(o, lossless=True, effort=9) for o in occ],
+                               "jxl9_encode"),
+           "jxl9_decode": rate(lambda: [imagecodecs.jpegxl_decode(f) for f in files], "jxl9_decode")}
+    res["rounds"] = per_round  # sets/s of each round, by coder and direction
     res["encode_ratio"] = res["sfs_encode"][0] / res["jxl9_encode"][0]
     res["decode_ratio"] = res["sfs_decode"][0] / res["jxl9_decode"][0]
     res["sfs_bits_per_point"] = 8 * len(data) / sets.size

@@ -18,6 +18,13 @@ always counted on the eager path, so both modes report the same architecture's c
     python scripts/bench_setflow.py                 # paper configs, 5 timed runs each, fused on CPU
     python scripts/bench_setflow.py --no-fused      # eager PyTorch ops, for the before/after ratio
     python scripts/bench_setflow.py --repeats 3 --device cuda
+    python scripts/bench_setflow.py --headline [--quick] [--json new.json] [--baseline old.json]   # make bench
+
+``--headline`` prints every ratio of the speed issue in one table, each the median and range over
+rounds: the set codec (``scripts/bench_set_codecs.py --speed``) and the IDF codec
+(``scripts/bench_codecs.py --speed``) against JPEG XL, training against the official SurVAE code on
+the fused and eager paths (``scripts/bench_official.py``; needs ``SURVAE_OFFICIAL``, else those rows
+show our step time only) and the contention figure (``scripts/bench_contention.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import yaml
@@ -154,6 +162,161 @@ def bench_model(config_path: Path, batch: int, repeats: int, device: str, ref: G
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# --headline: every ratio of issue 26 in one table (make bench)
+
+#: (set codec sets, rounds), (IDF images, rounds), (training rounds, steps, batch), (contention steps, repeats);
+#: the trainer reports whole seconds, so the contention runs need tens of steps
+HEADLINE_SIZES = {"default": {"sets": (512, 3), "idf": (128, 3), "train": (3, 1, 128), "contention": (60, 2)},
+                  "quick": {"sets": (128, 2), "idf": (32, 2), "train": (2, 1, 32), "contention": (40, 1)}}
+
+
+def _row(name: str, values: list[float], detail: str = "", goal: str = "") -> dict:
+    return {"name": name, "median": statistics.median(values) if values else None,
+            "min": min(values) if values else None, "max": max(values) if values else None,
+            "rounds": values, "detail": detail, "goal": goal}
+
+
+def _headline_set_codec(sets_n: int, rounds: int, data_root: Optional[str], log) -> list[dict]:
+    import bench_set_codecs
+    from setflow.data.pixel_sets import pixel_set_splits
+    from setflow.models.set_codec import SortedSetAR
+
+    sets, _ = pixel_set_splits(data_root, download=False)
+    torch.manual_seed(0)
+    model = SortedSetAR(grid=28, num_points=50, d_model=64, num_heads=4, num_layers=2, dim_feedforward=128).eval()
+    threads = torch.get_num_threads()
+    try:
+        res = bench_set_codecs.speed(model, sets["test"][:sets_n], rounds)
+    finally:
+        torch.set_num_threads(threads)
+    r = res["rounds"]
+    log(f"  set codec: {res['sfs_encode'][0]:.0f} / {res['sfs_decode'][0]:.0f} sets/s, JPEG XL e9 "
+        f"{res['jxl9_encode'][0]:.0f} / {res['jxl9_decode'][0]:.0f}")
+    n = min(sets_n, len(sets["test"]))
+    return [_row("set codec encode / JPEG XL e9 encode", [a / b for a, b in zip(r["sfs_encode"], r["jxl9_encode"])],
+                 f"{res['sfs_encode'][0]:.0f} vs {res['jxl9_encode'][0]:.0f} sets/s, {n} test sets, CPU time", ">= 1.5"),
+            _row("set codec decode / JPEG XL e9 decode", [a / b for a, b in zip(r["sfs_decode"], r["jxl9_decode"])],
+                 f"{res['sfs_decode'][0]:.0f} vs {res['jxl9_decode'][0]:.0f} sets/s", ">= 0.1")]
+
+
+def _headline_idf(n: int, rounds: int, data_root: Optional[str], root: Path, log) -> list[dict]:
+    import bench_codecs
+
+    model, cfg = bench_codecs._speed_model(None, str(root / "configs/images/idf_fashion_mnist_cpu.yaml"))
+    res = bench_codecs.speed_runs(model, cfg, n, rounds, 32, "test", data_root, one_per_pass=False)
+    ours, jxl = res["times"][res["batched"]], res["times"][res["jxl"]]
+    m = res["images"]
+    med = lambda ts: m / statistics.median(ts)  # noqa: E731
+    log(f"  IDF codec: {med(ours[0]):.0f} / {med(ours[1]):.0f} img/s, JPEG XL e7 {med(jxl[0]):.0f} / {med(jxl[1]):.0f}"
+        + ("" if res["lossless"] else "  **NOT LOSSLESS**"))
+    return [_row("IDF codec encode / JPEG XL e7 encode", [j / o for o, j in zip(ours[0], jxl[0])],
+                 f"{med(ours[0]):.0f} vs {med(jxl[0]):.0f} img/s, {m} Fashion-MNIST 28x28, 32 per pass", ">= 0.3"),
+            _row("IDF codec decode / JPEG XL e7 decode", [j / o for o, j in zip(ours[1], jxl[1])],
+                 f"{med(ours[1]):.0f} vs {med(jxl[1]):.0f} img/s", ">= 0.06")]
+
+
+def _headline_training(rounds: int, steps: int, batch: int, log) -> list[dict]:
+    import bench_official
+
+    official = bench_official.official_root(quiet=True)
+    clock = "cpu" if torch.get_num_threads() == 1 else "wall"  # one thread: CPU time, other jobs do not count
+    rows = bench_official.side_by_side(rounds=rounds, steps=steps, batch=batch, official=official, log=log, warmup=1,
+                                       clock=clock)
+    out = []
+    for r in rows:
+        goal = ">= 5" if r["path"] == "fused" else ">= 1.5"
+        if official is None:
+            out.append(_row(f"training {r['model']} {r['path']}: ours / official", [],
+                            f"ours {r['ours_s'] * 1e3:.0f} ms/step at batch {batch}; official not compared "
+                            f"(set {bench_official.ENV})", goal))
+        else:
+            out.append(_row(f"training {r['model']} {r['path']}: ours / official", r["ratios"],
+                            f"{r['ours_s'] * 1e3:.0f} vs {r['theirs_s'] * 1e3:.0f} ms/step, batch {batch}"
+                            + (" (--quick; the paper's is 128)" if batch != 128 else ""), goal))
+    return out
+
+
+def _headline_contention(steps: int, repeats: int, log) -> list[dict]:
+    import bench_contention
+
+    t = bench_contention.contention("configs/spatial_mnist/sortflow_cpu.yaml", steps, repeats, [], log=log)
+    ratios = [lo[1] / idle[1] for idle, lo in zip(t["idle"], t["loaded"])]
+    idle = statistics.median(s for _, s in t["idle"])
+    loaded = statistics.median(s for _, s in t["loaded"])
+    return [_row("contention: loaded / idle training time", ratios,
+                 f"{idle:.1f} vs {loaded:.1f} s, {steps} steps of sortflow_cpu beside a 2-thread process", "<= 2.2")]
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def format_headline(rows: list[dict], title: str, old: Optional[dict] = None) -> list[str]:
+    """The markdown table of :func:`headline`; with ``old`` (rows of a previous JSON by name) a
+    ``new / old`` column of the medians."""
+    lines = [title, "| ratio | median | range | goal | detail |" + (" new / old |" if old is not None else ""),
+             "|---|---:|---|---|---|" + ("---:|" if old is not None else "")]
+    for r in rows:
+        rng = "-" if r["median"] is None else f"{_fmt(r['min'])}-{_fmt(r['max'])}"
+        med = "-" if r["median"] is None else f"{_fmt(r['median'])}x"
+        line = f"| {r['name']} | {med} | {rng} | {r['goal']} | {r['detail']} |"
+        if old is not None:
+            prev = old.get(r["name"], {}).get("median")
+            line += f" {r['median'] / prev:.2f} |" if prev and r["median"] is not None else " - |"
+        lines.append(line)
+    return lines
+
+
+def headline(args, root: Path) -> int:
+    import json
+
+    sys.path.insert(0, str(root / "scripts"))
+    import bench_official
+
+    if args.data_root:  # also for the contention runs' training subprocesses
+        import os
+
+        os.environ["SETFLOW_DATA"] = str(Path(args.data_root).resolve())
+    if not args.no_tune:
+        tune_cpu_allocator()  # as the trainer does on CPU
+    # in-process timings on one thread (--threads to change; the codec rows always use one), timed by
+    # CPU time there; the contention rows' training processes keep the default threads
+    torch.set_num_threads(args.threads or 1)
+    size = HEADLINE_SIZES["quick" if args.quick else "default"]
+    parts = args.parts or ["set_codec", "idf", "training", "contention"]
+    log = (lambda line: print(line, flush=True))
+    machine = bench_official.machine_line()
+    print(f"machine: {machine}", flush=True)
+    old = {}
+    if args.baseline:
+        try:
+            old = {r["name"]: r for r in json.loads(Path(args.baseline).read_text())["rows"]}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--baseline {args.baseline}: not a bench JSON ({type(e).__name__}: {e})") from None
+    if "training" in parts:
+        bench_official.official_root()  # the one line when the official code is not pointed at
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    if "set_codec" in parts:
+        rows += _headline_set_codec(*size["sets"], args.data_root, log)
+    if "idf" in parts:
+        rows += _headline_idf(*size["idf"], args.data_root, root, log)
+    if "training" in parts:
+        rows += _headline_training(*size["train"], log)
+    if "contention" in parts:
+        rows += _headline_contention(*size["contention"], log)
+    wall = time.perf_counter() - t0
+    print()
+    print("\n".join(format_headline(rows, f"machine: {machine}; {wall:.0f} s" + (" (--quick)" if args.quick else ""),
+                                   old if args.baseline else None)))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "wall_s": wall, "quick": bool(args.quick),
+                                               "rows": rows}, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     root = Path(__file__).resolve().parents[1]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -169,9 +332,21 @@ def main(argv=None) -> int:
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
                    help="time the set transformers' fused path (torch.compile, hash dropout; setflow.nn.fast); "
                         "default: on for cpu. The first steps compile (excluded from the timing)")
+    p.add_argument("--headline", action="store_true",
+                   help="every headline ratio of the speed issue in one table (make bench): set codec and IDF codec "
+                        "vs JPEG XL, training vs the official SurVAE code ($SURVAE_OFFICIAL) on both paths, contention")
+    p.add_argument("--quick", action="store_true", help="--headline with fewer rounds and items (~1 minute)")
+    p.add_argument("--parts", nargs="+", choices=["set_codec", "idf", "training", "contention"], default=None,
+                   help="--headline: only these rows")
+    p.add_argument("--json", default=None, metavar="FILE", help="--headline: also write the rows here")
+    p.add_argument("--baseline", default=None, metavar="FILE",
+                   help="--headline: a previous --json; adds the column new / old per row")
+    p.add_argument("--data-root", default=None, help="--headline: data folder (default $SETFLOW_DATA or ./datasets)")
     p.add_argument("--no-tune", action="store_true",
                    help="skip the process-wide glibc heap setting (setflow.nn.tune_cpu_allocator)")
     args = p.parse_args(argv)
+    if args.headline:
+        return headline(args, root)
     if args.fused is None:
         args.fused = args.device == "cpu"
     if not args.no_tune and args.device == "cpu":

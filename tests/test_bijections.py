@@ -253,3 +253,15 @@ def test_layers_pickle():
     clone = pickle.loads(pickle.dumps(t))
     x = torch.randn(2, 3, 2)
     torch.testing.assert_close(clone(x)[0], t(x)[0])
+
+
+def test_actnorm_reads_its_flag_once_and_again_after_a_load():
+    t = ActNorm(2, feature_dim=-1)
+    t(torch.randn(16, 5, 2) * 5 + 3)  # initialises
+    shift = t.shift.clone()
+    t(torch.randn(16, 5, 2))  # initialised: no new statistics
+    assert torch.equal(t.shift, shift)
+    t.load_state_dict(ActNorm(2, feature_dim=-1).state_dict())  # an uninitialised state: the next batch initialises
+    assert not bool(t.initialized)
+    t(torch.randn(16, 5, 2) * 2 - 7)
+    assert bool(t.initialized) and t.shift.abs().min() > 1.0

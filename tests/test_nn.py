@@ -370,6 +370,9 @@ def test_cpu_dropout_mask_statistics_and_gradient() -> None:
     scale = 2**16 / round(0.8 * 2**16)
     assert torch.allclose(y[kept], torch.full_like(y[kept], scale))
     assert abs(kept.double().mean().item() - 0.8) < 0.01
+    # four decisions per 64-bit draw: every lane position (index mod 4) keeps at the same rate
+    lanes = kept.flatten()[: kept.numel() // 4 * 4].view(-1, 4).double().mean(0)
+    assert torch.all((lanes - 0.8).abs() < 0.01), lanes
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # d/dx (x * mask) = mask
     assert dropout(x, 0.2, training=False) is x and dropout(x, 0.0) is x
@@ -407,3 +410,35 @@ def test_split_batch_backward_matches_full_batch() -> None:
         split_batch_backward(lambda c: c.sum(), x, workers=0)
     with pytest.raises(RuntimeError, match="boom"):
         split_batch_backward(lambda c: (_ for _ in ()).throw(RuntimeError("boom")), x, workers=2)
+
+
+def test_cpu_training_attention_with_dropout_is_written_out_with_the_cpu_mask() -> None:
+    import setflow.nn.attention as att
+    from setflow.nn.cpu import _keep_mask
+
+    B, N, H, hd, p = 3, 6, 2, 4, 0.3
+    qkv = torch.randn(B, N, 3 * H * hd, dtype=DTYPE)
+    torch.manual_seed(5)
+    out = self_attention(qkv, H, p)
+    q, k, v = qkv.view(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    w = torch.softmax(q @ k.transpose(-1, -2) / hd**0.5, dim=-1)
+    torch.manual_seed(5)
+    ref = (w * _keep_mask(w.shape, 1 - p, w)) @ v
+    torch.testing.assert_close(out, ref.transpose(1, 2).reshape(B, N, H * hd))
+    # padded keys get no weight on this path too: their values do not change a real point's output
+    key_mask = torch.ones(B, N, dtype=torch.bool)
+    key_mask[:, -2:] = False
+    other = qkv.clone()
+    other[:, -2:] = 100.0
+    torch.manual_seed(6)
+    a = self_attention(qkv, H, p, key_mask=key_mask)
+    torch.manual_seed(6)
+    assert torch.equal(a[:, :-2], self_attention(other, H, p, key_mask=key_mask)[:, :-2])
+    # without dropout (eval) and with the switch off, SDPA runs as before
+    torch.testing.assert_close(self_attention(qkv, H, 0.0), (w @ v).transpose(1, 2).reshape(B, N, H * hd))
+    att.CPU_WRITTEN_OUT_DROPOUT = False
+    try:
+        torch.manual_seed(5)
+        assert not torch.equal(self_attention(qkv, H, p), out)  # SDPA's own bernoulli masks
+    finally:
+        att.CPU_WRITTEN_OUT_DROPOUT = True

@@ -15,7 +15,9 @@ Two implementations of exactly the same maths,
     Its GEMMs are plain ``bmm`` ops, so ``FlopCounterMode`` counts them.
 
 ``"auto"`` is ``"sdpa"`` on every device (the conditioners' attention goes through
-``scaled_dot_product_attention``); ``"bmm"`` stays available by name. Importing this
+``scaled_dot_product_attention``), except when training with attention dropout on the CPU: there
+SDPA falls back to its unfused math path, and the attention is written out with
+:func:`setflow.nn.cpu.dropout` instead (:data:`CPU_WRITTEN_OUT_DROPOUT`); ``"bmm"`` stays available by name. Importing this
 module registers ``FlopCounterMode`` formulas for the fused CPU kernel (see
 :func:`_register_cpu_sdpa_flops`), so both kernels count the same FLOPs. ``tests/test_nn.py`` checks both against a plain
 reference implementation to 1e-10 in float64.
@@ -30,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from setflow.nn.cpu import dropout as cpu_dropout
 
 __all__ = ["ATTENTION_IMPLS", "self_attention"]
 
@@ -150,6 +154,27 @@ def _sdpa_self_attention(qkv: Tensor, num_heads: int, dropout_p: float, key_mask
     return out.transpose(1, 2).reshape(B, N, D)
 
 
+#: training on CPU with attention dropout and ``impl="auto"``: write the attention out (scores,
+#: softmax, :func:`setflow.nn.cpu.dropout`, ``@ v``) instead of calling SDPA. With dropout, PyTorch's
+#: CPU SDPA runs its unfused math path anyway, plus a "safe" softmax (an ``isneginf``/``all``/``where``
+#: pass over the ``(B, H, N, N)`` weights) and a ``bernoulli_`` draw per weight; the written-out
+#: attention is the same maths with the cheaper CPU dropout mask. ``False`` restores SDPA (for A/B).
+CPU_WRITTEN_OUT_DROPOUT = True
+
+
+def _written_out_self_attention(qkv: Tensor, num_heads: int, dropout_p: float,
+                                key_mask: Optional[Tensor] = None) -> Tensor:
+    B, N, three_d = qkv.shape
+    D = three_d // 3
+    hd = D // num_heads
+    q, k, v = qkv.view(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
+    if key_mask is not None:  # every row has a True key (attention_key_mask), so no row is all -inf
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    out = torch.matmul(cpu_dropout(torch.softmax(scores, dim=-1), dropout_p), v)
+    return out.transpose(1, 2).reshape(B, N, D)
+
+
 def self_attention(
     qkv: Tensor,
     num_heads: int,
@@ -188,6 +213,8 @@ def self_attention(
         raise ValueError(f"key_mask must be a bool tensor of shape {tuple(qkv.shape[:2])} (True = attend); "
                          f"got {tuple(key_mask.shape)} {key_mask.dtype}")
     if impl == "auto":
+        if dropout_p > 0.0 and CPU_WRITTEN_OUT_DROPOUT and qkv.device.type == "cpu" and qkv.is_floating_point():
+            return _written_out_self_attention(qkv, num_heads, dropout_p, key_mask)
         impl = "sdpa"
     if impl == "bmm":
         if dropout_p != 0.0:

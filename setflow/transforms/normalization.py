@@ -46,6 +46,11 @@ class ActNorm(Bijection):
         self.shift = nn.Parameter(torch.zeros(num_features))
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
+        self._init_seen = False  # ``initialized`` was True when last read (see forward)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._init_seen = False
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _view(self, p: Tensor, x: Tensor) -> Tensor:
         shape = [1] * x.dim()
@@ -98,8 +103,12 @@ class ActNorm(Bijection):
                 ) -> tuple[Tensor, Tensor]:
         self._check(x)
         mask = self._check_mask(x, mask)
-        if not bool(self.initialized):
-            self.initialize(x, mask)
+        if not self._init_seen:
+            # read the buffer (a device sync) only until it is seen True: a fixed-size training step
+            # then pays no sync per layer; loading a state dict reads it again
+            if not bool(self.initialized):
+                self.initialize(x, mask)
+            self._init_seen = True
         z = x * self._view(self.log_scale.exp(), x) + self._view(self.shift, x)
         return keep_padding(z, x, mask), self._ldj(x, mask)
 
