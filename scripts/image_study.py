@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Baseline multi-scale flow vs MaxPoolFlow on a small image data set, on CPU.
 
-Trains ``configs/images/{baseline,maxpool}_mnist_cpu.yaml`` (or evaluates existing runs with
+Trains ``configs/images/{baseline,maxpool}_<recipe>_cpu.yaml`` (or evaluates existing runs with
 ``--skip-train``), then reports test bits/dim as ELBO and IWBO (``--iwbo-k``) in a Markdown
-table, and writes a data | samples grid per model.
+table, and writes a data | samples grid per model. ``--equal-steps`` gives the first model the
+minute budget and the second exactly as many steps (the SurVAE table compares at equal steps).
 
 Usage::
 
     python scripts/image_study.py --data fashion_mnist --minutes 20          # train both, then evaluate
     python scripts/image_study.py --skip-train --runs runs/baseline_fashion_cpu runs/maxpool_fashion_cpu
+    python scripts/image_study.py --recipe photos32 --minutes 12 --equal-steps   # offline photo tiles, RGB 32x32
 """
 
 from __future__ import annotations
@@ -27,9 +29,14 @@ KINDS = ("baseline", "maxpool")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="mnist", help="mnist or fashion_mnist (config override data=...)")
+    p.add_argument("--recipe", default="mnist", choices=["mnist", "photos32"],
+                   help="configs {baseline,maxpool}_<recipe>_cpu.yaml: 1x28x28 digits or 3x32x32 photo tiles")
+    p.add_argument("--data", default=None,
+                   help="mnist recipe: mnist or fashion_mnist (config override data=...); default the recipe's")
     p.add_argument("--minutes", type=float, default=20.0, help="training budget per model (train.max_minutes)")
     p.add_argument("--steps", type=int, default=None, help="optional train.max_steps per model")
+    p.add_argument("--equal-steps", action="store_true",
+                   help="train the second model for exactly the steps the first reached in its budget")
     p.add_argument("--skip-train", action="store_true", help="only evaluate the checkpoints in --runs")
     p.add_argument("--runs", nargs="+", default=None, help="run folders (default runs/<kind>_<data>_cpu)")
     p.add_argument("--iwbo-k", type=int, default=10)
@@ -54,16 +61,24 @@ def main(argv=None) -> int:
     from setflow.viz.images import plot_checkpoint
 
     torch.set_num_threads(args.threads)
-    runs = args.runs or [str(ROOT / "runs" / f"{k}_{args.data}_cpu") for k in KINDS]
+    data = args.data or args.recipe
+    if args.recipe != "mnist" and data != args.recipe:
+        raise SystemExit(f"image_study.py: error: --recipe {args.recipe} trains on {args.recipe}, not {data}")
+    runs = args.runs or [str(ROOT / "runs" / f"{k}_{data}_cpu") for k in KINDS]
     if not args.skip_train:
+        steps = args.steps
         for kind, run in zip(KINDS, runs):
-            over = [f"data={args.data}", f"train.max_minutes={args.minutes}", "train.progress=false",
-                    f"train.num_threads={args.threads}", *args.overrides]
-            if args.steps is not None:
-                over.append(f"train.max_steps={args.steps}")
-            cfg = load_config(ROOT / "configs" / "images" / f"{kind}_mnist_cpu.yaml", over)
+            over = [f"train.max_minutes={args.minutes if steps is None else 10 * args.minutes}",
+                    "train.progress=false", f"train.num_threads={args.threads}", *args.overrides]
+            if args.recipe == "mnist":
+                over.insert(0, f"data={data}")
+            if steps is not None:  # equal steps: the minute budget only guards against a stall
+                over.append(f"train.max_steps={steps}")
+            cfg = load_config(ROOT / "configs" / "images" / f"{kind}_{args.recipe}_cpu.yaml", over)
             summary = train(cfg, run, overwrite=True)  # a study run starts over
             print(f"{kind}: {summary['step']} steps in {summary['seconds']:.0f} s ({summary['stopped']})", flush=True)
+            if args.equal_steps and steps is None:
+                steps = summary["step"]
 
     rows = []
     for run in runs:
@@ -88,7 +103,7 @@ def main(argv=None) -> int:
     for model, data, steps, elbo, iwbo, count, _ in rows:
         lines.append(f"| {model} | {data} | {steps} | {elbo:.4f} | {iwbo:.4f} | {count} |")
     table = "\n".join(lines) + "\n"
-    out = Path(args.out) / f"image_study_{rows[0][1] if rows else args.data}.md"
+    out = Path(args.out) / f"image_study_{rows[0][1] if rows else data}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     print()

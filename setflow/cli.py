@@ -191,7 +191,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           (args.max_examples, "--max-examples")):
         check_positive(value, option)
     check_positive(args.samples, "--samples")
+    check_positive(args.num_points, "--num-points")
     model, cfg = _load(args)
+    if args.renormalize != "none" and not args.samples:
+        raise ValueError("--renormalize applies to the sample metrics: give --samples too")
+    if args.num_points is not None:
+        cfg = _with_num_points(model, cfg, args.num_points)
     data = load_data(cfg, args.data_root)
     print(data.source)
     ec = cfg["eval"]
@@ -212,11 +217,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--samples measures point sets; {cfg['data']} is {data.kind}")
         other = "train" if args.split != "train" else "valid"
         q = sample_quality(model, data.sets(args.split), data.sets(other), args.samples, seed=args.seed,
-                           device=args.device or "cpu")
+                           device=args.device or "cpu", num_points=args.num_points, renormalize=args.renormalize,
+                           metrics=None if args.metrics is None else tuple(args.metrics.split(",")))
+        if args.renormalize == "bbox":
+            print("sample metrics under DPM's protocol: every cloud (samples, test, train) in its own [-1, 1] box")
         if q["num"] < args.samples:
             print(f"note: {q['num']} samples (the size of the smaller split), not {args.samples}")
         print(format_sample_quality(q, args.split, other))
     return 0
+
+
+def _with_num_points(model, cfg: dict, n: int) -> dict:
+    """``cfg`` with its data drawn at ``n`` points per set (``setflow eval --num-points``): only for a model
+    that scores and draws sets of any size (a latent set flow with the i.i.d. ``points`` decoder)."""
+    import copy
+
+    shape = getattr(model, "event_shape", None)
+    if shape is None or getattr(model, "variable_size", False) or (shape[0] is not None and shape[0] != n):
+        raise ValueError(f"--num-points {n}: {cfg.get('model')!r} draws sets of {shape[0] if shape else '?'} points "
+                         f"only; a model of any set size (latent_setflow with decoder: points) takes another N")
+    cfg = copy.deepcopy(cfg)
+    args = cfg.setdefault("data_args", {})
+    args["num_points"] = n
+    if args.get("pool_points") is not None and int(args["pool_points"]) < n:
+        args["pool_points"] = n
+    return cfg
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -283,11 +308,24 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from setflow.viz import plot_source
 
     check_positive(args.num, "-n/--num")
-    out = _output_file(args.output, ".png")
+    num = args.num if args.num is not None else 4 if args.html else 32
+    output = args.output if args.output is not None else "view.html" if args.html else "grid.png"
+    if args.html:
+        if args.open3d or args.reconstruct or args.interpolate:
+            raise ValueError("--html draws samples beside data; leave out --open3d, --reconstruct, --interpolate")
+        from setflow.viz.html import html_source
+
+        out = _output_file(output, ".html")
+        if out.suffix != ".html":
+            raise ValueError(f"--html writes an .html file; got -o {output}")
+        html_source(args.source, out, n=num, data_root=args.data_root, seed=args.seed)
+        print(f"wrote {out} (self-contained: plotly.js inline, opens offline)")
+        return 0
+    out = _output_file(output, ".png")
     if args.open3d:
         from setflow.viz.pointclouds import render_source_open3d
 
-        render_source_open3d(args.source, out, n=args.num, seed=args.seed)
+        render_source_open3d(args.source, out, n=num, seed=args.seed)
         print(f"wrote {out}")
         return 0
 
@@ -296,7 +334,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")
     mode = "reconstruct" if args.reconstruct else "interpolate" if args.interpolate else "samples"
-    plot_source(args.source, str(out), n=args.num, data_root=args.data_root, fashion=args.fashion,
+    plot_source(args.source, str(out), n=num, data_root=args.data_root, fashion=args.fashion,
                 seed=args.seed, mode=mode, steps=args.steps)
     print(f"wrote {out}")
     return 0
@@ -428,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also MMD / COV / 1-NNA (CD, EMD) of this many samples against the split, beside real "
                         "sets of another split (train, or valid for --split train) against the same reference")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples and reference subsets")
+    p.add_argument("--num-points", type=int, default=None,
+                   help="score and draw sets of this many points (models of any set size: latent_setflow with "
+                        "the points decoder; the data's clouds are taken at this size)")
+    p.add_argument("--renormalize", default="none", choices=["none", "bbox"],
+                   help="with --samples: bbox = DPM's protocol, every cloud (samples and real) in its own [-1, 1] "
+                        "box before the distances")
+    p.add_argument("--metrics", default=None, choices=["cd,emd", "cd", "emd"],
+                   help="with --samples: the distances (default cd,emd; cd alone for sets of different sizes; "
+                        "cd skips the exact EMD, slow at thousands of points)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_eval)
@@ -445,8 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plot", help="plot samples.npz, a checkpoint, or 'data' as a grid")
     p.add_argument("source", help="a samples .npz, a checkpoint .pt, or 'data' (SpatialMNIST test sets)")
-    p.add_argument("-o", "--output", default="grid.png")
-    p.add_argument("-n", "--num", type=int, default=32)
+    p.add_argument("-o", "--output", default=None, help="file to write (default grid.png; view.html with --html)")
+    p.add_argument("-n", "--num", type=int, default=None, help="sets to draw (default 32; 4 rows with --html)")
     p.add_argument("--fashion", action="store_true", help="with 'data': Spatial Fashion-MNIST")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--open3d", action="store_true",
@@ -456,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolate", action="store_true",
                    help="latent model checkpoint: rows of sets decoded from codes between two test sets' codes")
     p.add_argument("--steps", type=int, default=8, help="with --interpolate: codes per row")
+    p.add_argument("--html", action="store_true",
+                   help="3-D: an interactive view (plotly, self-contained HTML) of a checkpoint's samples beside "
+                        "test clouds, or of a samples .npz; -n rows (default 4, at most 8), -o FILE.html")
     _add_data_root(p)
     p.set_defaults(func=_cmd_plot)
 

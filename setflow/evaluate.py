@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from setflow.sets import SetBatch, as_set_batch
 
 __all__ = ["evaluate", "format_metrics", "loss_scale", "draw_samples", "sample_quality", "format_sample_quality",
-           "split_sets"]
+           "split_sets", "bbox_normalize"]
 
 
 def loss_scale(unit: str, event_shape: tuple[int, ...]) -> float:
@@ -164,8 +164,10 @@ def format_metrics(res: dict, split: str = "test") -> str:
 
 @torch.no_grad()
 def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Optional[Tensor] = None,
-                 device: str = "cpu"):
-    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 condition a conditional model.
+                 device: str = "cpu", num_points: Optional[int] = None):
+    """``num`` samples from ``model`` in batches, on CPU; ``labels`` (num,) int64 conditions a conditional model;
+    ``num_points`` points per set instead of the model's own (models that draw any size, e.g. a latent
+    set flow's i.i.d. ``points`` decoder).
 
     What the model's ``sample`` returns, joined: a :class:`~setflow.sets.SetBatch` for a set model (sets
     of different sizes padded to the largest drawn), the tensor for image and 2-D models.
@@ -174,14 +176,23 @@ def draw_samples(model: nn.Module, num: int, batch_size: int = 500, labels: Opti
     was_training = m.training
     m.eval()
     out = []
+    size = {} if num_points is None else {"num_points": int(num_points)}
     for i in range(0, num, batch_size):
         b = min(batch_size, num - i)
         if labels is None:
-            out.append(m.sample(b).cpu())
+            out.append(m.sample(b, **size).cpu())
         else:
-            out.append(m.sample(b, context=labels[i:i + b].to(device)).cpu())
+            out.append(m.sample(b, context=labels[i:i + b].to(device), **size).cpu())
     m.train(was_training)
     return SetBatch.cat(out) if isinstance(out[0], SetBatch) else torch.cat(out)
+
+
+def bbox_normalize(x: Tensor) -> Tensor:
+    """Each set of ``x`` ``(B, N, D)`` in its own bounding box ``[-1, 1]``: the box centre at 0, its longest
+    side 2 (DPM's ``shape_bbox``, as :func:`setflow.data.pointclouds.normalize_clouds` ``"bbox"``)."""
+    from setflow.data.pointclouds import normalize_clouds
+
+    return torch.as_tensor(normalize_clouds(x.detach().cpu().numpy(), "bbox")[0], dtype=x.dtype)
 
 
 def _subset(x: Tensor | SetBatch, n: int, seed: int) -> Tensor:
@@ -190,7 +201,8 @@ def _subset(x: Tensor | SetBatch, n: int, seed: int) -> Tensor:
 
 
 def sample_quality(model: nn.Module, ref: SetBatch, other: SetBatch, num: int, seed: int = 0, batch_size: int = 500,
-                   device: str = "cpu", progress: Optional[bool] = None) -> dict:
+                   device: str = "cpu", progress: Optional[bool] = None, num_points: Optional[int] = None,
+                   renormalize: Optional[str] = None, metrics: Optional[tuple] = None) -> dict:
     """Sample metrics (:func:`setflow.metrics.sample_metrics`) of ``model`` and of real sets.
 
     ``ref`` and ``other`` are :class:`~setflow.sets.SetBatch` values (or tensors of sets of one size) of
@@ -202,10 +214,18 @@ def sample_quality(model: nn.Module, ref: SetBatch, other: SetBatch, num: int, s
     Sets of different sizes (padded batches, or a variable-size model) are compared under the Chamfer
     distance only (EMD between sets of unequal sizes is not the papers' EMD), without the per-class lines.
 
+    ``num_points``: the model draws sets of that size (see :func:`draw_samples`). ``renormalize="bbox"``:
+    DPM's protocol: every set (samples, references, real sets) is put in its own bounding box
+    ``[-1, 1]`` (centre 0, longest side 2) before the distances, so only shape counts, not size or place.
+    ``metrics``: the distances (default ``("cd", "emd")``; ``("cd",)`` skips the exact EMD, which
+    dominates the cost at thousands of points).
+
     Returns ``{"num", "model": metrics, "real": metrics, "per_class": {label: {"model", "real"}}}``.
     """
     from setflow.metrics import sample_metrics
 
+    if renormalize not in (None, "none", "bbox"):
+        raise ValueError(f"renormalize must be 'none' or 'bbox', got {renormalize!r}")
     ref, other = as_set_batch(ref), as_set_batch(other)
     n = min(num, len(ref), len(other))
     r, o = ref[_subset(ref, n, seed)], other[_subset(other, n, seed + 1)]
@@ -214,11 +234,20 @@ def sample_quality(model: nn.Module, ref: SetBatch, other: SetBatch, num: int, s
     if conditional and labels is None:
         raise ValueError("the samples of a conditional model need the reference sets' labels (SetBatch labels)")
     torch.manual_seed(seed)
-    gen = draw_samples(model, n, batch_size, labels=labels, device=device).to(r.dtype)
+    gen = draw_samples(model, n, batch_size, labels=labels, device=device, num_points=num_points).to(r.dtype)
     ragged = not (gen.is_fixed and r.is_fixed and o.is_fixed)
-    metrics = ("cd",) if ragged else ("cd", "emd")
-    out = {"num": n, "model": sample_metrics(gen, r, metrics=metrics, progress=progress),
-           "real": sample_metrics(o, r, metrics=metrics, progress=progress)}
+    if renormalize == "bbox":
+        if ragged:
+            raise ValueError("renormalize='bbox' needs sets of one size (no padding)")
+        gen, r, o = (SetBatch(bbox_normalize(t.points), labels=t.labels) for t in (gen, r, o))
+    if metrics is None:
+        metrics = ("cd",) if ragged else ("cd", "emd")
+    elif ragged and "emd" in metrics:
+        raise ValueError("EMD needs sets of one size; pass metrics=('cd',) for padded batches")
+    metrics = tuple(metrics)
+    which = {"metrics": metrics}
+    out = {"num": n, "model": sample_metrics(gen, r, progress=progress, **which),
+           "real": sample_metrics(o, r, progress=progress, **which)}
     if labels is not None and not ragged:
         if o.labels is None:
             raise ValueError("per-class metrics need the labels of the other split's sets too")
@@ -227,8 +256,8 @@ def sample_quality(model: nn.Module, ref: SetBatch, other: SetBatch, num: int, s
             sel, osel = labels == c, o.labels == c
             if int(sel.sum()) < 2 or int(osel.sum()) < 2:
                 continue
-            out["per_class"][int(c)] = {"model": sample_metrics(gen[sel], r[sel], progress=False),
-                                        "real": sample_metrics(o[osel], r[sel], progress=False)}
+            out["per_class"][int(c)] = {"model": sample_metrics(gen[sel], r[sel], progress=False, **which),
+                                        "real": sample_metrics(o[osel], r[sel], progress=False, **which)}
     return out
 
 
@@ -242,8 +271,7 @@ def format_sample_quality(res: dict, split: str = "test", other: str = "train") 
         lines.append("per class (CD 1-NNA / COV, EMD 1-NNA / COV): samples vs real " + other)
 
     def short(m: dict) -> str:
-        return (f"{100 * m['cd']['1nna']:.0f}% / {100 * m['cd']['cov']:.0f}%, "
-                f"{100 * m['emd']['1nna']:.0f}% / {100 * m['emd']['cov']:.0f}%")
+        return ", ".join(f"{100 * m[d]['1nna']:.0f}% / {100 * m[d]['cov']:.0f}%" for d in ("cd", "emd") if d in m)
 
     for c, v in res.get("per_class", {}).items():
         lines.append(f"  class {c} ({v['model']['num_ref']} sets): {short(v['model'])}   real: {short(v['real'])}")

@@ -153,8 +153,8 @@ def test_demo_finds_its_default_config_from_another_directory(tmp_path, capsys, 
     monkeypatch.setenv("SETFLOW_OFFLINE", "1")
     monkeypatch.setenv("SETFLOW_DATA", str(tmp_path / "data"))
     argv = ["demo", "--minutes", "1", "--out", "run", "--samples", "s.png", "--quality-samples", "8", "train.max_steps=1",
-            "model_args.num_steps=1", "model_args.d_model=8", "model_args.num_heads=2", "model_args.num_layers=1",
-            "model_args.dim_feedforward=16", "data_args.limit=64", "eval.max_examples=8", "train.progress=false"]
+            "model_args.decoder_args.num_steps=1", "model_args.prior_steps=1", "model_args.latent_dim=4",
+            "data_args.limit=64", "eval.max_examples=8", "eval.iwbo_k=2", "train.progress=false"]
     assert main(argv) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "1-NNA" in out and "reference: real train sets vs test" in out  # sample quality beside the PPLL

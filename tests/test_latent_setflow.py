@@ -316,6 +316,10 @@ CONFIGS = {
     "pointcloud/latent_setflow_points_cpu.yaml": ["data_args.per_class=2", "data_args.num_points=64",
                                                   "model_args.num_points=64", "train.batch_size=4",
                                                   "eval.batch_size=8", "model_args.decoder_args.num_steps=2"],
+    "pointcloud/latent_setflow_shapes_cpu.yaml": ["data_args.per_class=2", "data_args.num_points=32",
+                                                  "data_args.pool_points=64", "model_args.num_points=32",
+                                                  "train.batch_size=4", "eval.batch_size=8",
+                                                  "model_args.decoder_args.num_steps=2"],
 }
 
 

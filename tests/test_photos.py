@@ -392,3 +392,127 @@ def test_cli_data_photos(tmp_path, capsys, monkeypatch):
     assert main(["data", "photos", "--data-root", str(tmp_path / "none"), "--offline"]) == 2
     err = capsys.readouterr().err.strip()
     assert "setflow data photos" in err and "\n" not in err
+
+
+# --------------------------------------------------------------------------- SurVAE configs, codec table
+@pytest.mark.parametrize("name,model", [("baseline_photos32_cpu", "baseline_image_flow"),
+                                        ("maxpool_photos32_cpu", "maxpool_flow")])
+def test_survae_photo_configs_train_two_steps_and_evaluate(tmp_path, monkeypatch, one_thread, name, model):
+    from setflow.train.config import load_config
+    from setflow.train.trainer import train
+
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    _fake_photo_cache(tmp_path, 32)
+    cfg = load_config(REPO / "configs" / "images" / f"{name}.yaml",
+                      ["train.max_steps=2", "train.batch_size=4", "eval.max_examples=4", "eval.batch_size=4",
+                       "eval.iwbo_k=2", "eval.iwbo_chunk=2"])
+    assert cfg["model"] == model and cfg["data"] == "photos32" and cfg["model_args"]["data_shape"] == [3, 32, 32]
+    base, maxpool = (load_config(REPO / "configs" / "images" / f"{m}_photos32_cpu.yaml") for m in ("baseline", "maxpool"))
+    for key in ("model_args", "data", "data_args", "train", "eval"):  # the two differ in the downsampling only
+        assert base[key] == maxpool[key], key
+    summary = train(cfg, str(tmp_path / "run"), data_root=str(tmp_path), log=lambda *a, **k: None)
+    assert summary["step"] == 2 and Path(summary["checkpoint"]).is_file()
+
+
+def _two_source_cache(root: Path) -> dict:
+    """A photos32 cache whose test split holds tiles of two photos, ``jxl-a`` (3 tiles) and ``kde-b`` (2)."""
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:32, 0:32]
+    smooth = np.stack([x * 4, y * 4, (x + y) * 2], -1)  # a gradient: every codec codes it well below 8 bits
+    arrays = {}
+    for split, names in (("train", ["kde-c"] * 4), ("valid", ["kde-d"] * 2), ("test", ["jxl-a", "kde-b"] * 2 + ["jxl-a"])):
+        n = len(names)
+        arrays[split] = np.clip(smooth[None] + rng.integers(-3, 4, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+        arrays[f"{split}_photo"] = np.array(names)
+        arrays[f"{split}_origin"] = np.zeros((n, 2), np.int32)
+    save_npz_cache(photo_tiles_path(root, 32, 4), arrays, _cache_meta(32, 4, PHOTO_SOURCES))
+    return arrays
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_codecs", REPO / "scripts" / "bench_codecs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_codec_table_on_a_few_photo_tiles_decodes_every_idf_row_bit_exact(tmp_path, monkeypatch, one_thread):
+    from setflow.train.config import load_config
+    from setflow.train.trainer import train
+
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    arrays = _two_source_cache(tmp_path)
+    cfg = load_config(REPO / "configs" / "images" / "idf_photos32_cpu.yaml",
+                      ["train.max_steps=1", "train.batch_size=4", "eval.max_examples=2", "eval.batch_size=2",
+                       "model_args.num_flows=1", "model_args.hidden_channels=8", "model_args.depth=1"])
+    ckpt = train(cfg, str(tmp_path / "run"), data_root=str(tmp_path), log=lambda *a, **k: None)["checkpoint"]
+    bench = _bench_module()
+
+    x, source, names = bench.test_images(cfg, "test", None, str(tmp_path), photos=["jxl-"])
+    np.testing.assert_array_equal(x, arrays["test"][arrays["test_photo"] == "jxl-a"].transpose(0, 3, 1, 2))
+    assert x.shape == (3, 3, 32, 32) and source.endswith("only the tiles of jxl-a") and list(names) == ["jxl-a"] * 3
+    groups = bench.parse_groups(["never-JPEG=jxl-", "wallpapers=kde-,mate-"])
+    assert groups == {"never-JPEG": ["jxl-"], "wallpapers": ["kde-", "mate-"]}
+    table = bench.bench(ckpt, None, runs=1, data_root=str(tmp_path), batch_size=2, groups=groups)
+    main, by_group = table.split("Bits/dim by source")
+    rows = [line.split(" | ") for line in main.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [r[0].lstrip("| ") for r in rows]
+    assert names[:4] == ["IDF (analytic)", "IDF (file per image)", "IDF (file per image, batched)",
+                         "IDF (one file, 5 images)"]
+    assert [r[1] for r in rows if r[0] == "| JPEG XL"] == ["libjxl lossless, effort 7", "libjxl lossless, effort 9"]
+    for r in rows[1:]:  # every file decoded back bit-exact, IDF's included
+        assert r[-1].rstrip(" |") == "yes", r
+        bpd, ratio = float(r[2]), float(r[3])
+        assert 0 < bpd < 16 and ratio == pytest.approx(8 / bpd, abs=0.006)  # 2 and 3 decimals
+    assert "Lossless compression of 5 test images" in table and "best classical codec: " in table
+    # by source: the 5 tiles' bytes split into 3 + 2, weighted back they give the whole table's figure
+    assert "never-JPEG (3 tiles: jxl-a) | wallpapers (2 tiles: kde-b)" in by_group
+    whole = {r[0].lstrip("| ") + ("" if r[0] != "| JPEG XL" else ", " + r[1].split(", ")[-1]): float(r[2]) for r in rows}
+    checked = 0
+    for line in by_group.splitlines():
+        cells = line.strip("| ").split(" | ")
+        if cells[0] in whole:
+            assert (3 * float(cells[1]) + 2 * float(cells[2])) / 5 == pytest.approx(whole[cells[0]], abs=2e-3), line
+            checked += 1
+    assert checked == 8  # IDF analytic and files, PNG, JPEG 2000, WebP, JPEG XL 7 and 9, JPEG-LS
+    assert by_group.count("| IDF (one file per group) |") == 1
+    with pytest.raises(ValueError, match="LABEL=PREFIX"):
+        bench.parse_groups(["jxl-"])
+    with pytest.raises(ValueError, match="no test tile comes from a photo named mate-"):
+        bench.test_images(cfg, "test", None, str(tmp_path), photos=["mate-"])
+    with pytest.raises(ValueError, match="--photos selects photo tiles"):
+        bench.test_images(cfg, "test", None, str(tmp_path), data="mnist", photos=["jxl-"])
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--ckpt", ckpt, "--data-root", str(tmp_path), "--photos", "nope-", "--runs", "1"])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_image_study_on_photo_tiles_trains_both_at_equal_steps(tmp_path, monkeypatch, capsys, one_thread):
+    import importlib.util
+
+    monkeypatch.setenv("SETFLOW_OFFLINE", "1")
+    monkeypatch.setenv("SETFLOW_DATA", str(tmp_path))
+    _fake_photo_cache(tmp_path, 32)
+    spec = importlib.util.spec_from_file_location("image_study", REPO / "scripts" / "image_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    runs = [str(tmp_path / "base"), str(tmp_path / "maxpool")]
+    argv = ["--recipe", "photos32", "--equal-steps", "--runs", *runs, "--out", str(tmp_path / "out"),
+            "--max-examples", "4", "--batch-size", "4", "--iwbo-k", "2", "--iwbo-chunk", "2",
+            "train.max_steps=2", "train.batch_size=4", "eval.max_examples=4", "eval.batch_size=4",
+            "eval.iwbo_k=2", "eval.iwbo_chunk=2"]
+    assert study.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "baseline: 2 steps" in out and "maxpool: 2 steps" in out
+    table = (tmp_path / "out" / "image_study_photos32.md").read_text().splitlines()
+    assert [r.split(" | ")[:3] for r in table[2:]] == [["| baseline_image_flow", "photos32", "2"],
+                                                       ["| maxpool_flow", "photos32", "2"]]
+    for r in table[2:]:
+        elbo, iwbo = float(r.split(" | ")[3]), float(r.split(" | ")[4])
+        assert 0 < iwbo <= elbo + 1e-3 < 20  # IWBO is the tighter bound
+    assert all((tmp_path / "out" / f"image_study_{Path(r).name}.png").is_file() for r in runs)
+    with pytest.raises(SystemExit, match="trains on photos32, not mnist"):
+        study.main(["--recipe", "photos32", "--data", "mnist", "--skip-train"])

@@ -107,11 +107,12 @@ def point_size_for(points: np.ndarray, width: int, fov_deg: float = 60.0, distan
     return float(np.clip(1.5 * spacing / visible * width, 1.0, 8.0))
 
 
-def _render_one(o3d, pts: np.ndarray, width: int, height: int, front, fov: float = 60.0) -> np.ndarray:
+def _render_one(o3d, pts: np.ndarray, width: int, height: int, front, fov: float = 60.0,
+                up: Sequence[float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     pts = pts[np.isfinite(pts).all(1)]  # padding of variable-size samples (NaN) is not drawn
     pcd = o3d.geometry.PointCloud()
     pcd.points = o3d.utility.Vector3dVector(pts)
-    z = pts[:, 2]
+    z = pts @ np.asarray(up, dtype=np.float64)  # coloured by height along the up axis
     t = (z - z.min()) / max(float(np.ptp(z)), 1e-12)
     pcd.colors = o3d.utility.Vector3dVector(np.stack([0.15 + 0.75 * t, 0.35 + 0.2 * t, 0.85 - 0.6 * t], 1))
     vis = o3d.visualization.Visualizer()
@@ -127,7 +128,7 @@ def _render_one(o3d, pts: np.ndarray, width: int, height: int, front, fov: float
         centre, _ = cloud_frame(pts[None], margin=0.0)
         ctl.set_lookat(centre)
         ctl.set_front(front)
-        ctl.set_up([0.0, 0.0, 1.0])
+        ctl.set_up(list(up))
         ctl.set_zoom(0.8)
         vis.poll_events()
         vis.update_renderer()
@@ -138,14 +139,14 @@ def _render_one(o3d, pts: np.ndarray, width: int, height: int, front, fov: float
 
 
 def render_clouds_open3d(clouds, out_path: Union[str, Path], cols: int = 4, tile: int = 320,
-                         front: Sequence[float] = (1.0, -1.2, 0.7)) -> Path:
+                         front: Sequence[float] = (1.0, -1.2, 0.7), up: Sequence[float] = (0.0, 0.0, 1.0)) -> Path:
     """Render each cloud ``(n, N, 3)`` offscreen with open3d (perspective camera looking at the
-    cloud's centre from ``front``, point size from the data) and tile them into one PNG."""
+    cloud's centre from ``front``, ``up`` pointing up, point size from the data) and tile them into one PNG."""
     import open3d as o3d
     from PIL import Image
 
     arr = _np(clouds)
-    tiles = [_render_one(o3d, pts, tile, tile, list(front)) for pts in arr]
+    tiles = [_render_one(o3d, pts, tile, tile, list(front), up=up) for pts in arr]
     rows = int(np.ceil(len(tiles) / cols))
     canvas = np.full((rows * tile, min(cols, len(tiles)) * tile, 3), 255, np.uint8)
     for i, t in enumerate(tiles):
