@@ -120,6 +120,18 @@ def _cmd_spatial_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metric_names(text: str) -> tuple[str, ...]:
+    """``--metrics cd,emd``: comma-separated names registered in :data:`setflow.registry.METRICS`."""
+    from setflow.registry import METRICS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in METRICS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric {', '.join(map(repr, bad)) or repr(text)}; registered "
+                                         f"metrics: {', '.join(METRICS)}")
+    return names
+
+
 class _DataChoices:
     """``setflow data`` targets: the registered data commands and point-cloud sources, read from the
     registry only when argparse checks a name or prints help (so ``setflow --help`` stays light)."""
@@ -218,7 +230,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         other = "train" if args.split != "train" else "valid"
         q = sample_quality(model, data.sets(args.split), data.sets(other), args.samples, seed=args.seed,
                            device=args.device or "cpu", num_points=args.num_points, renormalize=args.renormalize,
-                           metrics=None if args.metrics is None else tuple(args.metrics.split(",")))
+                           metrics=args.metrics)
         if args.renormalize == "bbox":
             print("sample metrics under DPM's protocol: every cloud (samples, test, train) in its own [-1, 1] box")
         if q["num"] < args.samples:
@@ -472,9 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renormalize", default="none", choices=["none", "bbox"],
                    help="with --samples: bbox = DPM's protocol, every cloud (samples and real) in its own [-1, 1] "
                         "box before the distances")
-    p.add_argument("--metrics", default=None, choices=["cd,emd", "cd", "emd"],
-                   help="with --samples: the distances (default cd,emd; cd alone for sets of different sizes; "
-                        "cd skips the exact EMD, slow at thousands of points)")
+    p.add_argument("--metrics", default=None, type=_metric_names, metavar="NAMES",
+                   help="with --samples: comma-separated metrics of setflow.registry.METRICS (default cd,emd; cd "
+                        "alone for sets of different sizes; cd skips the exact EMD, slow at thousands of points)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_eval)

@@ -375,3 +375,13 @@ def test_conditioners_and_models_are_found_by_scanning_their_packages():
     names = {f"setflow.nn.{m.name}" for m in pkgutil.iter_modules(setflow.nn.__path__)}
     assert names and names <= set(sys.modules)
     assert registry.import_submodules("setflow.nn") == []  # imported once
+
+
+def test_eval_metrics_option_reads_the_registry(capsys):
+    from setflow.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "run.pt", "--samples", "4", "--metrics", "cd, emd"])
+    assert args.metrics == ("cd", "emd")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "run.pt", "--metrics", "cd,nope"])
+    assert f"unknown metric 'nope'; registered metrics: {', '.join(registry.METRICS)}" in capsys.readouterr().err
