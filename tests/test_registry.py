@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,14 +77,16 @@ def test_a_throwaway_registered_model_is_built_by_name():
     assert "_throwaway" not in MODELS
 
 
+def _drop_module(folder, module: str, register: str, name: str, definition: str) -> None:
+    """Write ``folder/module.py``: ``definition`` (a def or class) decorated with ``@register(name)``."""
+    (folder / f"{module}.py").write_text(f"import torch\nfrom setflow.registry import {register}\n\n"
+                                         f"@{register}({name!r})\n{definition}\n")
+
+
 def test_a_new_model_file_is_picked_up_without_editing_a_list(tmp_path, monkeypatch):
     """A module dropped into the models package registers itself: no list to edit."""
-    (tmp_path / "h3_dropped_in.py").write_text(
-        "import torch\n"
-        "from setflow.registry import register_model\n\n"
-        "@register_model('_dropped_in')\n"
-        "def build(features: int = 2):\n"
-        "    return torch.nn.Linear(features, features)\n")
+    _drop_module(tmp_path, "h3_dropped_in", "register_model", "_dropped_in",
+                 "def build(features: int = 2):\n    return torch.nn.Linear(features, features)")
     monkeypatch.setattr(setflow.models, "__path__", [*setflow.models.__path__, str(tmp_path)])
     try:
         assert import_model_modules() == ["setflow.models.h3_dropped_in"]
@@ -125,6 +129,12 @@ EXPECTED = {
     "LATENT_DECODERS": {"set", "points"},
     "SCALE_FNS": {"exp", "softplus", "sigmoid", "tanh_exp"},
     "SET_CONDITIONERS": {"transformer", "deepsets", "edgeconv", "isab", "knn"},
+    "ACTIVATIONS": {"relu", "gelu", "silu", "swish", "elu", "leaky_relu", "tanh", "softplus", "sigmoid"},
+    "IMAGE_DATASETS": {"mnist", "fashion_mnist", "cifar10", "imagenet32", "imagenet64", "photos32", "photos64"},
+    "TOY_DATASETS": {"checkerboard", "corners", "eight_gaussians", "four_circles"},
+    "POINTCLOUD_SOURCES": {"shapes", "cgal", "meshes", "modelnet10", "modelnet40", "shapenet", "airplanes"},
+    "METRICS": {"cd", "emd"},
+    "DATA_COMMANDS": {"spatial-mnist", "spatial-mnist-pixels", "photos"},
 }
 TABLES = sorted(n for n, v in vars(registry).items() if isinstance(v, Registry))
 
@@ -226,3 +236,153 @@ def test_a_registered_optimizer_is_a_valid_config_value():
         assert isinstance(make_optimizer("_sgd", [torch.zeros(1, requires_grad=True)], lr=0.1), torch.optim.SGD)
     finally:
         OPTIMIZERS.unregister("_sgd")
+
+
+# -- the tables that were dicts and if/elif chains -------------------------------------------------
+def test_the_old_table_names_are_the_registry_tables():
+    from setflow.data import IMAGE_DATASETS, TOY_DATASETS
+    from setflow.metrics import METRICS
+    from setflow.nn import ACTIVATIONS
+
+    assert ACTIVATIONS is registry.ACTIVATIONS and METRICS is registry.METRICS
+    assert IMAGE_DATASETS is registry.IMAGE_DATASETS and TOY_DATASETS is registry.TOY_DATASETS
+
+
+def test_activations_are_fresh_modules_by_case_insensitive_name():
+    from setflow.nn import get_activation
+
+    a, b = get_activation("GELU"), get_activation("gelu")
+    assert type(a) is torch.nn.GELU and a is not b
+    assert registry.ACTIVATIONS.get("swish") is torch.nn.SiLU
+    _unknown(lambda: get_activation("nope"), "activation")
+    with pytest.raises(TypeError, match="named by a string"):
+        get_activation(None)
+
+
+def test_image_and_toy_lookups_raise_the_registry_message():
+    from setflow.data import DataError, image_dataset_splits, sample_toy
+    from setflow.train.data import load_data
+
+    with pytest.raises(DataError, match=r"^unknown image data set 'svhn'; registered image data sets: cifar10, "):
+        image_dataset_splits("svhn", download=False)
+    _unknown(lambda: sample_toy("nope", 4), "toy data set")
+    _unknown(lambda: load_data({"data": "toy2d", "data_args": {"name": "nope"}}), "toy data set")
+    x = sample_toy("corners", 7, seed=3)
+    assert x.shape == (7, 2) and torch.equal(x, registry.TOY_DATASETS.get("corners")(7, seed=3))
+
+
+def test_a_registered_toy_density_trains_by_name():
+    from setflow.train.data import load_data
+
+    @registry.register_toy_dataset("_dots")
+    def dots(n, seed=None):
+        return torch.arange(2 * n, dtype=torch.float32).view(n, 2)
+
+    try:
+        d = load_data({"data": "toy2d", "data_args": {"name": "_dots", "n_train": 3, "n_valid": 2, "n_test": 2}})
+        assert torch.equal(d.train, dots(3)) and "'_dots'" in d.source
+    finally:
+        registry.TOY_DATASETS.unregister("_dots")
+
+
+def test_pointcloud_sources_get_the_options_they_name():
+    from setflow.data.pointclouds import PointClouds, load_pointclouds
+
+    seen = {}
+
+    @registry.register_pointcloud_source("_grid")
+    def grid(num_points, seed, normalize):
+        seen.update(num_points=num_points, seed=seed, normalize=normalize)
+        pts = np.zeros((1, num_points, 3), np.float32)
+        lab = np.zeros(1, np.int64)
+        return PointClouds(pts, pts, pts, lab, lab, lab, ["dot"], "a test grid")
+
+    try:
+        d = load_pointclouds("_grid", num_points=5, seed=2, per_class=9, path="ignored", verbose=False)
+        assert seen == {"num_points": 5, "seed": 2, "normalize": "shape"} and d.train.shape == (1, 5, 3)
+        with pytest.raises(ValueError, match=r"^rotate='z' poses the procedural shapes \(sources shapes\), not '_grid'$"):
+            load_pointclouds("_grid", num_points=5, rotate="z", verbose=False)
+    finally:
+        registry.POINTCLOUD_SOURCES.unregister("_grid")
+    _unknown(lambda: load_pointclouds("nope", verbose=False), "point-cloud source")
+
+
+def test_a_registered_metric_runs_in_sample_metrics_and_its_line():
+    from setflow.metrics import SetPairs, format_sample_metrics, sample_metrics
+
+    @registry.register_metric("_l1")
+    def l1(pairs: SetPairs) -> dict:
+        d = torch.cdist(pairs.gen.points.flatten(1), pairs.ref.points.flatten(1), p=1)
+        return {"mmd": d.min(0).values.mean().item(), "cov": d.argmin(1).unique().numel() / pairs.num_ref,
+                "1nna": 0.5}
+
+    gen, ref = torch.zeros(3, 4, 2), torch.ones(2, 4, 2)
+    try:
+        res = sample_metrics(gen, ref, metrics=("cd", "_l1"), progress=False)
+        assert res["_l1"] == {"mmd": 8.0, "cov": 0.5, "1nna": 0.5}
+        assert res["cd"]["mmd"] == pytest.approx(4.0)  # squared distance 2 per point, both directions
+        assert "_L1 MMD 8 COV 50.0%" in format_sample_metrics(res, "x")
+    finally:
+        registry.METRICS.unregister("_l1")
+    _unknown(lambda: sample_metrics(gen, ref, metrics=("nope",)), "metric")
+
+
+def test_setflow_data_takes_its_choices_from_the_registry(capsys):
+    from setflow.cli import main
+
+    @registry.register_pointcloud_source("_nothing")
+    def nothing(num_points):
+        raise ValueError("the _nothing source was reached")
+
+    try:
+        assert main(["data", "_nothing", "--offline"]) != 0  # a new source is a `setflow data` choice, no CLI edit
+        assert "the _nothing source was reached" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["data", "--help"])
+        helptext = capsys.readouterr().out
+        assert all(n in helptext for n in [*registry.DATA_COMMANDS, *registry.POINTCLOUD_SOURCES])
+    finally:
+        registry.POINTCLOUD_SOURCES.unregister("_nothing")
+    with pytest.raises(SystemExit):
+        main(["data", "_nothing"])
+    assert "invalid choice: '_nothing'" in capsys.readouterr().err
+
+
+def test_a_new_conditioner_file_is_found_without_an_import_list(tmp_path, monkeypatch):
+    """A module dropped into setflow.nn registers itself; nn/__init__.py does not name it."""
+    import setflow.nn
+
+    _drop_module(tmp_path, "h24_dropped_net", "register_set_conditioner", "_dropped_net",
+                 "class DroppedNet(torch.nn.Module):\n    pass")
+    monkeypatch.setattr(setflow.nn, "__path__", [*setflow.nn.__path__, str(tmp_path)])
+    try:
+        assert registry.SET_CONDITIONERS.get("_dropped_net").__name__ == "DroppedNet"  # found on the missed lookup
+        assert "setflow.nn.h24_dropped_net" in sys.modules
+        assert "h24_dropped_net" not in Path(setflow.nn.__file__).read_text()
+    finally:
+        sys.modules.pop("setflow.nn.h24_dropped_net", None)
+        if "_dropped_net" in registry.SET_CONDITIONERS:
+            registry.SET_CONDITIONERS.unregister("_dropped_net")
+
+
+def test_conditioners_and_models_are_found_by_scanning_their_packages():
+    import pkgutil
+
+    import setflow.nn
+
+    assert registry.SET_CONDITIONERS._populate == ("setflow.nn.*",)
+    assert registry.MODELS._populate == ("setflow.models.*",)
+    registry.SET_CONDITIONERS.names()
+    names = {f"setflow.nn.{m.name}" for m in pkgutil.iter_modules(setflow.nn.__path__)}
+    assert names and names <= set(sys.modules)
+    assert registry.import_submodules("setflow.nn") == []  # imported once
+
+
+def test_eval_metrics_option_reads_the_registry(capsys):
+    from setflow.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "run.pt", "--samples", "4", "--metrics", "cd, emd"])
+    assert args.metrics == ("cd", "emd")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "run.pt", "--metrics", "cd,nope"])
+    assert f"unknown metric 'nope'; registered metrics: {', '.join(registry.METRICS)}" in capsys.readouterr().err

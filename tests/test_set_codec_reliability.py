@@ -308,44 +308,45 @@ def test_cli_npy_and_masked_npz_round_trip(tmp_path, codec_ckpt):
     ("text.npz", b"hello", "not a zip archive; expected an .npz or .npy"),
 ])
 def test_cli_refuses_wrong_files_in_one_line(tmp_path, codec_ckpt, name, content, match):
-    from setflow.coding.sets import cli_compress_sets
+    from setflow.coding.cli import compress_sets_file
 
     (tmp_path / name).write_bytes(content)
     with pytest.raises(CodecError, match=match):
-        cli_compress_sets(_compress_args(codec_ckpt, tmp_path / name, tmp_path / "o.sfs"))
+        compress_sets_file(_compress_args(codec_ckpt, tmp_path / name, tmp_path / "o.sfs"))
     assert not (tmp_path / "o.sfs").exists()
 
 
 def test_cli_refuses_to_write_over_its_input(tmp_path, codec_ckpt):
-    from setflow.coding.sets import cli_compress_sets
+    from setflow.coding.cli import compress_sets_file
 
     np.save(tmp_path / "s.npy", np.ones((2, 6), np.int64))
     before = (tmp_path / "s.npy").read_bytes()
     with pytest.raises(CodecError, match="is the input itself"):
-        cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "s.npy"))
+        compress_sets_file(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "s.npy"))
     assert (tmp_path / "s.npy").read_bytes() == before
 
 
 def test_cli_zero_sets_is_refused_before_writing(tmp_path, codec_ckpt):
-    from setflow.coding.sets import cli_compress_sets
+    from setflow.coding.cli import compress_sets_file
 
     np.save(tmp_path / "none.npy", np.zeros((0, 6), np.int64))
     with pytest.raises(CodecError, match="no sets"):
-        cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "none.npy", tmp_path / "o.sfs"))
+        compress_sets_file(_compress_args(codec_ckpt, tmp_path / "none.npy", tmp_path / "o.sfs"))
     assert not (tmp_path / "o.sfs").exists()
 
 
 def test_cli_verify_on_write_leaves_no_file_when_the_check_fails(tmp_path, codec_ckpt, monkeypatch):
-    from setflow.coding import sets as sets_mod
+    from setflow.coding.cli import compress_sets_file
+    from setflow.coding.sets import SetCodec
 
     np.save(tmp_path / "s.npy", np.random.default_rng(0).integers(0, 25, size=(4, 6)))
     (tmp_path / "old.sfs").write_bytes(b"keep me")
-    monkeypatch.setattr(sets_mod, "decompress_sets", lambda m, data, cfg=None: np.zeros((4, 6), np.int64))
+    monkeypatch.setattr(SetCodec, "decompress", lambda self, data: np.zeros((4, 6), np.int64))
     with pytest.raises(CodecError, match="verification failed"):
-        sets_mod.cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "old.sfs"))
+        compress_sets_file(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "old.sfs"))
     assert (tmp_path / "old.sfs").read_bytes() == b"keep me"  # the old output is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "old.sfs", "s.npy"]  # no temp file left
-    sets_mod.cli_compress_sets(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "old.sfs", verify=False))
+    compress_sets_file(_compress_args(codec_ckpt, tmp_path / "s.npy", tmp_path / "old.sfs", verify=False))
     assert (tmp_path / "old.sfs").read_bytes()[:4] == b"\x89SFS"  # --no-verify skips the check
 
 

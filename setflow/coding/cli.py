@@ -1,10 +1,12 @@
 """``setflow compress | decompress | progressive``: plugged into :mod:`setflow.cli` by ``register``.
 
-Examples::
+The checkpoint picks the codec: an IDF codes images (``.png``/``.npy`` <-> ``.idf``), a ``set_codec``
+model codes pixel sets (``.npz``/``.npy`` <-> ``.sfs``). Examples::
 
     setflow compress runs/idf_fashion_mnist_cpu/last.pt img.png more/ -o out/       # out/img.idf, ...
     setflow decompress runs/idf_fashion_mnist_cpu/last.pt out/ -o restored/        # PNG in -> PNG out
     setflow progressive runs/idf_fashion_mnist_cpu/last.pt img.png -o fig.png
+    setflow compress runs/set_codec_spatial_mnist_cpu/last.pt sets.npz -o test.sfs  # pixel sets
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import numpy as np
 import torch
 
 from setflow.coding.codec import IDFCodec, check_pixels, load_idf, to_model_layout
-from setflow.coding.format import SOURCE_PNG, CodecError, DecodeMismatchError
-from setflow.coding.io import IMAGE_SUFFIXES, collect_files, output_paths, png_layout, read_image, write_image
+from setflow.coding.format import SOURCE_PNG, CodecError, DecodeMismatchError, FormatError
+from setflow.coding.io import (IMAGE_SUFFIXES, collect_files, output_paths, png_layout, read_image, read_sets_file,
+                               write_image)
 from setflow.data.common import atomic_write
 
-__all__ = ["register", "run_compress", "run_decompress", "run_progressive"]
+__all__ = ["register", "run_compress", "run_decompress", "run_progressive", "holds_set_codec", "compress_sets_file",
+           "decompress_sets_file"]
 
 
 def _codec(ckpt: str) -> IDFCodec:
@@ -69,10 +73,8 @@ def _decodes_to(arr: np.ndarray, back, data: bytes, src: Path, dst: Path):
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from setflow.coding.sets import cli_compress_sets, holds_set_codec
-
     if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
-        return cli_compress_sets(args)
+        return compress_sets_file(args)
     codec = _codec(args.ckpt)
     channels = codec.input_shape[0]
 
@@ -111,10 +113,8 @@ def run_compress(args: argparse.Namespace) -> int:
 
 
 def run_decompress(args: argparse.Namespace) -> int:
-    from setflow.coding.sets import cli_decompress_sets, holds_set_codec
-
     if holds_set_codec(args.ckpt):  # a set_codec checkpoint codes point sets (.npz <-> .sfs)
-        return cli_decompress_sets(args)
+        return decompress_sets_file(args)
     codec = _codec(args.ckpt)
 
     def check(src: Path):
@@ -165,6 +165,80 @@ def run_progressive(args: argparse.Namespace) -> int:
     plot_progressive(rows, fractions, args.output,
                      title=args.title if args.title is not None else f"progressive decoding ({dims} latent dims)")
     print(f"wrote {args.output}: {len(fractions)} rows x {x.shape[0]} images")
+    return 0
+
+
+# ----------------------------------------------------------------------------- pixel sets
+def holds_set_codec(ckpt: str) -> bool:
+    """Whether a checkpoint holds a ``set_codec`` model (``setflow compress`` dispatches on it)."""
+    from setflow.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt)["config"].get("model") == "set_codec"
+
+
+def _set_codec(args: argparse.Namespace, suffix: str, what: str):
+    """``(codec, output path)`` of a set-codec command: one input, an output that is not the input
+    (a folder gets ``<input stem><suffix>``), and the checkpoint's :class:`SetCodec`."""
+    from setflow.coding.sets import SetCodec
+    from setflow.train.checkpoint import load_model
+
+    if len(args.inputs) != 1:
+        raise FormatError(what)
+    try:
+        dst = output_paths([Path(args.inputs[0])], args.output, lambda p: suffix)[0]
+    except ValueError as e:
+        raise FormatError(str(e)) from None
+    model, cfg = load_model(args.ckpt, device="cpu")
+    return SetCodec(model, cfg), dst
+
+
+def compress_sets_file(args: argparse.Namespace) -> int:
+    """``setflow compress SETCODEC.pt sets.npz -o out.sfs``: all sets of the file into one ``.sfs``,
+    decoded again before it is written unless ``--no-verify``."""
+    codec, dst = _set_codec(args, ".sfs", "the set codec takes one .npz (or .npy) of sets (M, N) per call")
+    sets, _ = codec.check(read_sets_file(args.inputs[0]))
+    if sets.shape[0] == 0:
+        raise FormatError(f"{args.inputs[0]} holds no sets: nothing to compress")
+    t0 = time.perf_counter()
+    data = codec.compress(sets)
+    dt = time.perf_counter() - t0
+    checked = []
+
+    def decodes_back(_tmp) -> None:
+        t1 = time.perf_counter()
+        try:
+            codec.verify(sets, data)
+        except CodecError as e:
+            raise DecodeMismatchError(f"verification failed, nothing written ({dst} untouched, the input "
+                                      f"too): the new file does not decode back to the sets: {e}") from None
+        checked.append(sets.shape[0] / max(time.perf_counter() - t1, 1e-9))
+
+    verify = getattr(args, "verify", True)
+    atomic_write(dst, lambda f: f.write(data), check=decodes_back if verify else None)
+    note = f"verified: decodes back bit-exact ({checked[0]:.0f} sets/s)" if verify else "not verified (--no-verify)"
+    points = int((sets >= 0).sum())
+    print(f"{args.inputs[0]} -> {dst}: {sets.shape[0]} sets, {points} points, {len(data)} bytes, "
+          f"{8 * len(data) / points:.3f} bits/point, {sets.shape[0] / max(dt, 1e-9):.0f} sets/s; {note}")
+    return 0
+
+
+def decompress_sets_file(args: argparse.Namespace) -> int:
+    """``setflow decompress SETCODEC.pt out.sfs -o sets.npz``: writes ``sets`` (M, N) sorted indices
+    (``-1`` marks an absent point), ``pixels`` (M, N, 2) integer (col, row) and ``mask`` (M, N)."""
+    codec, dst = _set_codec(args, ".npz", "the set codec decodes one .sfs file per call")
+    try:
+        with open(args.inputs[0], "rb") as fh:
+            data = fh.read()
+    except OSError as e:
+        raise FormatError(f"{args.inputs[0]}: cannot read ({e.strerror})") from None
+    t0 = time.perf_counter()
+    sets = codec.decompress(data)
+    dt = time.perf_counter() - t0
+    mask = sets >= 0
+    pixels = np.where(mask[..., None], np.stack([sets % codec.grid, sets // codec.grid], -1), -1)
+    atomic_write(dst, lambda f: np.savez(f, sets=sets, pixels=pixels, mask=mask))
+    print(f"{args.inputs[0]} -> {dst}: {sets.shape[0]} sets, {int(mask.sum())} points, "
+          f"{sets.shape[0] / max(dt, 1e-9):.0f} sets/s")
     return 0
 
 

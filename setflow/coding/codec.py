@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import math
 from collections import deque
 from typing import Iterator, Optional, Sequence, Union
@@ -44,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from setflow.coding.base import Codec, weights_fingerprint
 from setflow.coding.format import (
     FORMAT_VERSION,
     IMAGES_PER_RUN,
@@ -56,7 +55,6 @@ from setflow.coding.format import (
     FormatError,
     Header,
     CodecError,
-    ModelMismatchError,
     check_payload_bits,
     checked_product,
     codec_errors,
@@ -112,18 +110,7 @@ def deterministic_cpu() -> Iterator[None]:
 
 def model_fingerprint(model: nn.Module, config: dict, spec: TableSpec) -> bytes:
     """8 bytes of SHA-256 over the format version, model config, codec settings and float64 weights."""
-    h = hashlib.sha256()
-    h.update(b"setflow-idf-codec\0")
-    h.update(bytes([FORMAT_VERSION]))
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    h.update(json.dumps(spec.as_dict(), sort_keys=True).encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu")
-        if t.is_floating_point():
-            t = t.to(torch.float64)
-        h.update(name.encode() + b"\0" + str(t.dtype).encode() + str(tuple(t.shape)).encode())
-        h.update(t.contiguous().numpy().tobytes())
-    return h.digest()[:8]
+    return weights_fingerprint("setflow-idf-codec", FORMAT_VERSION, model, config, spec.as_dict())
 
 
 def check_pixels(arr: ArrayLike) -> np.ndarray:
@@ -226,8 +213,9 @@ def _log2_prob(z: Tensor, params: tuple[Tensor, Tensor, Tensor]) -> float:
     return float(lp.sum()) / math.log(2.0)
 
 
-class IDFCodec:
-    """Lossless codec for 8-bit images on top of a trained :class:`~setflow.models.idf.IDF`.
+class IDFCodec(Codec):
+    """Lossless codec for 8-bit images on top of a trained :class:`~setflow.models.idf.IDF`
+    (the :class:`~setflow.coding.base.Codec` contract).
 
     Args:
         model: an IDF (any device/dtype; the codec keeps its own float64 CPU copy, so later
@@ -422,11 +410,7 @@ class IDFCodec:
 
     def _open(self, data: bytes) -> tuple[Header, np.ndarray, int]:
         header, words = unpack(data)
-        if header.fingerprint != self.fingerprint:
-            raise ModelMismatchError(
-                "this file was compressed with a different model or codec settings "
-                f"(file fingerprint {header.fingerprint.hex()}, model {self.fingerprint.hex()})"
-            )
+        self.check_fingerprint(header.fingerprint)
         total = checked_product(header.shape, MAX_ELEMENTS)  # Python ints: no wrap-around
         per_image = math.prod(self.input_shape)
         if total % per_image:

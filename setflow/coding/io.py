@@ -1,7 +1,8 @@
-"""Reading and writing images for the codec CLI: PNG and NPY files, and folders of them."""
+"""Reading and writing for the codec CLI: images (PNG and NPY files, and folders of them) and pixel sets."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -9,9 +10,10 @@ from typing import Iterable, Optional, Sequence
 import imagecodecs
 import numpy as np
 
-from setflow.coding.format import SOURCE_ARRAY, SOURCE_PNG
+from setflow.coding.format import SOURCE_ARRAY, SOURCE_PNG, FormatError
 
-__all__ = ["IMAGE_SUFFIXES", "collect_files", "read_image", "as_greyscale", "write_image", "output_paths", "Progress"]
+__all__ = ["IMAGE_SUFFIXES", "collect_files", "read_image", "as_greyscale", "write_image", "output_paths", "Progress",
+           "read_sets_file"]
 
 IMAGE_SUFFIXES = (".png", ".npy")
 
@@ -150,3 +152,37 @@ class Progress:
 
     def update(self, n: int = 1) -> None:
         self._bar.update(n)
+
+
+#: suffixes of pictures, which the set codec refuses with a pointer to the image codec
+_PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".jxl")
+
+
+def read_sets_file(path: str) -> np.ndarray:
+    """The sets of an ``.npz`` (key ``sets``, else ``test``, else its only array; a boolean ``mask``
+    beside ``sets`` marks the present points) or of an ``.npy``; a one-line FormatError otherwise."""
+    from setflow.data.common import DataError, not_a_zip, read_npz
+
+    expected = "an .npz or .npy of pixel sets (M, N)"
+    if str(path).lower().endswith(_PICTURE_SUFFIXES):
+        raise FormatError(f"{path} is an image: the set codec codes {expected}; images need an IDF checkpoint")
+    try:
+        if os.path.isfile(path) and not_a_zip(path) == "a .npy array":
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise DataError(f"{path}: a damaged .npy ({type(e).__name__}: {e}); expected {expected}") from None
+        z = read_npz(path, expected)
+    except DataError as e:
+        raise FormatError(str(e)) from None
+    keys = list(z)
+    key = "sets" if "sets" in keys else "test" if "test" in keys else keys[0] if len(keys) == 1 else None
+    if key is None:
+        raise FormatError(f"{path}: expected an array 'sets' (or 'test', or a single array), got {keys}")
+    sets = z[key]
+    if "mask" in keys and key == "sets":
+        mask = z["mask"]
+        if mask.dtype != bool or mask.shape != sets.shape[:2]:
+            raise FormatError(f"{path}: 'mask' must be boolean {sets.shape[:2]}, got {mask.dtype} {mask.shape}")
+        sets = np.where(mask if sets.ndim == 2 else mask[..., None], sets, -1)
+    return sets

@@ -39,7 +39,10 @@ Container ``.sfs`` version 2 (little-endian)::
     31  4K ANS words
     -4  4  CRC-32 of every byte before it
 
-All failures raise :class:`~setflow.coding.format.CodecError` subclasses.
+All failures raise :class:`~setflow.coding.format.CodecError` subclasses. The codec is
+:class:`SetCodec` (the :class:`~setflow.coding.base.Codec` interface it shares with the image
+codec); :func:`compress_sets`, :func:`decompress_sets` and :func:`set_bits` are its one-call forms.
+The command-line handlers are in :mod:`setflow.coding.cli`.
 
 Sets are ``(M, N)`` linear indices ``row * G + col`` (or ``(M, N, 2)`` integer ``(col, row)``);
 ``-1`` marks an absent point, so a batch of sets of different sizes is one padded array (a
@@ -61,10 +64,8 @@ Example::
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -75,14 +76,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from setflow.coding.base import Codec, weights_fingerprint
 from setflow.coding.codec import deterministic_cpu
 from setflow.coding.format import (CodecError, CorruptFileError, DecodeMismatchError, FormatError,
                                    ModelMismatchError, codec_errors)
 from setflow.data.pixel_sets import canonical_sets
 
-__all__ = ["SETS_MAGIC", "SETS_VERSION", "SetsHeader", "compress_sets", "decompress_sets", "read_sets_header",
-           "holds_set_codec", "cli_compress_sets", "cli_decompress_sets", "read_sets_file",
-           "set_fingerprint", "set_bits"]
+__all__ = ["SETS_MAGIC", "SETS_VERSION", "SetCodec", "SetsHeader", "compress_sets", "decompress_sets",
+           "read_sets_header", "set_fingerprint", "set_bits"]
 
 SETS_MAGIC = b"\x89SFS"
 SETS_VERSION = 2
@@ -109,13 +110,7 @@ class SetsHeader:
 
 def set_fingerprint(model: nn.Module, config: dict | None = None) -> bytes:
     """8 bytes of SHA-256 over the format version, the model config and the float64 weights."""
-    h = hashlib.sha256(b"setflow-set-codec\0" + bytes([SETS_VERSION]))
-    h.update(json.dumps(config or {}, sort_keys=True, default=str).encode())
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu()
-        t = t.to(torch.float64) if t.is_floating_point() else t
-        h.update(name.encode() + b"\0" + str(tuple(t.shape)).encode() + t.contiguous().numpy().tobytes())
-    return h.digest()[:8]
+    return weights_fingerprint("setflow-set-codec", SETS_VERSION, model, config or {}, weight_dtypes=False)
 
 
 def _sets_crc(sets: np.ndarray) -> int:
@@ -206,53 +201,110 @@ def _guard_bits() -> int:
     return coder.num_valid_bits()
 
 
+class SetCodec(Codec):
+    """Lossless codec for pixel multisets on top of a :class:`~setflow.models.set_codec.SortedSetAR`
+    (the :class:`~setflow.coding.base.Codec` contract; the module docstring has the format).
+
+    Args:
+        model: the set model (any device/dtype: the codec codes with a float64 CPU copy, made
+            once per model state, so later changes to ``model`` do not affect this codec).
+        config: the model config, part of the fingerprint (a checkpoint's ``config``).
+        block: sets coded together (written into each file; :meth:`decompress` reads it there).
+
+    Example:
+        >>> from setflow.models.set_codec import SortedSetAR
+        >>> codec = SetCodec(SortedSetAR(grid=4, num_points=3, d_model=8, num_heads=2, num_layers=1,
+        ...                              dim_feedforward=8))
+        >>> data = codec.compress([[5, 0, 0], [15, 1, 2]])
+        >>> codec.decompress(data).tolist(), codec.header(data).count
+        ([[0, 0, 5], [1, 2, 15]], 2)
+    """
+
+    def __init__(self, model: nn.Module, config: dict | None = None, block: int = DEFAULT_BLOCK) -> None:
+        if not 1 <= block <= MAX_BLOCK:
+            raise FormatError(f"block must be in 1..{MAX_BLOCK}, got {block}")
+        self.model, self.config, self.block = model, config, int(block)
+        self.grid, self.num_points = int(model.grid), int(model.num_points)
+        self.net, self.fingerprint = _coding_model(model, config)
+
+    def check(self, sets) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical ``(M, N)`` sets (each row sorted, ``-1`` padding last, padding wider than the
+        largest set dropped) and their sizes ``(M,)``; a one-line FormatError for sets it cannot code."""
+        return _check_sets(self.model, sets)
+
+    def same(self, x, back) -> bool:
+        """Whether decoded ``back`` holds the multisets of ``x`` (any order of each row's points)."""
+        arr, _ = self.check(x)
+        return np.array_equal(arr, back)
+
+    def bits(self, sets) -> np.ndarray:
+        """Analytic code length (bits) of each set's points under the coding tables, ``(M,)`` float64
+        (a variable-size file adds ``log2 N`` bits a set for its size)."""
+        arr, sizes = self.check(sets)
+        block = self.block
+        bits = np.zeros(arr.shape[0])
+        with deterministic_cpu():
+            for s in range(0, arr.shape[0], block):
+                x, n = torch.from_numpy(arr[s:s + block]), torch.from_numpy(sizes[s:s + block])
+                for i, (sym, table) in enumerate(_block_steps(self.net, x, n)):
+                    bits[s:s + block][(n > i).numpy()] += _step_bits(sym, table)
+        return bits
+
+    def compress(self, sets) -> bytes:
+        """Code ``(M, N)`` pixel indices (or ``(M, N, 2)`` integer ``(col, row)``; ``-1`` marks an absent
+        point) into ``.sfs`` bytes. Sets are multisets: any order of each row gives the same file."""
+        arr, sizes = self.check(sets)
+        block = self.block
+        variable = bool((sizes < arr.shape[1]).any())
+        coder, cat = constriction.stream.stack.AnsCoder(), _cat()
+        with deterministic_cpu():
+            _guard(coder, cat, 1, encode=True)
+            for s in reversed(range(0, arr.shape[0], block)):
+                x, n = torch.from_numpy(arr[s:s + block]), torch.from_numpy(sizes[s:s + block])
+                steps = list(_block_steps(self.net, x, n))
+                bits = 0.0
+                for sym, table in steps:
+                    bits += float(_step_bits(sym, table).sum())
+                _guard(coder, cat, _padding(bits, len(n)), encode=True)
+                for sym, table in reversed(steps):
+                    coder.encode_reverse(sym, cat, table)
+                if variable:
+                    coder.encode_reverse((n - 1).numpy().astype(np.int32), cat, _uniform(len(n), arr.shape[1]))
+        words = coder.get_compressed().astype("<u4")
+        if arr.shape[0] > SETS_PER_WORD * words.size:  # padded blocks make this impossible; never write such a file
+            raise CodecError(f"internal error: {arr.shape[0]} sets in {words.size} words")
+        head = _HEAD.pack(SETS_MAGIC, SETS_VERSION, self.grid, arr.shape[1], arr.shape[0], block,
+                          self.fingerprint, _sets_crc(arr), VARIABLE if variable else 0, int(words.size))
+        body = head + words.tobytes()
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    def header(self, data: bytes) -> SetsHeader:
+        """The ``.sfs`` header, checked (magic, version, lengths, CRC, work bounds) without decoding."""
+        return read_sets_header(data)
+
+    def decompress(self, data: bytes) -> np.ndarray:
+        """Decode ``.sfs`` bytes -> ``(M, N)`` int64 pixel indices, each set sorted, ``-1`` padding last."""
+        h = read_sets_header(data)
+        if h.grid != self.grid or h.num_points > self.num_points:
+            raise ModelMismatchError(f"file codes {h.num_points}-point sets on a {h.grid}x{h.grid} grid; the model "
+                                     f"codes up to {self.num_points} points on {self.grid}x{self.grid}")
+        self.check_fingerprint(h.fingerprint)
+        with codec_errors("the set payload is damaged"), deterministic_cpu():
+            out = _decode(self.net, h, np.frombuffer(data, dtype="<u4", count=h.words,
+                                                     offset=_HEAD.size).astype(np.uint32))
+        if _sets_crc(out) != h.sets_crc:
+            raise DecodeMismatchError("decoded sets do not match their checksum (not returned)")
+        return out
+
+
 def set_bits(model: nn.Module, sets, block: int = DEFAULT_BLOCK) -> np.ndarray:
-    """Analytic code length (bits) of each set's points under the coding tables, ``(M,)`` float64
-    (a variable-size file adds ``log2 N`` bits a set for its size)."""
-    arr, sizes = _check_sets(model, sets)
-    m, _ = _coding_model(model)
-    bits = np.zeros(arr.shape[0])
-    with deterministic_cpu():
-        for s in range(0, arr.shape[0], block):
-            x, n = torch.from_numpy(arr[s:s + block]), torch.from_numpy(sizes[s:s + block])
-            for i, (sym, table) in enumerate(_block_steps(m, x, n)):
-                bits[s:s + block][(n > i).numpy()] += _step_bits(sym, table)
-    return bits
+    """:meth:`SetCodec.bits` of a model's codec."""
+    return SetCodec(model, block=block).bits(sets)
 
 
 def compress_sets(model: nn.Module, sets, config: dict | None = None, block: int = DEFAULT_BLOCK) -> bytes:
-    """Code ``(M, N)`` pixel indices (or ``(M, N, 2)`` integer ``(col, row)``; ``-1`` marks an absent
-    point) into ``.sfs`` bytes.
-
-    Sets are multisets: any order of each row gives the same file. ``block`` sets are coded
-    together (written into the file; the decoder uses it).
-    """
-    arr, sizes = _check_sets(model, sets)
-    if not 1 <= block <= MAX_BLOCK:
-        raise FormatError(f"block must be in 1..{MAX_BLOCK}, got {block}")
-    variable = bool((sizes < arr.shape[1]).any())
-    m, fingerprint = _coding_model(model, config)
-    coder, cat = constriction.stream.stack.AnsCoder(), _cat()
-    with deterministic_cpu():
-        _guard(coder, cat, 1, encode=True)
-        for s in reversed(range(0, arr.shape[0], block)):
-            x, n = torch.from_numpy(arr[s:s + block]), torch.from_numpy(sizes[s:s + block])
-            steps = list(_block_steps(m, x, n))
-            bits = 0.0
-            for sym, table in steps:
-                bits += float(_step_bits(sym, table).sum())
-            _guard(coder, cat, _padding(bits, len(n)), encode=True)
-            for sym, table in reversed(steps):
-                coder.encode_reverse(sym, cat, table)
-            if variable:
-                coder.encode_reverse((n - 1).numpy().astype(np.int32), cat, _uniform(len(n), arr.shape[1]))
-    words = coder.get_compressed().astype("<u4")
-    if arr.shape[0] > SETS_PER_WORD * words.size:  # padded blocks make this impossible; never write such a file
-        raise CodecError(f"internal error: {arr.shape[0]} sets in {words.size} words")
-    head = _HEAD.pack(SETS_MAGIC, SETS_VERSION, model.grid, arr.shape[1], arr.shape[0], block,
-                      fingerprint, _sets_crc(arr), VARIABLE if variable else 0, int(words.size))
-    body = head + words.tobytes()
-    return body + struct.pack("<I", zlib.crc32(body))
+    """:meth:`SetCodec.compress` of a model's codec: ``(M, N)`` pixel indices into ``.sfs`` bytes."""
+    return SetCodec(model, config, block).compress(sets)
 
 
 def read_sets_header(data: bytes) -> SetsHeader:
@@ -279,19 +331,8 @@ def read_sets_header(data: bytes) -> SetsHeader:
 
 
 def decompress_sets(model: nn.Module, data: bytes, config: dict | None = None) -> np.ndarray:
-    """Decode ``.sfs`` bytes -> ``(M, N)`` int64 pixel indices, each set sorted, ``-1`` padding last."""
-    h = read_sets_header(data)
-    if h.grid != model.grid or h.num_points > model.num_points:
-        raise ModelMismatchError(f"file codes {h.num_points}-point sets on a {h.grid}x{h.grid} grid; the model "
-                                 f"codes up to {model.num_points} points on {model.grid}x{model.grid}")
-    m, fingerprint = _coding_model(model, config)
-    if h.fingerprint != fingerprint:
-        raise ModelMismatchError("the file was written with a different model (fingerprint mismatch)")
-    with codec_errors("the set payload is damaged"), deterministic_cpu():
-        out = _decode(m, h, np.frombuffer(data, dtype="<u4", count=h.words, offset=_HEAD.size).astype(np.uint32))
-    if _sets_crc(out) != h.sets_crc:
-        raise DecodeMismatchError("decoded sets do not match their checksum (not returned)")
-    return out
+    """:meth:`SetCodec.decompress` of a model's codec: ``.sfs`` bytes -> ``(M, N)`` sorted indices."""
+    return SetCodec(model, config).decompress(data)
 
 
 def _decode(m: nn.Module, h: SetsHeader, words: np.ndarray) -> np.ndarray:
@@ -327,125 +368,3 @@ def _decode(m: nn.Module, h: SetsHeader, words: np.ndarray) -> np.ndarray:
     if not coder.is_empty():
         raise CorruptFileError("the payload does not end where the header says: the file is damaged")
     return out
-
-
-# ----------------------------------------------------------------------------- command line
-def holds_set_codec(ckpt: str) -> bool:
-    """Whether a checkpoint holds a ``set_codec`` model (``setflow compress`` dispatches on it)."""
-    from setflow.train.checkpoint import load_checkpoint
-
-    return load_checkpoint(ckpt)["config"].get("model") == "set_codec"
-
-
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".jxl")
-
-
-def read_sets_file(path: str) -> np.ndarray:
-    """The sets of an ``.npz`` (key ``sets``, else ``test``, else its only array; a boolean ``mask``
-    beside ``sets`` marks the present points) or of an ``.npy``; a one-line FormatError otherwise."""
-    from setflow.data.common import DataError, not_a_zip, read_npz
-
-    expected = "an .npz or .npy of pixel sets (M, N)"
-    if str(path).lower().endswith(_IMAGE_SUFFIXES):
-        raise FormatError(f"{path} is an image: the set codec codes {expected}; images need an IDF checkpoint")
-    try:
-        if os.path.isfile(path) and not_a_zip(path) == "a .npy array":
-            try:
-                return np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise DataError(f"{path}: a damaged .npy ({type(e).__name__}: {e}); expected {expected}") from None
-        z = read_npz(path, expected)
-    except DataError as e:
-        raise FormatError(str(e)) from None
-    keys = list(z)
-    key = "sets" if "sets" in keys else "test" if "test" in keys else keys[0] if len(keys) == 1 else None
-    if key is None:
-        raise FormatError(f"{path}: expected an array 'sets' (or 'test', or a single array), got {keys}")
-    sets = z[key]
-    if "mask" in keys and key == "sets":
-        mask = z["mask"]
-        if mask.dtype != bool or mask.shape != sets.shape[:2]:
-            raise FormatError(f"{path}: 'mask' must be boolean {sets.shape[:2]}, got {mask.dtype} {mask.shape}")
-        sets = np.where(mask if sets.ndim == 2 else mask[..., None], sets, -1)
-    return sets
-
-
-def _output(args, suffix: str):
-    """The one output path of a set-codec command (a folder gets ``<input stem><suffix>``); never the input."""
-    from pathlib import Path
-
-    from setflow.coding.io import output_paths
-
-    try:
-        return output_paths([Path(args.inputs[0])], args.output, lambda p: suffix)[0]
-    except ValueError as e:
-        raise FormatError(str(e)) from None
-
-
-def cli_compress_sets(args) -> int:
-    """``setflow compress SETCODEC.pt sets.npz -o out.sfs``: all sets of the file into one ``.sfs``,
-    decoded again before it is written unless ``--no-verify``."""
-    import time
-
-    from setflow.data.common import atomic_write
-    from setflow.train.checkpoint import load_model
-
-    if len(args.inputs) != 1:
-        raise FormatError("the set codec takes one .npz (or .npy) of sets (M, N) per call")
-    dst = _output(args, ".sfs")
-    model, cfg = load_model(args.ckpt, device="cpu")
-    sets, _ = _check_sets(model, read_sets_file(args.inputs[0]))
-    if sets.shape[0] == 0:
-        raise FormatError(f"{args.inputs[0]} holds no sets: nothing to compress")
-    t0 = time.perf_counter()
-    data = compress_sets(model, sets, cfg)
-    dt = time.perf_counter() - t0
-    verify = getattr(args, "verify", True)
-    checked = []
-
-    def decodes_back(_tmp) -> None:
-        t1 = time.perf_counter()
-        try:
-            back = decompress_sets(model, data, cfg)
-            why = "" if np.array_equal(back, sets) else "it decoded to other sets"
-        except CodecError as e:
-            why = str(e)
-        if why:
-            raise DecodeMismatchError(f"verification failed, nothing written ({dst} untouched, the input "
-                                      f"too): the new file does not decode back to the sets: {why}")
-        checked.append(sets.shape[0] / max(time.perf_counter() - t1, 1e-9))
-
-    atomic_write(dst, lambda f: f.write(data), check=decodes_back if verify else None)
-    note = f"verified: decodes back bit-exact ({checked[0]:.0f} sets/s)" if verify else "not verified (--no-verify)"
-    points = int((sets >= 0).sum())
-    print(f"{args.inputs[0]} -> {dst}: {sets.shape[0]} sets, {points} points, {len(data)} bytes, "
-          f"{8 * len(data) / points:.3f} bits/point, {sets.shape[0] / max(dt, 1e-9):.0f} sets/s; {note}")
-    return 0
-
-
-def cli_decompress_sets(args) -> int:
-    """``setflow decompress SETCODEC.pt out.sfs -o sets.npz``: writes ``sets`` (M, N) sorted indices
-    (``-1`` marks an absent point), ``pixels`` (M, N, 2) integer (col, row) and ``mask`` (M, N)."""
-    import time
-
-    from setflow.data.common import atomic_write
-    from setflow.train.checkpoint import load_model
-
-    if len(args.inputs) != 1:
-        raise FormatError("the set codec decodes one .sfs file per call")
-    dst = _output(args, ".npz")
-    model, cfg = load_model(args.ckpt, device="cpu")
-    try:
-        with open(args.inputs[0], "rb") as fh:
-            data = fh.read()
-    except OSError as e:
-        raise FormatError(f"{args.inputs[0]}: cannot read ({e.strerror})") from None
-    t0 = time.perf_counter()
-    sets = decompress_sets(model, data, cfg)
-    dt = time.perf_counter() - t0
-    mask = sets >= 0
-    pixels = np.where(mask[..., None], np.stack([sets % model.grid, sets // model.grid], -1), -1)
-    atomic_write(dst, lambda f: np.savez(f, sets=sets, pixels=pixels, mask=mask))
-    print(f"{args.inputs[0]} -> {dst}: {sets.shape[0]} sets, {int(mask.sum())} points, "
-          f"{sets.shape[0] / max(dt, 1e-9):.0f} sets/s")
-    return 0

@@ -12,7 +12,8 @@ name                    shape                      sources (in order)
 ``photos64``            ``(N, 3, 64, 64)``         offline photo tiles (Debian photos)
 ======================  =========================  ===================================
 
-Names map to loaders in :data:`IMAGE_DATASETS`; each loader takes
+Names map to loaders in the registry's :data:`~setflow.registry.IMAGE_DATASETS` (each registered
+below with ``@register_image_dataset``); each loader takes
 ``(root, download, max_examples)`` and returns ``(images, labels, source)`` with numpy
 arrays per split. Example::
 
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
+
+from setflow.registry import IMAGE_DATASETS, RegistryError, register_image_dataset
 
 from .cifar import load_cifar10
 from .common import DataError, PathLike, report_source, resolve_data_root
@@ -82,6 +85,7 @@ def _digits(name: str) -> ImageLoader:
     return load
 
 
+@register_image_dataset("cifar10")
 def _cifar10(root: Path, download: bool, max_examples: Optional[int]) -> tuple[Arrays, Optional[Arrays], str]:
     return load_cifar10(root, download)
 
@@ -103,15 +107,12 @@ def _photos(size: int) -> ImageLoader:
     return load
 
 
-IMAGE_DATASETS: dict[str, ImageLoader] = {
-    "mnist": _digits("mnist"),
-    "fashion_mnist": _digits("fashion_mnist"),
-    "cifar10": _cifar10,
-    "imagenet32": _imagenet(32),
-    "imagenet64": _imagenet(64),
-    "photos32": _photos(32),
-    "photos64": _photos(64),
-}
+for _name in ("mnist", "fashion_mnist"):
+    register_image_dataset(_name, _digits(_name))
+for _size in (32, 64):
+    register_image_dataset(f"imagenet{_size}", _imagenet(_size))
+    register_image_dataset(f"photos{_size}", _photos(_size))
+del _name, _size
 
 
 def image_dataset_splits(
@@ -121,12 +122,13 @@ def image_dataset_splits(
     max_examples: Optional[int] = None,
 ) -> tuple[dict[str, np.ndarray], Optional[dict[str, np.ndarray]], str]:
     """``(images, labels, source)`` as numpy arrays without printing (for the CLI)."""
-    key = name.lower().replace("-", "_")
-    if key not in IMAGE_DATASETS:
-        raise DataError(f"unknown image data set {name!r}, expected one of {sorted(IMAGE_DATASETS)}")
+    try:
+        loader = IMAGE_DATASETS.get(name.lower().replace("-", "_"))
+    except RegistryError as e:  # a DataError, as every failure to find the data
+        raise DataError(str(e)) from None
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be >= 1 or None, got {max_examples}")
-    images, labels, source = IMAGE_DATASETS[key](resolve_data_root(data_root), download, max_examples)
+    images, labels, source = loader(resolve_data_root(data_root), download, max_examples)
     if max_examples is not None:
         images = {s: v[:max_examples] for s, v in images.items()}
         labels = {s: v[:max_examples] for s, v in labels.items()} if labels is not None else None
@@ -146,7 +148,7 @@ def load_image_dataset(
     """Load an image data set by name (see the table in the module docstring).
 
     Args:
-        name: a key of :data:`IMAGE_DATASETS`.
+        name: a name in :data:`~setflow.registry.IMAGE_DATASETS`.
         data_root: data root (default ``$SETFLOW_DATA`` or ``<checkout>/datasets``).
         download: allow checksum-verified downloads (also off with ``SETFLOW_OFFLINE=1``).
         verbose: print the one ``data: <source>`` line to stderr.

@@ -1,6 +1,7 @@
 """3-D point clouds: surface sampling of meshes, offline shapes, and mesh folders / PyG data sets.
 
-Sources (each loader returns a :class:`PointClouds` whose ``source`` names what was used):
+Sources, registered by name in :data:`setflow.registry.POINTCLOUD_SOURCES` (each loader returns a
+:class:`PointClouds` whose ``source`` names what was used; a new source is one decorated function):
 
 * ``shapes`` -- a seeded procedural family (sphere, torus, box, cylinder, cone, ellipsoid,
   capsule-like double cone) with random proportions and a random rotation; offline, any size.
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+from setflow.registry import POINTCLOUD_SOURCES, register_pointcloud_source, signature_names
 
 from .common import DataError, downloads_allowed, report_source, resolve_data_root
 from .sampling import sample_surface
@@ -255,6 +258,7 @@ def _finish(splits: dict, classes: list, normalize: str, source: str, names: Opt
                        f"{source}; normalised: {desc}", dict(names or {}))
 
 
+@register_pointcloud_source("shapes")
 def _shapes_source(per_class: int, num_points: int, seed: int, normalize: str, rotate: str = "so3") -> PointClouds:
     splits = {s: procedural_shapes(n, num_points, seed=seed * 10 + i, rotate=rotate)
               for i, (s, n) in enumerate((("train", per_class), ("valid", max(1, per_class // 8)),
@@ -324,7 +328,9 @@ def load_cgal_meshes(data_root=None, names: Sequence[str] = CGAL_MESHES) -> list
     return [(n, *read_mesh(folder / f"{n}.off")) for n in names]
 
 
-def _cgal_source(per_mesh: int, num_points: int, seed: int, normalize: str, data_root=None) -> PointClouds:
+@register_pointcloud_source("cgal")
+def _cgal_source(per_class: int, num_points: int, seed: int, normalize: str, data_root=None) -> PointClouds:
+    per_mesh = per_class  # one class per mesh
     _check_clouds_per_mesh(per_mesh)
     meshes = load_cgal_meshes(data_root)
     splits = _clouds_of_meshes([(i, v, f) for i, (_, v, f) in enumerate(meshes)], per_mesh, num_points, seed)
@@ -371,6 +377,22 @@ def load_mesh_folder(root: str | Path, num_points: int = 2048, per_mesh: int = 1
         splits = {k: (np.stack(a) if a else empty, np.asarray(b, dtype=np.int64)) for k, (a, b) in out.items()}
     return _finish(splits, classes, normalize, f"meshes in {root} ({len(files)} files, {len(classes)} classes, "
                                                  f"seed {seed}, {num_points} points each)")
+
+
+@register_pointcloud_source("meshes")
+def _meshes_source(path: Optional[str], num_points: int, per_class: int, seed: int, normalize: str) -> PointClouds:
+    if path is None:
+        raise ValueError("source 'meshes' needs path=<folder of meshes>")
+    return load_mesh_folder(path, num_points, per_mesh=per_class, seed=seed, normalize=normalize)
+
+
+def _pyg_source(name: str) -> Callable[..., PointClouds]:
+    def load(num_points: int, seed: int, normalize: str, data_root=None, categories: Optional[Sequence[str]] = None,
+             download: bool = True) -> PointClouds:
+        return load_pyg_pointclouds(name, data_root, num_points, seed, normalize, categories, download)
+
+    load.__name__ = f"_{name}_source"
+    return load
 
 
 def load_pyg_pointclouds(name: str, data_root=None, num_points: int = 2048, seed: int = 0,
@@ -425,6 +447,12 @@ def load_pyg_pointclouds(name: str, data_root=None, num_points: int = 2048, seed
                    f"{name} via torch_geometric in {root} (seed {seed}, {num_points} points each)")
 
 
+for _name in ("modelnet10", "modelnet40", "shapenet"):
+    register_pointcloud_source(_name, _pyg_source(_name))
+del _name
+
+
+@register_pointcloud_source("airplanes")
 def _airplanes_source(num_points: int, seed: int, normalize: str, data_root=None, download: bool = True) -> PointClouds:
     from .airplanes import load_airplanes, to_model_units
 
@@ -438,8 +466,10 @@ def load_pointclouds(source: str = "shapes", data_root=None, num_points: int = 5
                      seed: int = 0, normalize: str = "shape", path: Optional[str] = None,
                      categories: Optional[Sequence[str]] = None, download: bool = True,
                      verbose: bool = True, rotate: str = "so3") -> PointClouds:
-    """Point clouds from ``source``: ``shapes``, ``cgal``, ``meshes`` (needs ``path``),
-    ``modelnet10``, ``modelnet40``, ``shapenet`` or ``airplanes``. ``per_class`` is shapes per
+    """Point clouds from ``source``, a name in :data:`~setflow.registry.POINTCLOUD_SOURCES`: ``shapes``,
+    ``cgal``, ``meshes`` (needs ``path``), ``modelnet10``, ``modelnet40``, ``shapenet`` or ``airplanes``.
+    Each source is called with the options its signature names (a source that takes no ``rotate``
+    refuses one other than ``"so3"``); the others do not apply to it. ``per_class`` is shapes per
     class (``shapes``), clouds per mesh (``cgal``, ``meshes``); ``airplanes`` has one cloud per
     model and ignores it. ``rotate`` is the pose of the ``shapes`` (see
     :func:`procedural_shapes`). Prints ``data: <source>`` when ``verbose``."""
@@ -451,22 +481,13 @@ def load_pointclouds(source: str = "shapes", data_root=None, num_points: int = 5
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}; got {normalize!r}")
     if rotate not in ROTATIONS:
         raise ValueError(f"rotate must be one of {ROTATIONS}; got {rotate!r}")
-    if source == "shapes":
-        d = _shapes_source(per_class, num_points, seed, normalize, rotate)
-    elif rotate != "so3":
-        raise ValueError(f"rotate={rotate!r} is for the procedural shapes (source 'shapes'), not {source!r}")
-    elif source == "cgal":
-        d = _cgal_source(per_class, num_points, seed, normalize, data_root)
-    elif source == "meshes":
-        if path is None:
-            raise ValueError("source 'meshes' needs path=<folder of meshes>")
-        d = load_mesh_folder(path, num_points, per_mesh=per_class, seed=seed, normalize=normalize)
-    elif source in ("modelnet10", "modelnet40", "shapenet"):
-        d = load_pyg_pointclouds(source, data_root, num_points, seed, normalize, categories, download)
-    elif source == "airplanes":
-        d = _airplanes_source(num_points, seed, normalize, data_root, download)
-    else:
-        raise ValueError(f"unknown point-cloud source {source!r}; expected shapes, cgal, meshes, modelnet10, "
-                         "modelnet40, shapenet or airplanes")
+    loader = POINTCLOUD_SOURCES.get(source)  # an unknown name: one line listing the registered sources
+    takes, _ = signature_names(loader)
+    if rotate != "so3" and "rotate" not in takes:
+        posed = [n for n in POINTCLOUD_SOURCES if "rotate" in signature_names(POINTCLOUD_SOURCES.get(n))[0]]
+        raise ValueError(f"rotate={rotate!r} poses the procedural shapes (sources {', '.join(posed)}), not {source!r}")
+    options = dict(num_points=num_points, per_class=per_class, seed=seed, normalize=normalize, data_root=data_root,
+                   path=path, categories=categories, download=download, rotate=rotate)
+    d = loader(**{k: v for k, v in options.items() if k in takes})
     report_source(d.source, verbose)
     return d

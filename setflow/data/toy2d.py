@@ -5,7 +5,8 @@ Every generator is ``f(n, seed=None) -> float32 tensor (n, 2)`` where ``seed`` i
 :class:`numpy.random.Generator`. All four densities are symmetric under ``x -> -x``
 (point reflection); ``corners``, ``eight_gaussians`` and ``four_circles`` are also
 symmetric under each axis flip, so ``|x|`` folds them onto one quadrant without losing
-information up to the signs. Data live roughly in ``[-4, 4]^2``.
+information up to the signs. Data live roughly in ``[-4, 4]^2``. Each generator registers its name
+in :data:`setflow.registry.TOY_DATASETS` (``data: toy2d`` with ``data_args.name``).
 
 Example::
 
@@ -17,11 +18,13 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from setflow.registry import TOY_DATASETS, register_toy_dataset
 
 __all__ = ["TOY_DATASETS", "SeedLike", "checkerboard", "corners", "eight_gaussians", "four_circles", "sample_toy"]
 
@@ -51,6 +54,7 @@ def _random_signs(shape: tuple[int, ...], g: Optional[torch.Generator]) -> Tenso
     return torch.randint(0, 2, shape, generator=g).float() * 2 - 1
 
 
+@register_toy_dataset("checkerboard")
 def checkerboard(n: int, seed: SeedLike = None) -> Tensor:
     """Uniform on the 8 black squares of a 4x4 board of side-2 squares over ``[-4, 4]^2``.
 
@@ -65,6 +69,7 @@ def checkerboard(n: int, seed: SeedLike = None) -> Tensor:
     return ((corner + torch.rand(n, 2, generator=g)) * 2.0).float()
 
 
+@register_toy_dataset("corners")
 def corners(n: int, seed: SeedLike = None, offset: float = 1.0, length: float = 2.0, width: float = 0.5) -> Tensor:
     """Uniform on four L-shaped blocks, one at each corner of a square, mirror-symmetric.
 
@@ -82,6 +87,7 @@ def corners(n: int, seed: SeedLike = None, offset: float = 1.0, length: float = 
     return (x * _random_signs((n, 2), g)).float()
 
 
+@register_toy_dataset("eight_gaussians")
 def eight_gaussians(
     n: int, seed: SeedLike = None, radius: float = 2.0 * math.sqrt(2.0), std: float = 0.5 / math.sqrt(2.0)
 ) -> Tensor:
@@ -92,6 +98,7 @@ def eight_gaussians(
     return (centres + std * torch.randn(n, 2, generator=g)).float()
 
 
+@register_toy_dataset("four_circles")
 def four_circles(n: int, seed: SeedLike = None, centre: float = 1.5, radius: float = 1.0, std: float = 0.05) -> Tensor:
     """Four noisy rings of radius ``radius`` centred at ``(+-centre, +-centre)``."""
     n, g = _check_n(n), _generator(seed)
@@ -101,16 +108,7 @@ def four_circles(n: int, seed: SeedLike = None, centre: float = 1.5, radius: flo
     return (centres + ring + std * torch.randn(n, 2, generator=g)).float()
 
 
-TOY_DATASETS: dict[str, Callable[..., Tensor]] = {
-    "checkerboard": checkerboard,
-    "corners": corners,
-    "eight_gaussians": eight_gaussians,
-    "four_circles": four_circles,
-}
-
-
 def sample_toy(name: str, n: int, seed: SeedLike = None) -> Tensor:
-    """Draw ``n`` points of the toy density ``name`` (a key of :data:`TOY_DATASETS`)."""
-    if name not in TOY_DATASETS:
-        raise KeyError(f"unknown toy data set {name!r}, expected one of {sorted(TOY_DATASETS)}")
-    return TOY_DATASETS[name](n, seed)
+    """Draw ``n`` points of the toy density ``name`` (registered in :data:`~setflow.registry.TOY_DATASETS`;
+    an unknown name is a ``KeyError`` listing the registered ones)."""
+    return TOY_DATASETS.get(name)(n, seed)

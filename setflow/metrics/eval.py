@@ -29,19 +29,22 @@ Example::
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from setflow.registry import METRICS, register_metric
 from setflow.sets import SetBatch
 
 from .distances import DEFAULT_BLOCK_ELEMS, _one_size, _progress, check_set_batch, emd_pairs, pairwise_chamfer
 
 __all__ = ["sample_metrics", "mmd_cov", "one_nna", "nearest_emd", "pairwise_emd", "voxel_jsd",
-           "format_sample_metrics", "METRICS"]
+           "format_sample_metrics", "METRICS", "SetPairs", "DEFAULT_METRICS"]
 
-METRICS = ("cd", "emd")
+#: the distances :func:`sample_metrics` reports by default (every metric in :data:`METRICS` can be asked for)
+DEFAULT_METRICS = ("cd", "emd")
 
 
 def mmd_cov(d_gr: Tensor) -> tuple[float, float]:
@@ -162,10 +165,97 @@ def voxel_jsd(gen: Tensor | SetBatch, ref: Tensor | SetBatch, resolution: int = 
     return (0.5 * (kl(p) + kl(q))).item()
 
 
+class SetPairs:
+    """The generated and reference collections one :func:`sample_metrics` call compares
+    (:class:`~setflow.sets.SetBatch` values, generated first), with the Chamfer pass every metric
+    shares done once, when a metric first asks for it.
+
+    A metric registered in :data:`~setflow.registry.METRICS` is ``metric(pairs) -> dict`` (MMD, COV
+    and 1-NNA under its distance, plus anything else it reports).
+    """
+
+    def __init__(self, gen: SetBatch, ref: SetBatch, block_elems: int = DEFAULT_BLOCK_ELEMS,
+                 progress: Optional[bool] = None) -> None:
+        self.gen, self.ref = gen, ref
+        self.num_gen, self.num_ref = len(gen), len(ref)
+        self.block_elems, self.progress = block_elems, progress
+
+    @property
+    def padded(self) -> bool:
+        """Whether either collection holds sets of different sizes (padding under a mask)."""
+        return not (self.gen.is_fixed and self.ref.is_fixed)
+
+    @property
+    def same_size(self) -> bool:
+        """Whether every set of both collections has the same number of points."""
+        return not self.padded and self.gen.num_points == self.ref.num_points
+
+    @cached_property
+    def union(self) -> Tensor:
+        """``(G + R, N, D)``: the generated sets, then the reference sets (one set size only)."""
+        return torch.cat([self.gen.points, self.ref.points])
+
+    @cached_property
+    def chamfer(self) -> tuple[Tensor, Optional[Tensor]]:
+        """``(cd, lb)``: Chamfer distances over the union ``(G + R, G + R)`` (generated first) and, for
+        one set size throughout, their lower bound of the EMD (else ``None``)."""
+        kw = dict(block_elems=self.block_elems, progress=self.progress)
+        if self.padded:  # one padded union (the sets' masks keep the padding out)
+            return pairwise_chamfer(SetBatch.cat([self.gen, self.ref]), **kw), None
+        if self.same_size:
+            return pairwise_chamfer(self.union, lower_bound=True, **kw)
+        gen, ref = self.gen.points, self.ref.points  # Chamfer only: the union matrix from its three blocks
+        d_gr = pairwise_chamfer(gen, ref, **kw)
+        cd = torch.cat([torch.cat([pairwise_chamfer(gen, **kw), d_gr], 1),
+                        torch.cat([d_gr.T, pairwise_chamfer(ref, **kw)], 1)])
+        return cd, None
+
+
+@register_metric("cd")
+def chamfer_metrics(pairs: SetPairs) -> dict:
+    """MMD, COV and 1-NNA under the Chamfer distance (any set sizes)."""
+    cd, _ = pairs.chamfer
+    g = pairs.num_gen
+    mmd, cov = mmd_cov(cd[:g, g:])
+    return {"mmd": mmd, "cov": cov, "1nna": one_nna(cd, g)}
+
+
+def _check_equal_sizes(sg: SetBatch, sr: SetBatch) -> None:
+    padded = not (sg.is_fixed and sr.is_fixed)
+    if padded or sg.num_points != sr.num_points:
+        got = (f"sets of {int(sg.sizes.min())}..{int(sg.sizes.max())} (gen) and {int(sr.sizes.min())}.."
+               f"{int(sr.sizes.max())} (ref) points" if padded else f"{sg.num_points} (gen) and {sr.num_points} (ref) points")
+        raise ValueError(f"EMD needs equal set sizes, got {got}; compare sets of different sizes with metrics=('cd',)")
+
+
+@register_metric("emd")
+def emd_metrics(pairs: SetPairs) -> dict:
+    """MMD, COV and 1-NNA under the exact EMD (equal set sizes), with ``solved``: exact assignments
+    solved (candidates are pruned by the Chamfer pass's lower bound)."""
+    _check_equal_sizes(pairs.gen, pairs.ref)
+    _, lb = pairs.chamfer
+    g, r = pairs.num_gen, pairs.num_ref
+    oracle = _EMDCache(pairs.union)
+    idx_g, idx_r, idx_u = torch.arange(g), torch.arange(g, g + r), torch.arange(g + r)
+    res = {}
+    for step in _progress(["mmd", "cov", "1nna"], pairs.progress, "emd", big=(g + r) ** 2 > 4e5):
+        if step == "mmd":  # each reference set's nearest generated set
+            res["mmd"] = nearest_emd(lb[g:, :g], oracle, idx_r, idx_g)[0].mean().item()
+        elif step == "cov":  # each generated set's nearest reference set
+            arg = nearest_emd(lb[:g, g:], oracle, idx_g, idx_r)[1]
+            res["cov"] = arg.unique().numel() / r
+        else:
+            lbu = lb.clone()
+            lbu.fill_diagonal_(float("inf"))
+            res["1nna"] = _nna_from_nn(nearest_emd(lbu, oracle, idx_u, idx_u)[1], g)
+    res["solved"] = oracle.solved
+    return res
+
+
 def sample_metrics(
     gen,
     ref,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
     jsd: Optional[bool] = None,
     jsd_resolution: int = 28,
     block_elems: int = DEFAULT_BLOCK_ELEMS,
@@ -176,8 +266,8 @@ def sample_metrics(
     Args:
         gen, ref: :class:`~setflow.sets.SetBatch` values, tensors or arrays of sets; the argument order
             matters (COV and MMD are asymmetric).
-        metrics: distances to use, any of ``"cd"`` and ``"emd"`` (EMD needs one set size throughout:
-            sets of different sizes take ``metrics=("cd",)``).
+        metrics: names in :data:`~setflow.registry.METRICS`: ``"cd"`` and ``"emd"`` (EMD needs one set
+            size throughout: sets of different sizes take ``metrics=("cd",)``), or any registered since.
         jsd: also the voxel-occupancy JSD (default: for 3-D points only).
         block_elems: memory bound of the Chamfer pass (floats per block).
         progress: tqdm bars (``None``: only for long jobs on a terminal).
@@ -188,52 +278,18 @@ def sample_metrics(
         different sizes also give ``"sizes_gen"`` and ``"sizes_ref"``, the mean set sizes.
     """
     sg, sr = check_set_batch(gen, "gen"), check_set_batch(ref, "ref")
-    bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        raise ValueError(f"unknown metric(s) {bad}; expected a subset of {list(METRICS)}")
+    run = [(m, METRICS.get(m)) for m in metrics]  # an unknown name: one line listing the registered metrics
     if sg.dim != sr.dim:
         raise ValueError(f"gen and ref must have the same point dimension, got {sg.dim} and {sr.dim}")
-    padded = not (sg.is_fixed and sr.is_fixed)
-    if "emd" in metrics and (padded or sg.num_points != sr.num_points):
-        got = (f"sets of {int(sg.sizes.min())}..{int(sg.sizes.max())} (gen) and {int(sr.sizes.min())}.."
-               f"{int(sr.sizes.max())} (ref) points" if padded else f"{sg.num_points} (gen) and {sr.num_points} (ref) points")
-        raise ValueError(f"EMD needs equal set sizes, got {got}; compare sets of different sizes with metrics=('cd',)")
-    g, r = len(sg), len(sr)
+    if "emd" in metrics:  # before any distance is computed
+        _check_equal_sizes(sg, sr)
     dtype = torch.promote_types(sg.dtype, sr.dtype)
-    gen, ref = sg.points.to(dtype), sr.points.to(dtype)
-    kw = dict(block_elems=block_elems, progress=progress)
-    if padded:  # one padded union (the sets' masks keep the padding out)
-        cd = pairwise_chamfer(SetBatch.cat([sg.to(dtype), sr.to(dtype)]), **kw)
-    elif gen.shape[1] == ref.shape[1]:
-        union = torch.cat([gen, ref])
-        cd, lb = pairwise_chamfer(union, lower_bound=True, **kw)
-    else:  # Chamfer only: the union matrix from its three blocks
-        d_gr = pairwise_chamfer(gen, ref, **kw)
-        cd = torch.cat([torch.cat([pairwise_chamfer(gen, **kw), d_gr], 1),
-                        torch.cat([d_gr.T, pairwise_chamfer(ref, **kw)], 1)])
-    out: dict = {"num_gen": g, "num_ref": r}
-    if padded:
+    pairs = SetPairs(sg.to(dtype), sr.to(dtype), block_elems, progress)
+    out: dict = {"num_gen": pairs.num_gen, "num_ref": pairs.num_ref}
+    if pairs.padded:
         out.update(sizes_gen=sg.sizes.double().mean().item(), sizes_ref=sr.sizes.double().mean().item())
-    if "cd" in metrics:
-        mmd, cov = mmd_cov(cd[:g, g:])
-        out["cd"] = {"mmd": mmd, "cov": cov, "1nna": one_nna(cd, g)}
-    if "emd" in metrics:
-        oracle = _EMDCache(union)
-        idx_g, idx_r, idx_u = torch.arange(g), torch.arange(g, g + r), torch.arange(g + r)
-        steps = ["mmd", "cov", "1nna"]
-        res = {}
-        for step in _progress(steps, progress, "emd", big=(g + r) ** 2 > 4e5):
-            if step == "mmd":  # each reference set's nearest generated set
-                res["mmd"] = nearest_emd(lb[g:, :g], oracle, idx_r, idx_g)[0].mean().item()
-            elif step == "cov":  # each generated set's nearest reference set
-                arg = nearest_emd(lb[:g, g:], oracle, idx_g, idx_r)[1]
-                res["cov"] = arg.unique().numel() / r
-            else:
-                lbu = lb.clone()
-                lbu.fill_diagonal_(float("inf"))
-                res["1nna"] = _nna_from_nn(nearest_emd(lbu, oracle, idx_u, idx_u)[1], g)
-        res["solved"] = oracle.solved
-        out["emd"] = res
+    for m, metric in run:
+        out[m] = metric(pairs)
     if jsd or (jsd is None and sg.dim == 3):
         out["jsd"] = voxel_jsd(sg, sr, resolution=jsd_resolution)
     return out
@@ -242,7 +298,7 @@ def sample_metrics(
 def format_sample_metrics(res: dict, label: str) -> str:
     """One line: ``label: CD MMD .. COV ..% 1-NNA ..% | EMD ...`` (and JSD when present)."""
     parts = []
-    for m in METRICS:
+    for m in METRICS:  # every registered metric the result holds, in name order
         if m in res:
             v = res[m]
             parts.append(f"{m.upper()} MMD {v['mmd']:.4g} COV {100 * v['cov']:.1f}% 1-NNA {100 * v['1nna']:.1f}%")

@@ -8,13 +8,9 @@ without editing a list.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import sys
-
 from torch import nn
 
-from setflow.registry import MODELS, register_model
+from setflow.registry import MODELS, import_submodules, register_model
 
 # the families (each module's import registers its builders)
 from setflow.models import idf, image_flows, set_codec, set_flows, toy  # noqa: F401  (registers)
@@ -30,16 +26,11 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 
 def import_model_modules() -> list[str]:
-    """Import every module of this package (every folder on ``__path__``) not imported yet.
-
-    Returns the names imported. A module that fails to import raises: a broken model file is an
-    error, not a model that silently goes missing.
+    """Import every module of this package (every folder on ``__path__``) not imported yet
+    (:func:`setflow.registry.import_submodules`); returns the names imported. A module that fails
+    to import raises: a broken model file is an error, not a model that silently goes missing.
     """
-    new = [f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)]
-    new = [name for name in new if name not in sys.modules]
-    for name in new:
-        importlib.import_module(name)
-    return new
+    return import_submodules(__name__)
 
 
 import_model_modules()

@@ -12,6 +12,11 @@ Point-wise: :class:`MLP`. Sets ``(B, N, D)``, permutation-equivariant, each a
 networks, starts at an exactly zero output. The CPU fast path of
 the set transformer (C++ kernels, hash dropout, fused blocks) is :mod:`setflow.nn.fast`; a masked
 batch always runs its eager route.
+
+The imports below are the public names only. The conditioner table does not depend on them: the
+registry imports every module of this package itself (``SET_CONDITIONERS`` populates from
+``"setflow.nn.*"``), so a new file here with ``@register_set_conditioner("name")`` is found without
+editing this list (docs/architecture.md, "Registries").
 """
 
 from setflow.nn.attention import ATTENTION_IMPLS, self_attention

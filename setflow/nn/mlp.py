@@ -1,4 +1,5 @@
-"""Point-wise multi-layer perceptron and the activation registry shared by ``setflow.nn``."""
+"""Point-wise multi-layer perceptron; the activations it and ``setflow.nn`` use are registered here
+(:data:`setflow.registry.ACTIVATIONS`)."""
 
 from __future__ import annotations
 
@@ -7,28 +8,24 @@ from typing import Optional, Sequence
 import torch  # noqa: F401  (used by the docstring examples)
 from torch import Tensor, nn
 
+from setflow.registry import ACTIVATIONS, register_activation
+
 __all__ = ["ACTIVATIONS", "MLP", "get_activation", "broadcast_context"]
 
-# Name -> module class. Classes (not lambdas) so that every network pickles.
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "swish": nn.SiLU,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
-    "tanh": nn.Tanh,
-    "softplus": nn.Softplus,
-    "sigmoid": nn.Sigmoid,
-}
+# Name -> module class in the registry. Classes (not lambdas) so that every network pickles.
+for _name, _cls in (("relu", nn.ReLU), ("gelu", nn.GELU), ("silu", nn.SiLU), ("swish", nn.SiLU), ("elu", nn.ELU),
+                    ("leaky_relu", nn.LeakyReLU), ("tanh", nn.Tanh), ("softplus", nn.Softplus),
+                    ("sigmoid", nn.Sigmoid)):
+    register_activation(_name, _cls)
+del _name, _cls
 
 
 def get_activation(name: str) -> nn.Module:
-    """Return a fresh activation module from its registry name (``"relu"``, ``"gelu"``, ...)."""
-    try:
-        return ACTIVATIONS[name.lower()]()
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+    """A fresh activation module from its name in :data:`~setflow.registry.ACTIVATIONS` (``"relu"``,
+    ``"GELU"``, ...; case-insensitive); an unknown name is a one-line error listing the registered ones."""
+    if not isinstance(name, str):
+        raise TypeError(f"an activation is named by a string, got {name!r}")
+    return ACTIVATIONS.get(name.lower())()
 
 
 def broadcast_context(context: Tensor, x: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ from torch import Tensor
 __all__ = ["nearest_neighbors", "grid_knn", "window_knn", "brute_knn", "lexicographic_order", "TIES"]
 
 MAX_ELEMENTS = 1 << 22  # distances per transient block (16 MiB in float32)
-GRID_MIN_POINTS = 1024  # 3-D: up to this many points all pairs are cheaper on a CPU (README, 3-D point clouds)
+GRID_MIN_POINTS = 1024  # 3-D: up to this many points all pairs are cheaper on a CPU (docs/results/pointclouds.md)
 WINDOW_MIN_POINTS = 384  # 1-2-D: above this many points sorted windows are cheaper than all pairs
 _GUARD = 1.0 - 1e-4  # a point outside the searched block is farther than _GUARD cell sides
 
