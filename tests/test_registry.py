@@ -261,7 +261,7 @@ def test_activations_are_fresh_modules_by_case_insensitive_name():
 
 def test_image_and_toy_lookups_raise_the_registry_message():
     from setflow.data import DataError, image_dataset_splits, sample_toy
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     with pytest.raises(DataError, match=r"^unknown image data set 'svhn'; registered image data sets: cifar10, "):
         image_dataset_splits("svhn", download=False)
@@ -272,7 +272,7 @@ def test_image_and_toy_lookups_raise_the_registry_message():
 
 
 def test_a_registered_toy_density_trains_by_name():
-    from setflow.train.data import load_data
+    from setflow.data.experiments import load_data
 
     @registry.register_toy_dataset("_dots")
     def dots(n, seed=None):
