@@ -213,11 +213,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(data.source)
     ec = cfg["eval"]
     conditional = bool(getattr(model, "conditional", False))
-    if conditional:
-        data.split_labels(args.split)  # a clear error for unlabelled data
+    labels = data.split_labels(args.split) if conditional else None  # a clear error for unlabelled data
     scored = split_sets(data, args.split)  # sets carry their labels; other data is a tensor
-    res = evaluate(model, scored, data.unit,
-                   labels=data.split_labels(args.split) if conditional and not isinstance(scored, SetBatch) else None,
+    res = evaluate(model, scored, data.unit, labels=None if isinstance(scored, SetBatch) else labels,
                    batch_size=ec["batch_size"] if args.batch_size is None else args.batch_size,
                    iwbo_k=ec["iwbo_k"] if args.iwbo_k is None else args.iwbo_k, iwbo_chunk=ec["iwbo_chunk"],
                    device=args.device, max_examples=args.max_examples)
